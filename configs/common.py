@@ -1,0 +1,38 @@
+"""Keys shared by every family. Family configs start from `get_base_config()`."""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Root of every PRNG key and of the data order.
+
+  config.model = ml_collections.ConfigDict()
+  config.model.family = 'vae'      # 'vae' | 'gan' | 'vaegan'.
+  config.model.conv_impl = 'auto'  # 'auto' (fast on CPU) | 'xla' | 'fast'.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'mnist5k'     # mnist5k (embedded) | mnist | fashion_mnist | cifar10 | svhn_cropped | celeb_a.
+  config.data.data_dir = ''        # '' = ~/.cache/vaegan_jax/tensorflow_datasets for mnist5k, TFDS's default otherwise.
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 128    # Global batch, split over all devices.
+  config.train.num_steps = 1000
+  config.train.log_every_steps = 100
+  config.train.checkpoint_every_steps = 500
+  config.train.sample_every_steps = 500
+  config.train.eval_every_steps = 500
+  config.train.keep_checkpoints = 3
+  config.train.compute_dtype = 'float32'  # 'float32' | 'bfloat16' (params stay float32).
+  return config
+
+
+def smoke(config, num_steps: int = 20) -> ml_collections.ConfigDict:
+  """Shrinks a config to a run of a few seconds."""
+  config.train.batch_size = 32
+  config.train.num_steps = num_steps
+  config.train.log_every_steps = 5
+  config.train.checkpoint_every_steps = 10
+  config.train.sample_every_steps = 10
+  config.train.eval_every_steps = 10
+  return config

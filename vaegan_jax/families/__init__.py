@@ -1,0 +1,23 @@
+"""Model families: a small registry of modules with the same plain functions.
+
+Each family module provides:
+  init_state(config, key) -> TrainState
+  train_step(config, state, batch) -> (state, metrics)       pure, jittable
+  eval_step(config, state, batch) -> dict of per-batch sums  (masked rows)
+  sample(config, state, key, n) -> images (n, H, W, C) in [0, 1]
+  grid_panels(config, state, key, images) -> list of image batches for grids
+and, for families with an encoder, encode / decode / reconstruct.
+"""
+
+import importlib
+
+from vaegan_jax.errors import UserError
+
+FAMILIES = ('vae', 'gan', 'vaegan')
+
+
+def get(name: str):
+  """Returns the family module `vaegan_jax.families.<name>`."""
+  if name not in FAMILIES:
+    raise UserError(f'Unknown model family {name!r}; known: {", ".join(FAMILIES)}.')
+  return importlib.import_module(f'vaegan_jax.families.{name}')

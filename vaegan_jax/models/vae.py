@@ -1,0 +1,72 @@
+"""Convolutional VAE encoder and decoder, scaled to the input size.
+
+For an H x W x C image with s = num_stages(H) (2 for 28 and 32, 3 for 64):
+  Encoder: s x [Conv(width * 2^i, 4, stride 2) -> ReLU] -> Dense(hidden) -> ReLU
+           -> Dense(2 * latent) = (mean, logvar).
+  Decoder: Dense(hidden) -> ReLU -> Dense(b * b * width * 2^(s-1)) -> ReLU
+           -> s x [ConvTranspose(width * 2^(s-1-i), 4, stride 2) -> ReLU]
+           -> Conv(C, 3) = Bernoulli logits or Gaussian means, (B, H, W, C).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vaegan_jax.models import layers
+from vaegan_jax.models.common import base_size, num_stages
+
+
+class Encoder(nn.Module):
+  """x (B, H, W, C) in [0, 1] -> (mean, logvar), each (B, latent_dim)."""
+  latent_dim: int = 32
+  width: int = 32
+  hidden: int = 256
+  dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.astype(self.dtype)
+    for i in range(num_stages(x.shape[1])):
+      x = layers.Conv(self.width * 2**i, (4, 4), strides=(2, 2), padding='SAME',
+                      dtype=self.dtype, impl=self.conv_impl)(x)
+      x = nn.relu(x)
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x))
+    out = nn.Dense(2 * self.latent_dim, dtype=self.dtype)(x).astype(jnp.float32)
+    mean, logvar = jnp.split(out, 2, axis=-1)
+    return mean, logvar
+
+
+class Decoder(nn.Module):
+  """z (B, latent_dim) -> per-pixel parameters (B, H, W, C), float32.
+
+  With `learn_scale`, also holds a scalar param 'log_scale' (Gaussian
+  likelihood with a learned, shared standard deviation).
+  """
+  image_shape: tuple = (28, 28, 1)
+  width: int = 32
+  hidden: int = 256
+  learn_scale: bool = False
+  dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, z):
+    height, _, channels = self.image_shape
+    stages, base = num_stages(height), base_size(height)
+    top = self.width * 2**(stages - 1)
+    x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(z.astype(self.dtype)))
+    x = nn.relu(nn.Dense(base * base * top, dtype=self.dtype)(x))
+    x = x.reshape(x.shape[0], base, base, top)
+    for i in range(stages):
+      x = layers.ConvTranspose(self.width * 2**(stages - 1 - i), (4, 4),
+                               strides=(2, 2), padding='SAME', dtype=self.dtype,
+                               impl=self.conv_impl)(x)
+      x = nn.relu(x)
+    x = layers.Conv(channels, (3, 3), padding='SAME', dtype=self.dtype,
+                    impl=self.conv_impl)(x)
+    if self.learn_scale:
+      self.param('log_scale', nn.initializers.zeros, ())
+    return x.astype(jnp.float32)

@@ -1,0 +1,74 @@
+"""The resolved config stored in the workdir, so a checkpoint is usable alone.
+
+`WORKDIR/config.json` is written on the first start. A restart compares the
+new config with it: keys that define the model or the data (everything under
+`model` and `data` except `data.data_dir`, and `seed`) must not change;
+training length, logging and evaluation keys may.
+"""
+
+import json
+import os
+
+import jax
+import ml_collections
+
+from vaegan_jax.errors import UserError
+
+CONFIG_FILE = 'config.json'
+_FROZEN_SECTIONS = ('model', 'data')
+_FREE_KEYS = ('data.data_dir',)
+
+
+def _flatten(d, prefix=''):
+  out = {}
+  for k, v in d.items():
+    key = f'{prefix}{k}'
+    if isinstance(v, dict):
+      out.update(_flatten(v, key + '.'))
+    else:
+      out[key] = v
+  return out
+
+
+def _frozen(flat):
+  return {k: v for k, v in flat.items()
+          if (k == 'seed' or k.split('.')[0] in _FROZEN_SECTIONS) and k not in _FREE_KEYS}
+
+
+def to_dict(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def drift(stored: dict, new: dict) -> list[str]:
+  """Lines 'key: stored -> new' for every frozen key that differs."""
+  a, b = _frozen(_flatten(stored)), _frozen(_flatten(new))
+  return [f'{k}: {a.get(k, "<absent>")!r} -> {b.get(k, "<absent>")!r}'
+          for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def check_and_save(config, workdir: str):
+  """Refuses a config that drifted from the stored one; saves it otherwise."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  new = to_dict(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      stored = json.load(f)
+    diff = drift(stored, new)
+    if diff:
+      raise UserError(
+          f'The config differs from the one stored in {path} in keys that define '
+          f'the model or data: {"; ".join(diff)}. Use a new --workdir, or restore '
+          f'those values.')
+  if jax.process_index() == 0:
+    with open(path + '.tmp', 'w') as f:
+      json.dump(new, f, indent=2, sort_keys=True)
+    os.replace(path + '.tmp', path)
+
+
+def load(workdir: str) -> ml_collections.ConfigDict:
+  """The config stored in `workdir`."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise UserError(f'No {CONFIG_FILE} in {workdir}: is it a vaegan_jax workdir?')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))

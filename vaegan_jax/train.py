@@ -1,0 +1,207 @@
+"""The one training loop, shared by every model family.
+
+    mesh -> data -> family -> state (init or restore) -> jitted step -> loop
+    (log, sample grids, evaluate, checkpoint, stop on NaN).
+"""
+
+import collections
+import functools
+import json
+import math
+import os
+import time
+
+from absl import logging
+from clu import metric_writers
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vaegan_jax import checkpoint
+from vaegan_jax import families
+from vaegan_jax import images as images_lib
+from vaegan_jax import input_pipeline
+from vaegan_jax import run_config
+from vaegan_jax import sharding
+from vaegan_jax.errors import UserError
+
+GRID_SIZE = 36          # Images per panel of a sample grid.
+_GRID_KEY = 0x5A3F1E    # Fixed purpose: the same latents in every grid.
+
+
+class NonFiniteError(UserError):
+  """Training produced a NaN or Inf."""
+
+
+def _is_main():
+  return jax.process_index() == 0
+
+
+class MetricsLog:
+  """metrics.jsonl (one JSON object per logged step) plus CLU writers."""
+
+  def __init__(self, workdir):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.writer = metric_writers.create_default_writer(
+        workdir, just_logging=not _is_main(), asynchronous=False)
+
+  def write(self, step: int, scalars: dict):
+    scalars = {k: float(v) for k, v in scalars.items()}
+    if _is_main():
+      with open(self.path, 'a') as f:
+        f.write(json.dumps({'step': int(step), **scalars}) + '\n')
+    self.writer.write_scalars(int(step), scalars)
+    self.writer.flush()
+
+
+def _format_duration(seconds):
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+def _check_finite(step: int, scalars: dict):
+  for name, value in scalars.items():
+    if not math.isfinite(value):
+      raise NonFiniteError(
+          f'Non-finite {name}={value} at step {step}; training stopped. The last '
+          f'checkpoint before it is intact; lower the learning rate or check the data.')
+
+
+def write_grid(config, family, state, key, test_images, path):
+  """Writes the family's panels (e.g. samples | inputs | reconstructions) as one PNG."""
+  panels = jax.device_get(family.grid_panels(config, state, key, test_images))
+  grid = images_lib.side_by_side([images_lib.make_grid(p) for p in panels])
+  if _is_main():
+    images_lib.save_png(path, grid)
+
+
+def evaluate(config, family, eval_fn, state, data, mesh) -> dict:
+  """Family eval metrics averaged over the whole test split, 'eval/' prefixed."""
+  totals, count = collections.defaultdict(float), 0
+  for batch, valid in input_pipeline.eval_batches(
+      data.test_images, data.test_labels, config.train.batch_size,
+      sharding.data_sharding(mesh)):
+    for k, v in jax.device_get(eval_fn(state, batch)).items():
+      totals[k] += float(v)
+    count += valid
+  return {f'eval/{k}': v / count for k, v in totals.items()}
+
+
+def train_and_evaluate(config, workdir: str):
+  """Trains `config.model.family` on `config.data.name`, writing into `workdir`.
+
+  Resumes from the latest checkpoint in `workdir/checkpoints` if there is one.
+
+  Returns:
+    The final TrainState.
+  """
+  # ----------------------------------------------------------------- setup
+  family = families.get(config.model.family)
+  input_pipeline.get_spec(config.data.name)
+  sharding.check_batch_size(config.train.batch_size)
+  os.makedirs(workdir, exist_ok=True)
+  run_config.check_and_save(config, workdir)
+  mesh = sharding.make_mesh()
+  data = input_pipeline.Data(config)
+
+  # ----------------------------------------------------------------- state
+  root_key = jax.random.PRNGKey(config.seed)
+  init_fn = functools.partial(family.init_state, config)
+  abstract_state = jax.eval_shape(init_fn, root_key)
+  state_sharding = sharding.state_sharding(mesh, abstract_state)
+  mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
+  state, restored = checkpoint.restore_or_init(
+      mngr, lambda: jax.jit(init_fn, out_shardings=state_sharding)(root_key),
+      abstract_state, state_sharding)
+  start_step = int(jax.device_get(state.step))
+  if restored:
+    logging.info('Resuming at step %d of %d.', start_step, config.train.num_steps)
+    print(f'Resuming from checkpoint at step {start_step}.', flush=True)
+
+  # ------------------------------------------------------------------ step
+  repl = sharding.replicated(mesh)
+  batch_sharding = sharding.data_sharding(mesh)
+  train_step = jax.jit(functools.partial(family.train_step, config),
+                       in_shardings=(state_sharding, batch_sharding),
+                       out_shardings=(state_sharding, repl), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(family.eval_step, config),
+                    in_shardings=(state_sharding, batch_sharding), out_shardings=repl)
+  grid_key = jax.random.fold_in(root_key, _GRID_KEY)
+  grid_images = jnp.asarray(input_pipeline.to_float(data.test_images[:GRID_SIZE]))
+
+  # ------------------------------------------------------------------ loop
+  log = MetricsLog(workdir)
+  tc = config.train
+  num_steps = tc.num_steps
+  # On CPU with several (emulated) devices, many in-flight collectives can
+  # deadlock XLA's rendezvous; bound the queue there only.
+  max_in_flight = 2 if jax.default_backend() == 'cpu' and jax.device_count() > 1 else None
+  pending = []          # Metrics of steps not yet logged (device arrays).
+  in_flight = collections.deque()
+  it = data.train_iterator(batch_sharding, start_step)
+  t_last, steps_last = time.time(), start_step
+  t_start = time.time()
+  step = start_step
+  try:
+    while step < num_steps:
+      batch = next(it)
+      state, metrics = train_step(state, batch)
+      step += 1
+      pending.append(metrics)
+      if max_in_flight:
+        in_flight.append(metrics)
+        if len(in_flight) > max_in_flight:
+          jax.block_until_ready(in_flight.popleft())
+
+      is_last = step == num_steps
+      if step % tc.log_every_steps == 0 or is_last:
+        scalars = {k: float(np.mean(v)) for k, v in
+                   jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(pending)).items()}
+        pending = []
+        _check_finite(step, scalars)
+        now = time.time()
+        steps_per_s = (step - steps_last) / max(now - t_last, 1e-9)
+        t_last, steps_last = now, step
+        scalars['steps_per_s'] = steps_per_s
+        scalars['images_per_s'] = steps_per_s * tc.batch_size
+        log.write(step, scalars)
+        eta = (num_steps - step) / max(steps_per_s, 1e-9)
+        main = ' '.join(f'{k} {scalars[k]:.4g}' for k in family.CONSOLE_METRICS if k in scalars)
+        print(f'step {step}/{num_steps} | {steps_per_s:.2f} steps/s '
+              f'{scalars["images_per_s"]:.0f} img/s | ETA {_format_duration(eta)} | {main}',
+              flush=True)
+
+      if step % tc.sample_every_steps == 0 or is_last:
+        write_grid(config, family, state, grid_key, grid_images,
+                   os.path.join(workdir, 'samples', f'step_{step:07d}.png'))
+
+      if step % tc.eval_every_steps == 0 or is_last:
+        scalars = evaluate(config, family, eval_fn, state, data, mesh)
+        log.write(step, scalars)
+        print(f'eval at step {step}: ' +
+              ' '.join(f'{k} {v:.4g}' for k, v in scalars.items()), flush=True)
+
+      periodic = (step % tc.sample_every_steps == 0 or step % tc.eval_every_steps == 0
+                  or step % tc.checkpoint_every_steps == 0)
+      if step % tc.checkpoint_every_steps == 0 or is_last:
+        if pending:  # Never save a state whose metrics were not checked.
+          _check_finite(step, {k: float(np.max(np.abs(v))) for k, v in
+                               jax.tree.map(lambda *xs: np.stack(xs),
+                                            *jax.device_get(pending)).items()})
+        checkpoint.save(mngr, step, state, force=True)
+      if periodic:  # Keep grids, evals and saves out of the throughput numbers.
+        jax.block_until_ready(state)
+        t_last, steps_last = time.time(), step
+  finally:
+    it.close()
+    mngr.wait_until_finished()
+    mngr.close()
+  if step == start_step:
+    print(f'Nothing to do: the checkpoint is at step {step} and '
+          f'config.train.num_steps={num_steps}.', flush=True)
+  else:
+    print(f'Done: {step - start_step} steps in {_format_duration(time.time() - t_start)}; '
+          f'workdir {workdir}', flush=True)
+  return state
