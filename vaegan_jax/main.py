@@ -4,15 +4,12 @@ Override any config key with `--config.section.key=value`; a misspelt key is an
 error. Re-running in the same workdir resumes from the latest checkpoint.
 """
 
-import sys
-
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
+from vaegan_jax import cli
 from vaegan_jax import distributed
-from vaegan_jax.errors import UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -26,16 +23,10 @@ distributed.define_flags()
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-  if not FLAGS['verbosity'].present:  # Keep library INFO chatter off the console.
-    logging.set_verbosity(logging.WARNING)
-  try:
-    distributed.initialize()
-    from vaegan_jax import train  # pylint: disable=g-import-not-at-top
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(1)
+  distributed.initialize()
+  from vaegan_jax import train  # pylint: disable=g-import-not-at-top
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -57,4 +57,4 @@ def ema(ema_params, params, decay):
 
 
 def global_norm(tree):
-  return optax.global_norm(tree).astype(jnp.float32)
+  return optax.tree.norm(tree).astype(jnp.float32)
