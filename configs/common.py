@@ -24,6 +24,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.train.eval_every_steps = 500
   config.train.keep_checkpoints = 3
   config.train.compute_dtype = 'float32'  # 'float32' | 'bfloat16' (params stay float32).
+
+  # Evaluation (vaegan_jax/metrics): FID, KID, precision/recall, … in the feature
+  # space of the project's own classifier (not Inception), every eval_every_steps.
+  config.eval = ml_collections.ConfigDict()
+  config.eval.generative_metrics = True  # False = only the family's own eval metrics.
+  config.eval.num_samples = 1000   # Samples per training-time evaluation.
+  config.eval.iwae_k = 100         # Importance samples of the VAE's IWAE NLL (evaluate CLI); 0 = skip.
+  config.eval.train_iwae_k = 10    # The same during training, kept small for speed; 0 = skip.
+  config.eval.best_metric = 'fid'  # Keep the best checkpoint by it in checkpoints_best/; '' = off.
+  config.eval.best_mode = 'min'    # 'min' (lower is better) | 'max'.
   return config
 
 
@@ -35,4 +45,5 @@ def smoke(config, num_steps: int = 20) -> ml_collections.ConfigDict:
   config.train.checkpoint_every_steps = 10
   config.train.sample_every_steps = 10
   config.train.eval_every_steps = 10
+  config.eval.num_samples = 100
   return config

@@ -23,6 +23,7 @@ from vaegan_jax import images as images_lib
 from vaegan_jax import input_pipeline
 from vaegan_jax import run_config
 from vaegan_jax import sharding
+from vaegan_jax.metrics import generative
 from vaegan_jax.errors import UserError
 
 GRID_SIZE = 36          # Images per panel of a sample grid.
@@ -77,8 +78,9 @@ def write_grid(config, family, state, key, test_images, path):
     images_lib.save_png(path, grid)
 
 
-def evaluate(config, family, eval_fn, state, data, mesh) -> dict:
-  """Family eval metrics averaged over the whole test split, 'eval/' prefixed."""
+def evaluate(config, family, eval_fn, state, data, mesh, generative_eval=None) -> dict:
+  """Family eval metrics averaged over the whole test split, 'eval/' prefixed,
+  plus `generative_eval`'s sample metrics (FID, KID, …) where given."""
   totals, count = collections.defaultdict(float), 0
   for batch, valid in input_pipeline.eval_batches(
       data.test_images, data.test_labels, config.train.batch_size,
@@ -86,7 +88,11 @@ def evaluate(config, family, eval_fn, state, data, mesh) -> dict:
     for k, v in jax.device_get(eval_fn(state, batch)).items():
       totals[k] += float(v)
     count += valid
-  return {f'eval/{k}': v / count for k, v in totals.items()}
+  scalars = {f'eval/{k}': v / count for k, v in totals.items()}
+  if generative_eval is not None:
+    gen = generative_eval(state, config.eval.num_samples)
+    scalars.update({f'eval/{k}': v for k, v in gen.items() if f'eval/{k}' not in scalars})
+  return scalars
 
 
 def train_and_evaluate(config, workdir: str):
@@ -130,6 +136,12 @@ def train_and_evaluate(config, workdir: str):
                     in_shardings=(state_sharding, batch_sharding), out_shardings=repl)
   grid_key = jax.random.fold_in(root_key, _GRID_KEY)
   grid_images = jnp.asarray(input_pipeline.to_float(data.test_images[:GRID_SIZE]))
+  gen_eval = generative.training_evaluator(config, family, data.test_images, mesh)
+  best_metric = (config.get('eval') or {}).get('best_metric', '')
+  if best_metric in generative.METRIC_KEYS and gen_eval is None:
+    best_metric = ''  # Generative metrics are off: no best checkpoint by them.
+  best_mngr = (checkpoint.best_manager(workdir, best_metric, config.eval.best_mode)
+               if best_metric else None)
 
   # ------------------------------------------------------------------ loop
   log = MetricsLog(workdir)
@@ -178,7 +190,10 @@ def train_and_evaluate(config, workdir: str):
                    os.path.join(workdir, 'samples', f'step_{step:07d}.png'))
 
       if step % tc.eval_every_steps == 0 or is_last:
-        scalars = evaluate(config, family, eval_fn, state, data, mesh)
+        scalars = evaluate(config, family, eval_fn, state, data, mesh, gen_eval)
+        if best_mngr:
+          checkpoint.save_if_best(best_mngr, step, state, scalars, best_metric,
+                                  config.eval.best_mode)
         log.write(step, scalars)
         print(f'eval at step {step}: ' +
               ' '.join(f'{k} {v:.4g}' for k, v in scalars.items()), flush=True)
@@ -198,6 +213,9 @@ def train_and_evaluate(config, workdir: str):
     it.close()
     mngr.wait_until_finished()
     mngr.close()
+    if best_mngr:
+      best_mngr.wait_until_finished()
+      best_mngr.close()
   if step == start_step:
     print(f'Nothing to do: the checkpoint is at step {step} and '
           f'config.train.num_steps={num_steps}.', flush=True)

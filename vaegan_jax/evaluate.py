@@ -1,0 +1,162 @@
+"""Metrics of a checkpoint: `python -m vaegan_jax.evaluate --workdir=DIR --out=FILE.json`.
+
+Reads only the workdir (the stored config.json and a checkpoint) and the
+dataset's test split, then writes one flat JSON object:
+
+  fid, kid, kid_std, precision, recall, density, coverage, classifier_score,
+  modes_covered, class_kl                        every family
+  recon_mse, psnr                                families with an encoder
+  elbo, nll_nats, bits_per_dim                   the VAE (IWAE, --iwae_k)
+  step, num_samples, dataset, family, feature_net_sha256, eval_seconds
+
+The distribution metrics live in the feature space of the project's own
+classifier (vaegan_jax/metrics/feature_net.py), not Inception-v3: compare
+them only with numbers from this project, on the same dataset and with the
+same --num_samples.
+
+  --step=N      a checkpoint in DIR/checkpoints (default: the latest);
+  --step=best   the best checkpoint kept in DIR/checkpoints_best.
+"""
+
+import functools
+import json
+import os
+import sys
+
+from absl import flags
+
+from vaegan_jax.errors import UserError
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  flags.DEFINE_string('workdir', None, 'Run directory holding config.json and checkpoints/.')
+  flags.DEFINE_string('step', '', "Checkpoint step; '' = the latest, 'best' = the best "
+                      'kept in checkpoints_best/.')
+  flags.DEFINE_integer('num_samples', 10000, 'Model samples to compare with the test split.')
+  flags.DEFINE_string('out', '', 'JSON file to write; the JSON is printed either way.')
+  flags.DEFINE_integer('iwae_k', -1, 'Importance samples for the VAE likelihood; '
+                       '-1 = config.eval.iwae_k (default 100), 0 = skip.')
+  flags.DEFINE_string('data_dir', '', 'TFDS data_dir for the test split; default the '
+                      'one stored in the run config.')
+
+
+def _steps(mngr) -> list[int]:
+  return sorted(int(s) for s in mngr.all_steps())
+
+
+def load_state(workdir: str, step: str | int | None = None, mesh=None):
+  """Restores a checkpoint of `workdir` with the stored config.
+
+  Args:
+    workdir: the run directory.
+    step: None or '' for the latest checkpoint, an int (or digit string) for
+      that step, or 'best' for the checkpoint in WORKDIR/checkpoints_best.
+    mesh: device mesh; default `sharding.make_mesh()`.
+
+  Returns:
+    (config, family, state, step).
+
+  Raises:
+    UserError: no workdir/config, no checkpoints, or no checkpoint at `step`
+      (the message lists the available steps).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import families  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import run_config  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top
+
+  if not os.path.isdir(workdir):
+    raise UserError(f'Workdir {workdir} does not exist.')
+  config = run_config.load(workdir)
+  family = families.get(config.model.family)
+  step = '' if step is None else str(step).strip()
+  best = step == 'best'
+  if not (best or step == '' or step.isdigit()):
+    raise UserError(f"--step={step!r} must be a step number, 'best', or empty for the latest.")
+  directory = (checkpoint.best_checkpoint_dir(workdir) if best
+               else checkpoint.checkpoint_dir(workdir))
+  if not os.path.isdir(directory):
+    raise UserError(f'No checkpoints in {directory}: '
+                    + ('the run kept no best checkpoint (config.eval.best_metric).' if best
+                       else f'train first (python -m vaegan_jax.main --workdir={workdir} ...).'))
+  mngr = (checkpoint.best_manager(workdir, read_only=True) if best
+          else checkpoint.manager(workdir, read_only=True))
+  try:
+    steps = _steps(mngr)
+    if not steps:
+      raise UserError(f'No checkpoints in {directory}: train first '
+                      f'(python -m vaegan_jax.main --workdir={workdir} ...).')
+    if best:
+      chosen = mngr.best_step() or steps[-1]
+    elif step == '':
+      chosen = steps[-1]
+    else:
+      chosen = int(step)
+      if chosen not in steps:
+        raise UserError(f'No checkpoint at step {chosen} in {directory}; available steps: '
+                        f'{", ".join(map(str, steps))}.')
+    mesh = mesh or sharding.make_mesh()
+    abstract = jax.eval_shape(functools.partial(family.init_state, config),
+                              jax.random.PRNGKey(config.seed))
+    state = checkpoint.restore(mngr, chosen, abstract,
+                               sharding.state_sharding(mesh, abstract))
+  finally:
+    mngr.close()
+  return config, family, state, chosen
+
+
+def run(workdir: str, num_samples: int = 10000, step: str | int | None = None,
+        out: str = '', iwae_k: int = -1, data_dir: str = '', echo=print) -> dict:
+  """Evaluates a checkpoint of `workdir`; returns (and optionally writes) the dict."""
+  if num_samples < 10:
+    raise UserError(f'--num_samples={num_samples} is too small; use at least 10 '
+                    '(FID and KID need many; 10000 is the usual count).')
+  import time  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top
+  from vaegan_jax.metrics import generative  # pylint: disable=g-import-not-at-top
+
+  t0 = time.time()
+  mesh = sharding.make_mesh()
+  config, family, state, chosen = load_state(workdir, step, mesh)
+  echo(f'Evaluating the {config.model.family} checkpoint at step {chosen} of {workdir} '
+       f'with {num_samples} samples.')
+  name = config.data.name
+  data_dir = data_dir or config.data.get('data_dir') or None
+  test_images, _ = input_pipeline.load_split(name, 'test', data_dir)
+  evaluator = generative.Evaluator(config, family, test_images, mesh,
+                                   iwae_k=None if iwae_k < 0 else iwae_k)
+  metrics = evaluator(state, num_samples)
+  result = {**metrics, 'step': int(chosen), 'num_samples': int(num_samples),
+            'dataset': name, 'family': config.model.family,
+            'num_reference': evaluator.num_reference,
+            'feature_net_sha256': evaluator.net.metadata.get('sha256', ''),
+            'eval_seconds': round(time.time() - t0, 1)}
+  if evaluator.iwae_k and generative.has_likelihood(family):
+    result['iwae_k'] = evaluator.iwae_k
+  if out:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, 'w') as f:
+      json.dump(result, f, indent=2, sort_keys=True)
+      f.write('\n')
+    echo(f'Wrote {out}.')
+  return result
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise UserError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  if not FLAGS.workdir:
+    raise UserError('--workdir is required.')
+  result = run(FLAGS.workdir, FLAGS.num_samples, FLAGS.step, FLAGS.out, FLAGS.iwae_k,
+               FLAGS.data_dir, echo=lambda m: print(m, file=sys.stderr, flush=True))
+  print(json.dumps(result, indent=2, sort_keys=True), flush=True)
+
+
+if __name__ == '__main__':
+  from vaegan_jax import cli  # pylint: disable=g-import-not-at-top
+  define_flags()
+  cli.run(main)
