@@ -1,0 +1,164 @@
+"""A trained model from its workdir alone, for notebooks and scripts.
+
+    import jax, vaegan_jax
+    model = vaegan_jax.load('/tmp/vae')            # latest checkpoint
+    x = model.sample(jax.random.key(0), 16)        # (16, H, W, C) in [0, 1]
+    mean, logvar = model.encode(x)                 # families with an encoder
+    x_hat = model.reconstruct(x)
+
+Only the workdir is read: the config stored with the run (`config.json`) and
+a checkpoint. The state is restored onto the devices of this process, so a
+checkpoint written on N devices loads on one, and the other way round.
+"""
+
+import contextlib
+import functools
+import logging
+import os
+
+import jax
+import numpy as np
+
+from vaegan_jax import checkpoint
+from vaegan_jax import families
+from vaegan_jax import input_pipeline
+from vaegan_jax import run_config
+from vaegan_jax import sharding
+from vaegan_jax.errors import UserError
+
+
+class _DropReadOnlyNotices(logging.Filter):
+  """Orbax warns about every read-only manager and about checkpoints that
+  have no metadata file; neither says anything wrong when only reading."""
+
+  def filter(self, record):
+    message = record.getMessage()
+    return not ('orbax' in record.pathname and record.levelno <= logging.WARNING and
+                ('read_only' in message or 'read only' in message or
+                 'Metadata file does not exist' in message))
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+  log, notice_filter = logging.getLogger('absl'), _DropReadOnlyNotices()
+  log.addFilter(notice_filter)
+  try:
+    yield
+  finally:
+    log.removeFilter(notice_filter)
+
+
+def available_steps(workdir: str) -> list[int]:
+  """The checkpointed steps in `workdir`, ascending ([] when there are none)."""
+  if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+    return []
+  with _quiet_orbax():
+    mngr = checkpoint.manager(workdir, read_only=True)
+    try:
+      return sorted(int(s) for s in mngr.all_steps())
+    finally:
+      mngr.close()
+
+
+def _check_images(x, image_shape) -> jax.Array:
+  """Images as float32 (N, H, W, C) in [0, 1]; uint8 is scaled by 1/255."""
+  x = np.asarray(x) if not isinstance(x, jax.Array) else x
+  if x.dtype == np.uint8:
+    x = np.asarray(x, np.float32) / np.float32(255.0)
+  if x.ndim != 4 or tuple(x.shape[1:]) != tuple(image_shape):
+    raise UserError(f'Expected images of shape (N, {", ".join(map(str, image_shape))}), '
+                    f'got {tuple(x.shape)}.')
+  return jax.numpy.asarray(x, jax.numpy.float32)
+
+
+class Model:
+  """A restored model: the family's functions bound to its config and state.
+
+  Attributes:
+    workdir, step: where and at which training step the state was saved.
+    config: the run's config (ml_collections.ConfigDict).
+    family: the family module (vaegan_jax.families.<name>).
+    state: the restored TrainState, replicated on this process's devices.
+    image_shape: (H, W, C).
+    latent_dim: Z, the size of one latent vector.
+    has_encoder: whether encode / reconstruct are defined.
+  """
+
+  def __init__(self, workdir, step, config, family, state):
+    self.workdir, self.step, self.config = workdir, step, config
+    self.family, self.state = family, state
+    self.family_name = config.model.family
+    self.image_shape = tuple(input_pipeline.image_shape(config))
+    self.latent_dim = int(family.latent_dim(config))
+    self.has_encoder = hasattr(family, 'encode') and hasattr(family, 'reconstruct')
+    self._sample = jax.jit(functools.partial(family.sample, config), static_argnums=2)
+    self._decode = jax.jit(functools.partial(family.decode, config))
+    if self.has_encoder:
+      self._encode = jax.jit(functools.partial(family.encode, config))
+      self._reconstruct = jax.jit(functools.partial(family.reconstruct, config))
+
+  def __repr__(self):
+    return (f'Model({self.family_name!r}, step={self.step}, image_shape={self.image_shape}, '
+            f'latent_dim={self.latent_dim}, workdir={self.workdir!r})')
+
+  def _need_encoder(self, what: str):
+    if not self.has_encoder:
+      raise UserError(f'The {self.family_name} family has no encoder, so it cannot '
+                      f'{what}; use sample or decode.')
+
+  def sample(self, key, n: int) -> jax.Array:
+    """n samples from the model, (n, H, W, C) in [0, 1]. `key`: a PRNG key or an int."""
+    if isinstance(key, int):
+      key = jax.random.PRNGKey(key)
+    return self._sample(self.state, key, int(n))
+
+  def decode(self, z) -> jax.Array:
+    """Latents (N, Z) -> images (N, H, W, C) in [0, 1]."""
+    z = jax.numpy.asarray(z, jax.numpy.float32)
+    if z.ndim != 2 or z.shape[1] != self.latent_dim:
+      raise UserError(f'Expected latents of shape (N, {self.latent_dim}), got {tuple(z.shape)}.')
+    return self._decode(self.state, z)
+
+  def encode(self, x):
+    """Images (N, H, W, C) in [0, 1] (or uint8) -> (mean, logvar), each (N, Z)."""
+    self._need_encoder('encode')
+    return self._encode(self.state, _check_images(x, self.image_shape))
+
+  def reconstruct(self, x) -> jax.Array:
+    """Images (N, H, W, C) in [0, 1] (or uint8) -> reconstructions, same shape."""
+    self._need_encoder('reconstruct')
+    return self._reconstruct(self.state, _check_images(x, self.image_shape))
+
+
+def load(workdir: str, step: int | None = None) -> Model:
+  """Restores the model saved in `workdir` at `step` (default: the latest).
+
+  Raises:
+    UserError: `workdir` is not a run directory, has no checkpoint, has no
+      checkpoint at `step` (the message lists those it has), or the
+      checkpoint does not fit the stored config.
+  """
+  if not os.path.isdir(workdir):
+    raise UserError(f'Workdir {workdir} does not exist.')
+  config = run_config.load(workdir)
+  family = families.get(config.model.family)
+  steps = available_steps(workdir)
+  if not steps:
+    raise UserError(f'No checkpoints in {checkpoint.checkpoint_dir(workdir)}: '
+                    f'train first (python -m vaegan_jax.main --workdir={workdir} ...).')
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise UserError(f'No checkpoint at step {step} in {workdir}; available steps: '
+                    f'{", ".join(map(str, steps))}.')
+  mesh = sharding.make_mesh()
+  abstract_state = jax.eval_shape(functools.partial(family.init_state, config),
+                                  jax.random.PRNGKey(config.seed))
+  shardings = sharding.state_sharding(mesh, abstract_state)
+  with _quiet_orbax():
+    mngr = checkpoint.manager(workdir, read_only=True)
+    try:
+      state = checkpoint.restore(mngr, step, abstract_state, shardings)
+    finally:
+      mngr.close()
+  return Model(workdir, step, config, family, state)

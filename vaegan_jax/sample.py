@@ -1,0 +1,225 @@
+"""Images from a checkpoint: `python -m vaegan_jax.sample --workdir=DIR --mode=MODE`.
+
+Modes (what the PNG shows):
+  samples      prior samples;
+  interpolate  rows of spherical interpolations between random latents;
+  reconstruct  inputs | reconstructions                 (families with an encoder);
+  denoise      clean | noisy | restored, prints PSNR     (families with an encoder);
+  inpaint      clean | masked | completed, prints PSNR on the missing pixels.
+Inputs come from the dataset's test split, or from --images=PATH (a PNG/JPEG
+file or a folder of them). Only the workdir is needed: the config stored with
+the run and a checkpoint; data only for the modes that take inputs. The same
+flags give the same PNG bytes.
+"""
+
+import functools
+import math
+import os
+
+from absl import app
+from absl import flags
+
+from vaegan_jax import cli
+from vaegan_jax.errors import UserError
+
+MODES = ('samples', 'interpolate', 'reconstruct', 'denoise', 'inpaint')
+INPUT_MODES = ('reconstruct', 'denoise', 'inpaint')
+NOISE_KINDS = ('gaussian', 'salt_pepper')  # = applications.NOISE_KINDS.
+MASK_KINDS = ('center', 'blocks')          # = applications.MASK_KINDS.
+INPAINT_METHODS = ('auto', 'posterior', 'latent')
+
+# Key purposes: fold_in(PRNGKey(seed), purpose).
+_SAMPLES, _INTERPOLATE, _NOISE, _MASK, _LATENT_INIT = range(5)
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The CLI's flags; defined only when run as a program, so that importing
+  `run` never clashes with other modules' flags."""
+  flags.DEFINE_string('workdir', None, 'Run directory holding config.json and checkpoints/.')
+  flags.DEFINE_string('mode', 'samples', f'What to draw: {" | ".join(MODES)}.')
+  flags.DEFINE_integer('num', 64, 'Number of images (per panel).')
+  flags.DEFINE_integer('seed', 0, 'Seed of every random choice; same seed, same PNG.')
+  flags.DEFINE_string('out', '', 'PNG to write; default WORKDIR/<mode>_step<N>.png.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step to load; default the latest.')
+  flags.DEFINE_string('images', '', 'Inputs for reconstruct/denoise/inpaint: a PNG/JPEG '
+                      'file or a folder of them; default the test split.')
+  flags.DEFINE_string('data_dir', '', 'TFDS data_dir for the test split; default the '
+                      'one stored in the run config.')
+  flags.DEFINE_string('noise', 'gaussian', f'denoise: {" | ".join(NOISE_KINDS)}.')
+  flags.DEFINE_float('noise_level', 0.3, 'denoise: Gaussian std, or the fraction of '
+                     'pixels hit by salt-and-pepper noise.')
+  flags.DEFINE_string('mask', 'center', f'inpaint: {" | ".join(MASK_KINDS)} (a centre '
+                      'box of half the side, or 4 random blocks of a quarter of the side).')
+  flags.DEFINE_string('inpaint_method', 'auto', 'inpaint: posterior (iterate the '
+                      'autoencoder), latent (optimise z to fit the observed pixels), or '
+                      'auto (posterior where the family has an encoder, else latent).')
+  flags.DEFINE_integer('inpaint_steps', 200, 'inpaint: iterations or optimiser steps.')
+  flags.DEFINE_integer('restarts', 4, 'inpaint --inpaint_method=latent: random starts '
+                       'per image; the best fit is kept.')
+
+
+def check_args(mode, num, noise, noise_level, mask, inpaint_method, inpaint_steps,
+               restarts, images):
+  """Everything that can be checked before a model is loaded."""
+  if mode not in MODES:
+    raise UserError(f'Unknown --mode={mode!r}; choose one of {", ".join(MODES)}.')
+  if num < 1:
+    raise UserError(f'--num={num} must be at least 1.')
+  if mode == 'interpolate' and num < 2:
+    raise UserError('--mode=interpolate needs --num of at least 2.')
+  if images and mode not in INPUT_MODES:
+    raise UserError(f'--images is used by {", ".join(INPUT_MODES)}, not by --mode={mode}.')
+  if noise not in NOISE_KINDS:
+    raise UserError(f'Unknown --noise={noise!r}; choose one of {", ".join(NOISE_KINDS)}.')
+  if noise_level < 0 or (noise == 'salt_pepper' and noise_level > 1):
+    raise UserError(f'--noise_level={noise_level} must be >= 0 (and <= 1 for salt_pepper).')
+  if mask not in MASK_KINDS:
+    raise UserError(f'Unknown --mask={mask!r}; choose one of {", ".join(MASK_KINDS)}.')
+  if inpaint_method not in INPAINT_METHODS:
+    raise UserError(f'Unknown --inpaint_method={inpaint_method!r}; choose one of '
+                    f'{", ".join(INPAINT_METHODS)}.')
+  if inpaint_steps < 1 or restarts < 1:
+    raise UserError('--inpaint_steps and --restarts must be at least 1.')
+
+
+@functools.lru_cache(maxsize=2)
+def _test_split(name, data_dir):
+  from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  return input_pipeline.load_split(name, 'test', data_dir)[0]
+
+
+def load_inputs(model, num, seed, images=None, data_dir=None, echo=print):
+  """`num` input images: the first of --images (by name), or a seeded random
+  choice from the test split. float32 (N, H, W, C) in [0, 1], N <= num."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import images as images_lib  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  if images:
+    x = images_lib.load_images(images, model.image_shape)[:num]
+    echo(f'Inputs: {len(x)} image(s) from {images}.')
+    return x
+  name = model.config.data.name
+  test = _test_split(name, data_dir or model.config.data.data_dir)
+  idx = np.sort(np.random.default_rng(seed).choice(len(test), min(num, len(test)),
+                                                  replace=False))
+  echo(f'Inputs: {len(idx)} images from the {name} test split.')
+  return input_pipeline.to_float(test[idx])
+
+
+def run(workdir, mode='samples', num=64, seed=0, out='', step=None, images='',
+        data_dir='', noise='gaussian', noise_level=0.3, mask='center',
+        inpaint_method='auto', inpaint_steps=200, restarts=4, echo=print) -> dict:
+  """Draws one mode's PNG from the checkpoint in `workdir`.
+
+  Returns:
+    {'out': PNG path, 'step': checkpoint step, 'num': images per panel} plus,
+    per mode, PSNRs in dB: reconstruct 'psnr'; denoise 'psnr_noisy',
+    'psnr_restored'; inpaint 'psnr_hole_fill', 'psnr_completed' (on the
+    missing pixels only), and 'inpaint_method'.
+  """
+  check_args(mode, num, noise, noise_level, mask, inpaint_method, inpaint_steps,
+             restarts, images)
+  # Heavy imports only once the flags are known to be sane.
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import api  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import applications as apps  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import images as images_lib  # pylint: disable=g-import-not-at-top
+
+  model = api.load(workdir, step)
+  echo(f'Loaded {model.family_name} checkpoint at step {model.step} from {workdir} '
+       f'({jax.device_count()} device(s)).')
+  if mode in ('reconstruct', 'denoise') and not model.has_encoder:
+    raise UserError(f'--mode={mode} needs an encoder and the {model.family_name} family '
+                    f'has none; try --mode=samples, interpolate or inpaint.')
+  if mode == 'inpaint':
+    if inpaint_method == 'auto':
+      inpaint_method = 'posterior' if model.has_encoder else 'latent'
+    if inpaint_method == 'posterior' and not model.has_encoder:
+      raise UserError(f'--inpaint_method=posterior needs an encoder and the '
+                      f'{model.family_name} family has none; use --inpaint_method=latent.')
+
+  config, family, state = model.config, model.family, model.state
+  root = jax.random.PRNGKey(seed)
+  key = lambda purpose: jax.random.fold_in(root, purpose)
+  reconstruct = lambda s, v: family.reconstruct(config, s, v)
+  decode = lambda s, z: family.decode(config, s, z)
+  result = {'step': model.step, 'num': num}
+  ncol = None
+
+  if mode == 'samples':
+    panels = [model.sample(key(_SAMPLES), num)]
+  elif mode == 'interpolate':
+    ncol = math.ceil(math.sqrt(num))
+    rows = max(1, num // ncol)
+    z = apps.interpolation_latents(key(_INTERPOLATE), rows, ncol, model.latent_dim)
+    panels = [model.decode(z)]
+    echo(f'{rows} rows of {ncol}-step slerp paths between random latents.')
+  else:
+    x = jax.numpy.asarray(load_inputs(model, num, seed, images, data_dir, echo))
+    n, (h, w, _) = x.shape[0], model.image_shape
+    result['num'] = n
+    if mode == 'reconstruct':
+      x_hat = model.reconstruct(x)
+      panels = [x, x_hat]
+      result['psnr'] = float(apps.psnr(x, x_hat))
+      echo(f'reconstruct: PSNR {result["psnr"]:.2f} dB')
+    elif mode == 'denoise':
+      noisy = apps.add_noise(key(_NOISE), x, noise, noise_level)
+      restored = jax.jit(lambda s, v: apps.denoise(functools.partial(reconstruct, s), v))(
+          state, noisy)
+      panels = [x, noisy, restored]
+      result['psnr_noisy'] = float(apps.psnr(x, noisy))
+      result['psnr_restored'] = float(apps.psnr(x, restored))
+      echo(f'denoise ({noise} {noise_level:g}): PSNR vs clean: noisy '
+           f'{result["psnr_noisy"]:.2f} dB -> restored {result["psnr_restored"]:.2f} dB')
+    else:  # inpaint
+      m = (apps.center_mask(n, h, w) if mask == 'center'
+           else apps.block_mask(key(_MASK), n, h, w))
+      if inpaint_method == 'posterior':
+        fill = jax.jit(lambda s, v, mm: apps.inpaint_posterior(
+            functools.partial(reconstruct, s), v, mm, inpaint_steps))
+        completed = fill(state, x, m)
+      else:
+        z0 = jax.random.normal(key(_LATENT_INIT), (restarts, n, model.latent_dim))
+        if model.has_encoder:  # Start one run from the posterior mean.
+          z0 = z0.at[0].set(model.encode(apps.apply_mask(x, m))[0])
+        fill = jax.jit(lambda s, v, mm, z: apps.inpaint_latent(
+            functools.partial(decode, s), v, mm, z, inpaint_steps))
+        completed = fill(state, x, m, z0)
+      masked = apps.apply_mask(x, m)
+      panels = [x, masked, completed]
+      result['inpaint_method'] = inpaint_method
+      result['psnr_hole_fill'] = float(apps.psnr(x, masked, 1.0 - m))
+      result['psnr_completed'] = float(apps.psnr(x, completed, 1.0 - m))
+      echo(f'inpaint ({mask} mask, {inpaint_method}): PSNR on the missing pixels: '
+           f'grey fill {result["psnr_hole_fill"]:.2f} dB -> completed '
+           f'{result["psnr_completed"]:.2f} dB')
+
+  panels = [np.asarray(jax.device_get(p)) for p in panels]
+  grid = images_lib.side_by_side([images_lib.make_grid(p, ncol) for p in panels])
+  out = out or os.path.join(workdir, f'{mode}_step{model.step}.png')
+  if jax.process_index() == 0:
+    images_lib.save_png(out, grid)
+  result['out'] = out
+  echo(f'Wrote {out}')
+  return result
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  if not FLAGS.workdir:
+    raise UserError('--workdir is required: the directory of a training run.')
+  run(FLAGS.workdir, mode=FLAGS.mode, num=FLAGS.num, seed=FLAGS.seed, out=FLAGS.out,
+      step=FLAGS.step, images=FLAGS.images, data_dir=FLAGS.data_dir, noise=FLAGS.noise,
+      noise_level=FLAGS.noise_level, mask=FLAGS.mask,
+      inpaint_method=FLAGS.inpaint_method, inpaint_steps=FLAGS.inpaint_steps,
+      restarts=FLAGS.restarts)
+
+
+if __name__ == '__main__':
+  define_flags()
+  cli.run(main)
