@@ -28,11 +28,14 @@ def models(config):
   """(encoder, decoder) Flax modules for `config`."""
   m = config.model
   dtype = compute_dtype(config)
+  kernel = m.get('kernel_size', 4)  # Optional keys: configs/bench/convvae28.py.
   encoder = vae_models.Encoder(latent_dim=m.latent_dim, width=m.width,
-                               hidden=m.hidden, dtype=dtype, conv_impl=m.conv_impl)
+                               hidden=m.hidden, dtype=dtype, conv_impl=m.conv_impl,
+                               kernel_size=kernel)
   decoder = vae_models.Decoder(
       image_shape=input_pipeline.image_shape(config), width=m.width,
-      hidden=m.hidden, dtype=dtype, conv_impl=m.conv_impl,
+      hidden=m.get('decoder_hidden', m.hidden), dtype=dtype, conv_impl=m.conv_impl,
+      kernel_size=kernel,
       learn_scale=config.vae.likelihood == 'gaussian' and config.vae.learn_scale)
   return encoder, decoder
 

@@ -1,11 +1,16 @@
 """Convolutional VAE encoder and decoder, scaled to the input size.
 
-For an H x W x C image with s = num_stages(H) (2 for 28 and 32, 3 for 64):
-  Encoder: s x [Conv(width * 2^i, 4, stride 2) -> ReLU] -> Dense(hidden) -> ReLU
+For an H x W x C image with s = num_stages(H) (2 for 28 and 32, 3 for 64)
+and k = kernel_size (4 by default):
+  Encoder: s x [Conv(width * 2^i, k, stride 2) -> ReLU] -> Dense(hidden) -> ReLU
            -> Dense(2 * latent) = (mean, logvar).
   Decoder: Dense(hidden) -> ReLU -> Dense(b * b * width * 2^(s-1)) -> ReLU
-           -> s x [ConvTranspose(width * 2^(s-1-i), 4, stride 2) -> ReLU]
+           -> s x [ConvTranspose(width * 2^(s-1-i), k, stride 2) -> ReLU]
            -> Conv(C, 3) = Bernoulli logits or Gaussian means, (B, H, W, C).
+The decoder's first Dense is left out when its `hidden` is 0. With k = 3,
+width 32, encoder hidden 16 and decoder hidden 0 this is the Keras VAE
+example (keras.io/examples/generative/vae; its last stride-1 ConvTranspose
+is the same function as the Conv here).
 """
 
 from typing import Any
@@ -24,12 +29,14 @@ class Encoder(nn.Module):
   hidden: int = 256
   dtype: Any = jnp.float32
   conv_impl: str = 'auto'
+  kernel_size: int = 4
 
   @nn.compact
   def __call__(self, x):
     x = x.astype(self.dtype)
     for i in range(num_stages(x.shape[1])):
-      x = layers.Conv(self.width * 2**i, (4, 4), strides=(2, 2), padding='SAME',
+      k = self.kernel_size
+      x = layers.Conv(self.width * 2**i, (k, k), strides=(2, 2), padding='SAME',
                       dtype=self.dtype, impl=self.conv_impl)(x)
       x = nn.relu(x)
     x = x.reshape(x.shape[0], -1)
@@ -43,7 +50,8 @@ class Decoder(nn.Module):
   """z (B, latent_dim) -> per-pixel parameters (B, H, W, C), float32.
 
   With `learn_scale`, also holds a scalar param 'log_scale' (Gaussian
-  likelihood with a learned, shared standard deviation).
+  likelihood with a learned, shared standard deviation). `hidden` 0 leaves
+  out the first Dense.
   """
   image_shape: tuple = (28, 28, 1)
   width: int = 32
@@ -51,17 +59,21 @@ class Decoder(nn.Module):
   learn_scale: bool = False
   dtype: Any = jnp.float32
   conv_impl: str = 'auto'
+  kernel_size: int = 4
 
   @nn.compact
   def __call__(self, z):
     height, _, channels = self.image_shape
     stages, base = num_stages(height), base_size(height)
     top = self.width * 2**(stages - 1)
-    x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(z.astype(self.dtype)))
+    x = z.astype(self.dtype)
+    if self.hidden:
+      x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x))
     x = nn.relu(nn.Dense(base * base * top, dtype=self.dtype)(x))
     x = x.reshape(x.shape[0], base, base, top)
     for i in range(stages):
-      x = layers.ConvTranspose(self.width * 2**(stages - 1 - i), (4, 4),
+      k = self.kernel_size
+      x = layers.ConvTranspose(self.width * 2**(stages - 1 - i), (k, k),
                                strides=(2, 2), padding='SAME', dtype=self.dtype,
                                impl=self.conv_impl)(x)
       x = nn.relu(x)
