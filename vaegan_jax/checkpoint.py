@@ -8,6 +8,7 @@ on N devices be read on any other number of devices.
 
 import math
 import os
+import shutil
 
 from absl import logging
 import jax
@@ -34,29 +35,113 @@ def abstract_with_shardings(abstract_state, shardings):
       abstract_state, shardings)
 
 
+def _path_str(path) -> str:
+  parts = []
+  for k in path:
+    parts.append(str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k)))))
+  return '.'.join(parts)
+
+
+def structure(tree) -> dict:
+  """{'params.encoder.Conv_0.kernel': shape, ...} for every array leaf."""
+  return {_path_str(p): tuple(x.shape)
+          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_structure(mngr: ocp.CheckpointManager, step: int, abstract_state):
+  """A UserError naming the differences if checkpoint `step` holds another model."""
+  path = os.path.join(str(mngr.directory), str(step), 'default')
+  try:
+    saved = structure(ocp.StandardCheckpointer().metadata(path).item_metadata)
+  except Exception:  # pylint: disable=broad-except
+    return  # Unreadable metadata: let the restore itself report it.
+  wanted = structure(abstract_state)
+  if saved == wanted:
+    return
+  missing = sorted(set(wanted) - set(saved))
+  extra = sorted(set(saved) - set(wanted))
+  shapes = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
+  if not extra and not shapes:  # Only missing entries: damaged, not foreign.
+    raise ValueError(f'metadata lists {len(saved)} of {len(wanted)} arrays')
+  details = []
+  for name, keys in (('missing', missing), ('unexpected', extra), ('shape differs', shapes)):
+    if keys:
+      details.append(f'{name}: {", ".join(keys[:3])}' + (' ...' if len(keys) > 3 else ''))
+  raise UserError(f'Checkpoint {step} in {mngr.directory} was written by another model '
+                  f'(family or architecture): {"; ".join(details)}.')
+
+
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, shardings):
   """Restores `step` into the structure, dtypes and shardings of `abstract_state`."""
+  check_structure(mngr, step, abstract_state)
   target = abstract_with_shardings(abstract_state, shardings)
-  try:
-    return mngr.restore(step, args=ocp.args.StandardRestore(target))
-  except (ValueError, KeyError, TypeError) as e:
-    raise UserError(
-        f'Checkpoint step {step} in {mngr.directory} does not match this '
-        f'model (was it written by another family or architecture?): '
-        f'{str(e).splitlines()[0][:300]}') from None
+  return mngr.restore(step, args=ocp.args.StandardRestore(target))
+
+
+def restore_latest_good(mngr, abstract_state, shardings):
+  """Restores the newest checkpoint that reads back whole.
+
+  Orbax only lists finalised checkpoints, so a save cut short by a kill is
+  never seen. A finalised one that was damaged afterwards (truncated or
+  missing files) fails to read; it is skipped with a warning and the one
+  before it is tried.
+
+  Returns:
+    The restored state, or None if there are no checkpoints.
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if not steps:
+    return None
+  errors, mismatches = [], []
+  for step in steps:
+    try:
+      state = restore(mngr, step, abstract_state, shardings)
+      jax.block_until_ready(state)
+    except UserError as e:  # Another model's checkpoint, or damaged metadata.
+      mismatches.append(e)
+      errors.append(f'checkpoint {step}: {e}')
+      continue
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(f'checkpoint {step} is unreadable ({type(e).__name__}: '
+                    f'{str(e).splitlines()[0][:200]})')
+      continue
+    for msg in errors:
+      logging.warning('%s; fell back to checkpoint %d.', msg, step)
+      print(f'warning: {msg}; falling back to checkpoint {step}.', flush=True)
+    if errors:  # Move the bad ones aside so the run can save those steps again.
+      _move_aside(mngr, [s for s in steps if s > step])
+    return state
+  if len(mismatches) == len(steps):
+    raise mismatches[0]
+  raise UserError(f'No readable checkpoint in {mngr.directory}: {"; ".join(errors)}. '
+                  'Delete the damaged step directories or use a new --workdir.')
+
+
+def _move_aside(mngr, steps):
+  """Moves damaged step directories to WORKDIR/checkpoints_damaged/."""
+  root = str(mngr.directory)
+  aside = os.path.join(os.path.dirname(root), 'checkpoints_damaged')
+  if jax.process_index() == 0:
+    os.makedirs(aside, exist_ok=True)
+    for step in steps:
+      target = os.path.join(aside, str(step))
+      if os.path.exists(target):
+        shutil.rmtree(target)
+      shutil.move(os.path.join(root, str(step)), target)
+      print(f'warning: moved damaged checkpoint {step} to {target}.', flush=True)
+  mngr.reload()
 
 
 def restore_or_init(mngr, init_fn, abstract_state, shardings):
-  """The latest checkpoint if there is one, else `init_fn()`.
+  """The latest good checkpoint if there is one, else `init_fn()`.
 
   Returns:
     (state, restored): the state and whether it came from a checkpoint.
   """
-  step = mngr.latest_step()
-  if step is None:
+  state = restore_latest_good(mngr, abstract_state, shardings)
+  if state is None:
     return init_fn(), False
-  logging.info('Restoring checkpoint at step %d from %s.', step, mngr.directory)
-  return restore(mngr, step, abstract_state, shardings), True
+  return state, True
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, force: bool = False) -> bool:

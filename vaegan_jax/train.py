@@ -62,17 +62,25 @@ def _format_duration(seconds):
   return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
 
 
-def _check_finite(step: int, scalars: dict):
-  for name, value in scalars.items():
-    if not math.isfinite(value):
-      raise NonFiniteError(
-          f'Non-finite {name}={value} at step {step}; training stopped. The last '
-          f'checkpoint before it is intact; lower the learning rate or check the data.')
+def _check_finite(pending: list, last_step: int):
+  """Raises NonFiniteError naming the first step and metric that is NaN/Inf.
+
+  Args:
+    pending: host metrics dicts of consecutive steps ending at `last_step`.
+  """
+  first_step = last_step - len(pending) + 1
+  for i, metrics in enumerate(pending):
+    for name, value in metrics.items():
+      if not np.all(np.isfinite(value)):
+        raise NonFiniteError(
+            f'Non-finite {name}={float(np.ravel(value)[0])} at step {first_step + i}; '
+            f'training stopped. The checkpoints before it are intact; lower the '
+            f'learning rate or check the data.')
 
 
-def write_grid(config, family, state, key, test_images, path):
+def write_grid(grid_fn, state, key, test_images, path):
   """Writes the family's panels (e.g. samples | inputs | reconstructions) as one PNG."""
-  panels = jax.device_get(family.grid_panels(config, state, key, test_images))
+  panels = jax.device_get(grid_fn(state, key, test_images))
   grid = images_lib.side_by_side([images_lib.make_grid(p) for p in panels])
   if _is_main():
     images_lib.save_png(path, grid)
@@ -134,8 +142,9 @@ def train_and_evaluate(config, workdir: str):
                        out_shardings=(state_sharding, repl), donate_argnums=0)
   eval_fn = jax.jit(functools.partial(family.eval_step, config),
                     in_shardings=(state_sharding, batch_sharding), out_shardings=repl)
-  grid_key = jax.random.fold_in(root_key, _GRID_KEY)
-  grid_images = jnp.asarray(input_pipeline.to_float(data.test_images[:GRID_SIZE]))
+  grid_fn = jax.jit(functools.partial(family.grid_panels, config), out_shardings=repl)
+  grid_key = np.asarray(jax.random.fold_in(root_key, _GRID_KEY))  # Host values, so
+  grid_images = input_pipeline.to_float(data.test_images[:GRID_SIZE])  # multi-host safe.
   gen_eval = generative.training_evaluator(config, family, data.test_images, mesh)
   best_metric = (config.get('eval') or {}).get('best_metric', '')
   if best_metric in generative.METRIC_KEYS and gen_eval is None:
@@ -169,10 +178,10 @@ def train_and_evaluate(config, workdir: str):
 
       is_last = step == num_steps
       if step % tc.log_every_steps == 0 or is_last:
-        scalars = {k: float(np.mean(v)) for k, v in
-                   jax.tree.map(lambda *xs: np.stack(xs), *jax.device_get(pending)).items()}
+        host = jax.device_get(pending)
+        _check_finite(host, step)
+        scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
         pending = []
-        _check_finite(step, scalars)
         now = time.time()
         steps_per_s = (step - steps_last) / max(now - t_last, 1e-9)
         t_last, steps_last = now, step
@@ -186,7 +195,7 @@ def train_and_evaluate(config, workdir: str):
               flush=True)
 
       if step % tc.sample_every_steps == 0 or is_last:
-        write_grid(config, family, state, grid_key, grid_images,
+        write_grid(grid_fn, state, grid_key, grid_images,
                    os.path.join(workdir, 'samples', f'step_{step:07d}.png'))
 
       if step % tc.eval_every_steps == 0 or is_last:
@@ -201,10 +210,7 @@ def train_and_evaluate(config, workdir: str):
       periodic = (step % tc.sample_every_steps == 0 or step % tc.eval_every_steps == 0
                   or step % tc.checkpoint_every_steps == 0)
       if step % tc.checkpoint_every_steps == 0 or is_last:
-        if pending:  # Never save a state whose metrics were not checked.
-          _check_finite(step, {k: float(np.max(np.abs(v))) for k, v in
-                               jax.tree.map(lambda *xs: np.stack(xs),
-                                            *jax.device_get(pending)).items()})
+        _check_finite(jax.device_get(pending), step)  # Never save a NaN state.
         checkpoint.save(mngr, step, state, force=True)
       if periodic:  # Keep grids, evals and saves out of the throughput numbers.
         jax.block_until_ready(state)
