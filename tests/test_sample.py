@@ -1,7 +1,9 @@
 """Sampling CLI, notebook API and applications, on tiny trained checkpoints."""
 
 import functools
+import glob
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -179,6 +181,25 @@ def test_load_errors(tmp_path, vae_workdir):
   (fresh / 'config.json').write_bytes(open(os.path.join(vae_workdir, 'config.json'), 'rb').read())
   with pytest.raises(UserError, match='No checkpoints'):
     api.load(str(fresh))
+  with pytest.raises(UserError, match='No best checkpoint'):
+    api.load(vae_workdir, step='best')
+  with pytest.raises(UserError, match="neither a step number nor 'best'"):
+    api.load(vae_workdir, step='latest')
+  assert api.load(vae_workdir, step='10').step == 10  # As the CLI passes it.
+
+
+def test_damaged_checkpoint_is_one_error(tmp_path, vae_workdir):
+  damaged = str(tmp_path / 'damaged')
+  shutil.copytree(vae_workdir, damaged)
+  data = glob.glob(os.path.join(damaged, 'checkpoints', '20', 'default', '**', 'd', '*'),
+                   recursive=True)
+  assert data
+  for f in data:
+    with open(f, 'r+b') as fh:
+      fh.truncate(10)
+  with pytest.raises(UserError, match='Checkpoint 20 .* cannot be read.*other steps: 10'):
+    api.load(damaged)
+  assert api.load(damaged, step=10).step == 10
 
 
 # ---------------------------------------------------------------------------

@@ -48,16 +48,37 @@ def _quiet_orbax():
     log.removeFilter(notice_filter)
 
 
-def available_steps(workdir: str) -> list[int]:
-  """The checkpointed steps in `workdir`, ascending ([] when there are none)."""
-  if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+def _manager(workdir: str, best: bool):
+  if best:
+    return checkpoint.best_manager(workdir, read_only=True)
+  return checkpoint.manager(workdir, read_only=True)
+
+
+def available_steps(workdir: str, best: bool = False) -> list[int]:
+  """The checkpointed steps in `workdir` (in checkpoints_best/ if `best`),
+  ascending; [] when there are none."""
+  directory = (checkpoint.best_checkpoint_dir(workdir) if best
+               else checkpoint.checkpoint_dir(workdir))
+  if not os.path.isdir(directory):
     return []
   with _quiet_orbax():
-    mngr = checkpoint.manager(workdir, read_only=True)
+    mngr = _manager(workdir, best)
     try:
       return sorted(int(s) for s in mngr.all_steps())
     finally:
       mngr.close()
+
+
+def load_config(workdir: str):
+  """The config stored with the run in `workdir`; a UserError if there is none."""
+  if not os.path.isdir(workdir):
+    raise UserError(f'Workdir {workdir} does not exist.')
+  return run_config.load(workdir)
+
+
+def has_encoder(family) -> bool:
+  """Whether a family module defines encode and reconstruct."""
+  return hasattr(family, 'encode') and hasattr(family, 'reconstruct')
 
 
 def _check_images(x, image_shape) -> jax.Array:
@@ -90,7 +111,7 @@ class Model:
     self.family_name = config.model.family
     self.image_shape = tuple(input_pipeline.image_shape(config))
     self.latent_dim = int(family.latent_dim(config))
-    self.has_encoder = hasattr(family, 'encode') and hasattr(family, 'reconstruct')
+    self.has_encoder = has_encoder(family)
     self._sample = jax.jit(functools.partial(family.sample, config), static_argnums=2)
     self._decode = jax.jit(functools.partial(family.decode, config))
     if self.has_encoder:
@@ -130,23 +151,42 @@ class Model:
     return self._reconstruct(self.state, _check_images(x, self.image_shape))
 
 
-def load(workdir: str, step: int | None = None) -> Model:
-  """Restores the model saved in `workdir` at `step` (default: the latest).
+def _parse_step(step):
+  """None | int | 'best' | a string of digits ('' = None)."""
+  if step is None or step == '' or step == 'best':
+    return step or None
+  if isinstance(step, str) and step.isdigit():
+    return int(step)
+  if isinstance(step, (int, np.integer)) and not isinstance(step, bool):
+    return int(step)
+  raise UserError(f"Step {step!r} is neither a step number nor 'best'; leave it out for the latest.")
+
+
+def load(workdir: str, step: int | str | None = None) -> Model:
+  """Restores the model saved in `workdir`.
+
+  Args:
+    workdir: a training run's directory.
+    step: a checkpointed step; None for the latest; 'best' for the one kept
+      in WORKDIR/checkpoints_best by config.eval.best_metric.
 
   Raises:
     UserError: `workdir` is not a run directory, has no checkpoint, has no
       checkpoint at `step` (the message lists those it has), or the
-      checkpoint does not fit the stored config.
+      checkpoint does not fit the stored config or cannot be read.
   """
-  if not os.path.isdir(workdir):
-    raise UserError(f'Workdir {workdir} does not exist.')
-  config = run_config.load(workdir)
+  step = _parse_step(step)
+  config = load_config(workdir)
   family = families.get(config.model.family)
-  steps = available_steps(workdir)
+  best = step == 'best'
+  steps = available_steps(workdir, best)
+  if best and not steps:
+    raise UserError(f'No best checkpoint in {checkpoint.best_checkpoint_dir(workdir)}: '
+                    'the run kept none (config.eval.best_metric); load a step instead.')
   if not steps:
     raise UserError(f'No checkpoints in {checkpoint.checkpoint_dir(workdir)}: '
                     f'train first (python -m vaegan_jax.main --workdir={workdir} ...).')
-  if step is None:
+  if step is None or best:
     step = steps[-1]
   elif step not in steps:
     raise UserError(f'No checkpoint at step {step} in {workdir}; available steps: '
@@ -156,9 +196,19 @@ def load(workdir: str, step: int | None = None) -> Model:
                                   jax.random.PRNGKey(config.seed))
   shardings = sharding.state_sharding(mesh, abstract_state)
   with _quiet_orbax():
-    mngr = checkpoint.manager(workdir, read_only=True)
+    mngr = _manager(workdir, best)
     try:
       state = checkpoint.restore(mngr, step, abstract_state, shardings)
+      jax.block_until_ready(state)
+    except UserError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      others = [s for s in steps if s != step]
+      detail = (str(e).splitlines() or [''])[0].split(' See full')[0][:200]
+      raise UserError(
+          f'Checkpoint {step} in {mngr.directory} cannot be read, is it damaged? '
+          f'({type(e).__name__}: {detail})'
+          + (f'; other steps: {", ".join(map(str, others))}.' if others else '.')) from None
     finally:
       mngr.close()
   return Model(workdir, step, config, family, state)

@@ -42,7 +42,8 @@ def define_flags():
   flags.DEFINE_integer('num', 64, 'Number of images (per panel).')
   flags.DEFINE_integer('seed', 0, 'Seed of every random choice; same seed, same PNG.')
   flags.DEFINE_string('out', '', 'PNG to write; default WORKDIR/<mode>_step<N>.png.')
-  flags.DEFINE_integer('step', None, 'Checkpoint step to load; default the latest.')
+  flags.DEFINE_string('step', '', "Checkpoint step to load; '' = the latest, 'best' = "
+                      'the best kept in checkpoints_best/.')
   flags.DEFINE_string('images', '', 'Inputs for reconstruct/denoise/inpaint: a PNG/JPEG '
                       'file or a folder of them; default the test split.')
   flags.DEFINE_string('data_dir', '', 'TFDS data_dir for the test split; default the '
@@ -126,20 +127,23 @@ def run(workdir, mode='samples', num=64, seed=0, out='', step=None, images='',
   import numpy as np  # pylint: disable=g-import-not-at-top
   from vaegan_jax import api  # pylint: disable=g-import-not-at-top
   from vaegan_jax import applications as apps  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import families  # pylint: disable=g-import-not-at-top
   from vaegan_jax import images as images_lib  # pylint: disable=g-import-not-at-top
 
-  model = api.load(workdir, step)
-  echo(f'Loaded {model.family_name} checkpoint at step {model.step} from {workdir} '
-       f'({jax.device_count()} device(s)).')
-  if mode in ('reconstruct', 'denoise') and not model.has_encoder:
-    raise UserError(f'--mode={mode} needs an encoder and the {model.family_name} family '
+  family = families.get(api.load_config(workdir).model.family)
+  family_name = family.__name__.rsplit('.', 1)[-1]
+  if mode in ('reconstruct', 'denoise') and not api.has_encoder(family):
+    raise UserError(f'--mode={mode} needs an encoder and the {family_name} family '
                     f'has none; try --mode=samples, interpolate or inpaint.')
   if mode == 'inpaint':
     if inpaint_method == 'auto':
-      inpaint_method = 'posterior' if model.has_encoder else 'latent'
-    if inpaint_method == 'posterior' and not model.has_encoder:
+      inpaint_method = 'posterior' if api.has_encoder(family) else 'latent'
+    if inpaint_method == 'posterior' and not api.has_encoder(family):
       raise UserError(f'--inpaint_method=posterior needs an encoder and the '
-                      f'{model.family_name} family has none; use --inpaint_method=latent.')
+                      f'{family_name} family has none; use --inpaint_method=latent.')
+  model = api.load(workdir, step)
+  echo(f'Loaded {model.family_name} checkpoint at step {model.step} from {workdir} '
+       f'({jax.device_count()} device(s)).')
 
   config, family, state = model.config, model.family, model.state
   root = jax.random.PRNGKey(seed)
