@@ -13,8 +13,9 @@ checkpoints move freely between these layers and flax's, CPU and TPU.
 
 Why: XLA:CPU runs the kernel gradient of an input-dilated convolution (every
 strided ConvTranspose) as a convolution with window reversal, which it cannot
-hand to its Eigen/YNNPACK kernels, so it runs as a naive loop: ~7 s for the
-7->14 ConvT of dcgan28's G at batch 256, whose forward pass takes ~0.08 s.
+hand to its Eigen/YNNPACK kernels, so it runs as a naive loop: 7 s for a
+7->14 ConvT (k5, 256->64 channels, batch 256, idle machine) whose forward
+pass takes 0.08 s.
 Second derivatives through a strided Conv (WGAN-GP, R1 through D) hit the same
 path. No XLA_FLAGS setting tried changed this (thunk runtime off, Eigen
 threading off, oneDNN, XNNPACK, YNN fusion off).
@@ -36,7 +37,26 @@ Timing, ms for forward + grads w.r.t. input and params (median; 2 shared CPU
 cores, XLA:CPU, batch 256, float32; `python experiments/layer_timing.py
 --second_order`; [GP] = d/dparams of ||dy/dx||^2):
 
-TIMING_TABLE_PLACEHOLDER
+  layer (dcgan28 G/D, convvae28; K* = vae.py's k4)   xla      fast  speed-up
+  G1 ConvT 256->128 k5 s1 7->7                    1981.2    1712.6     1.2x
+  G2 ConvT 128->64  k5 s2 7->14                  39140.3     756.0    51.8x
+  G3 ConvT 64->1    k5 s2 14->28                    99.9     101.3     1.0x
+  D1 Conv  1->64    k5 s2 28->14                    69.9      59.0     1.2x
+  D2 Conv  64->128  k5 s2 14->7                    697.8     708.8     1.0x
+  V1 Conv  1->32    k3 s2 28->14                    22.7      21.2     1.1x
+  V2 Conv  32->64   k3 s2 14->7                     93.6      75.9     1.2x
+  V3 ConvT 64->64   k3 s2 7->14                   9783.2     227.6    43.0x
+  V4 ConvT 64->32   k3 s2 14->28                 13747.9     556.0    24.7x
+  V5 ConvT 32->1    k3 s1 28->28                   290.7     186.8     1.6x
+  K3 ConvT 64->64   k4 s2 7->14                  14590.8     326.4    44.7x
+  K4 ConvT 64->32   k4 s2 14->28                 18319.7     782.1    23.4x
+  K5 Conv  32->1    k3 s1 28->28                   229.8     128.0     1.8x
+  D2 Conv  64->128  k5 s2 14->7 [GP]             36700.9     693.2    52.9x
+  V2 Conv  32->64   k3 s2 14->7 [GP]               774.1      92.0     8.4x
+
+  (Taken while other jobs kept the load near 18: absolute times are several
+  times an idle machine's; the two impls were timed alternately, so the
+  ratios hold.)
 """
 
 import functools
