@@ -1,0 +1,523 @@
+"""The comparison study: VAE vs GAN vs VAE-GAN, equal budgets, several seeds.
+
+  python experiments/compare.py --config=experiments/configs/compare.py --out=experiments/results/mnist5k
+  python experiments/compare.py --config=experiments/configs/compare.py:smoke --out=/tmp/compare_smoke
+  python experiments/compare.py --config=experiments/configs/compare.py --out=DIR --report_only
+
+Every family of `config.families` trains `config.num_steps` steps of
+`config.batch_size` images per seed (the same images seen by every run) into
+OUT/runs/<family>/seed_<s>/, a normal workdir: `train.train_and_evaluate`
+one seed after the other, or all seeds of a family in one vmapped step
+(`config.vmap_seeds`, vaegan_jax/vmap_seeds.py). Each run's final checkpoint
+is then evaluated with `vaegan_jax.evaluate.run` (so `python -m
+vaegan_jax.evaluate --workdir=RUN --num_samples=N` reproduces a row), and
+the study writes
+
+  OUT/results.json   per family and seed every metric, their mean and std,
+                     training curves, speeds, parameter counts, timings;
+  OUT/report.md      tables, a generated summary and the PNGs it links
+                     (experiments/report.py).
+
+Rerunning the command skips the runs that finished (final checkpoint and
+eval.json present) and resumes the others from their last checkpoint.
+"""
+
+import contextlib
+import functools
+import importlib.util
+import json
+import logging
+import os
+import platform
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'experiments'))
+
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from vaegan_jax.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+FLAGS = flags.FLAGS
+RESULTS = 'results.json'
+EVAL_FILE = 'eval.json'
+TIMING_FILE = 'timing.json'
+SPEED_FILE = 'speed.json'
+GRID_KEY = 7  # Fixed sample key of the report's grids.
+
+
+def define_flags():
+  config_flags.DEFINE_config_file(
+      'config', os.path.join(ROOT, 'experiments', 'configs', 'compare.py'),
+      'Study config, e.g. experiments/configs/compare.py or ...compare.py:smoke.',
+      lock_config=True)
+  flags.DEFINE_string('out', '', 'Output directory; default config.out.')
+  flags.DEFINE_bool('report_only', False, 'Rewrite results.json and the report from '
+                    'the runs (or only the report from results.json); train nothing.')
+
+
+# ---------------------------------------------------------------------------
+# Configs of the runs.
+# ---------------------------------------------------------------------------
+
+
+def load_family_config(family: str, variant: str = ''):
+  """configs/<family>.py:get_config(variant or None), loaded by path."""
+  path = os.path.join(ROOT, 'configs', f'{family}.py')
+  if not os.path.exists(path):
+    raise UserError(f'No config file {path} for family {family!r}.')
+  spec = importlib.util.spec_from_file_location(f'_compare_config_{family}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant or None)
+
+
+def apply_overrides(config, overrides, where: str):
+  """Sets every leaf of the nested dict `overrides` in `config`; unknown keys
+  are a UserError naming `where`."""
+  for key, value in overrides.items():
+    if key not in config:
+      raise UserError(f'{where}.{key} is not a key of the family config; check the '
+                      f'spelling in experiments/configs/compare.py.')
+    if hasattr(value, 'items'):
+      apply_overrides(config[key], value, f'{where}.{key}')
+    else:
+      try:
+        config[key] = value
+      except TypeError as e:
+        raise UserError(f'{where}.{key}={value!r}: {e}') from None
+
+
+def run_config(study, family: str, seed: int):
+  """The config of one run: the family's own, with the study's budget."""
+  config = load_family_config(family, study.family_variant)
+  config.seed = int(seed)
+  config.data.name = study.dataset
+  config.data.data_dir = study.data_dir
+  t = config.train
+  t.batch_size = study.batch_size
+  t.num_steps = study.num_steps
+  t.log_every_steps = study.log_every_steps
+  t.eval_every_steps = study.eval_every_steps
+  t.sample_every_steps = study.eval_every_steps
+  t.checkpoint_every_steps = study.checkpoint_every_steps
+  t.keep_checkpoints = 2
+  config.eval.num_samples = study.curve_num_samples
+  config.eval.iwae_k = study.iwae_k  # The NLL is measured once, at the end ...
+  if 'train_iwae_k' in config.eval:
+    config.eval.train_iwae_k = 0     # ... not during training.
+  config.eval.best_metric = ''  # The study evaluates the final checkpoint.
+  apply_overrides(config, study.overrides.get(family, {}) or {}, f'overrides.{family}')
+  return config
+
+
+def run_dir(out: str, family: str, seed: int) -> str:
+  return os.path.join(out, 'runs', family, f'seed_{seed}')
+
+
+def check_study(study):
+  from vaegan_jax import families  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  if not study.families:
+    raise UserError('config.families is empty.')
+  for f in study.families:
+    families.get(f)
+  input_pipeline.get_spec(study.dataset)
+  if study.seeds < 1:
+    raise UserError(f'config.seeds must be at least 1, not {study.seeds}.')
+  if study.num_steps < 1 or study.batch_size < 1:
+    raise UserError('config.num_steps and config.batch_size must be positive.')
+  if study.eval_num_samples < 10:
+    raise UserError(f'config.eval_num_samples={study.eval_num_samples} is too small; use '
+                    'at least 10 (FID and KID need many).')
+  for f in study.overrides:
+    if f not in study.families:
+      raise UserError(f'config.overrides.{f} names a family that is not in config.families.')
+
+
+# ---------------------------------------------------------------------------
+# State of a run on disk.
+# ---------------------------------------------------------------------------
+
+
+def _read_json(path, default=None):
+  if not os.path.exists(path):
+    return default
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path, obj):
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(path + '.tmp', path)
+
+
+def trained(workdir: str, num_steps: int) -> bool:
+  """Whether `workdir` has its final checkpoint."""
+  from vaegan_jax import api  # pylint: disable=g-import-not-at-top
+  return num_steps in api.available_steps(workdir)
+
+
+def finished(workdir: str, num_steps: int, num_samples: int) -> bool:
+  """Final checkpoint present and evaluated with the study's sample count."""
+  result = _read_json(os.path.join(workdir, EVAL_FILE))
+  return (bool(result) and result.get('step') == num_steps
+          and result.get('num_samples') == num_samples and trained(workdir, num_steps))
+
+
+def add_timing(workdir: str, mode: str, start_step: int, end_step: int, wall: float,
+               group_size: int = 1):
+  """Appends one training session to WORKDIR/timing.json."""
+  path = os.path.join(workdir, TIMING_FILE)
+  timing = _read_json(path, {'sessions': []})
+  timing['sessions'].append({'mode': mode, 'start_step': start_step, 'end_step': end_step,
+                             'wall_seconds': wall, 'group_size': group_size})
+  _write_json(path, timing)
+
+
+# ---------------------------------------------------------------------------
+# Training, evaluation, speed.
+# ---------------------------------------------------------------------------
+
+
+def _start_step(workdir):
+  from vaegan_jax import api  # pylint: disable=g-import-not-at-top
+  steps = api.available_steps(workdir)
+  return steps[-1] if steps else 0
+
+
+def train_family(study, out: str, family: str, echo=print):
+  """Trains the seeds of `family` that lack their final checkpoint."""
+  from vaegan_jax import train  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import vmap_seeds  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  todo = [s for s in range(study.seeds)
+          if not trained(run_dir(out, family, s), study.num_steps)]
+  if not todo:
+    echo(f'{family}: all {study.seeds} runs trained.')
+    return
+  configs = [run_config(study, family, s) for s in todo]
+  workdirs = [run_dir(out, family, s) for s in todo]
+  if study.vmap_seeds and len(todo) > 1 and jax.process_count() == 1:
+    echo(f'{family}: training seeds {todo} as one vmapped step.')
+    t0 = time.time()
+    _, info = vmap_seeds.train_and_evaluate(configs, workdirs, echo=echo)
+    wall = time.time() - t0
+    for w in workdirs:
+      add_timing(w, 'vmap', info['start_step'], study.num_steps, wall / len(todo), len(todo))
+    return
+  for seed, config, workdir in zip(todo, configs, workdirs):
+    echo(f'{family}: training seed {seed}.')
+    start = _start_step(workdir)
+    t0 = time.time()
+    train.train_and_evaluate(config, workdir)
+    add_timing(workdir, 'sequential', start, study.num_steps, time.time() - t0)
+
+
+def evaluate_family(study, out: str, family: str, echo=print):
+  """Evaluates the final checkpoint of every run of `family` lacking eval.json."""
+  from vaegan_jax import evaluate  # pylint: disable=g-import-not-at-top
+  for s in range(study.seeds):
+    workdir = run_dir(out, family, s)
+    if finished(workdir, study.num_steps, study.eval_num_samples):
+      continue
+    evaluate.run(workdir, num_samples=study.eval_num_samples, step=study.num_steps,
+                 out=os.path.join(workdir, EVAL_FILE), iwae_k=study.iwae_k,
+                 data_dir=study.data_dir, echo=echo)
+
+
+def measure_speed(study, out: str, family: str, echo=print):
+  """Images/s of the seeds vmapped vs one by one; cached in OUT/speed.json."""
+  from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import vmap_seeds  # pylint: disable=g-import-not-at-top
+  path = os.path.join(out, SPEED_FILE)
+  speeds = _read_json(path, {})
+  key = {'batch_size': study.batch_size, 'num_seeds': study.seeds,
+         'steps_timed': study.speed_steps}
+  if family in speeds and all(speeds[family].get(k) == v for k, v in key.items()):
+    return speeds[family]
+  if study.seeds < 2 or study.speed_steps < 1:
+    return None
+  echo(f'{family}: timing {study.seeds} seeds vmapped vs one by one '
+       f'({study.speed_steps} steps each way, twice).')
+  config = run_config(study, family, 0)
+  images, labels = input_pipeline.load_split(study.dataset, 'train', study.data_dir or None)
+  result = vmap_seeds.speed(config, range(study.seeds), images, labels, study.speed_steps)
+  result['load_average'] = _load_average()
+  speeds[family] = result
+  _write_json(path, speeds)
+  return result
+
+
+def _load_average():
+  try:
+    return list(os.getloadavg())
+  except OSError:
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Collecting results.
+# ---------------------------------------------------------------------------
+
+
+def param_counts(study, family: str) -> dict:
+  """Parameters per network and in total (EMA copies and optimiser states
+  not counted)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import families  # pylint: disable=g-import-not-at-top
+  config = run_config(study, family, 0)
+  fam = families.get(family)
+  abstract = jax.eval_shape(functools.partial(fam.init_state, config), jax.random.PRNGKey(0))
+  counts = {name: int(sum(x.size for x in jax.tree.leaves(p)))
+            for name, p in abstract.params.items()}
+  counts['total'] = sum(counts.values())
+  return counts
+
+
+def read_metrics(workdir: str):
+  """(train rows, eval rows) of WORKDIR/metrics.jsonl, the last row per step
+  (a resumed run logs some steps twice)."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  train_rows, eval_rows = {}, {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        row = json.loads(line)
+        is_eval = any(k.startswith('eval/') for k in row)
+        (eval_rows if is_eval else train_rows)[row['step']] = row
+  return ([train_rows[s] for s in sorted(train_rows)],
+          [eval_rows[s] for s in sorted(eval_rows)])
+
+
+def curves(workdir: str, loss_keys) -> dict:
+  """Training curves of a run: step lists and values of the losses and FID."""
+  train_rows, eval_rows = read_metrics(workdir)
+  out = {'step': [r['step'] for r in train_rows]}
+  for k in loss_keys:
+    out[k] = [r.get(k) for r in train_rows]
+  out['eval_step'] = [r['step'] for r in eval_rows if 'eval/fid' in r]
+  out['fid'] = [r['eval/fid'] for r in eval_rows if 'eval/fid' in r]
+  return out
+
+
+def train_images_per_s(workdir: str, group_size: int) -> float | None:
+  """Median logged training throughput after the first interval (which holds
+  the compilation); times `group_size` for vmapped seeds (all seeds' images)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rows, _ = read_metrics(workdir)
+  values = [r['images_per_s'] for r in rows[1:] if 'images_per_s' in r]
+  if not values:
+    values = [r['images_per_s'] for r in rows if 'images_per_s' in r]
+  return float(np.median(values)) * group_size if values else None
+
+
+def mean_std(values):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  values = [v for v in values if v is not None]
+  if not values:
+    return None, None
+  a = np.asarray(values, np.float64)
+  return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def collect(study, out: str) -> dict:
+  """results.json from the run directories (and OUT/speed.json)."""
+  from vaegan_jax import families  # pylint: disable=g-import-not-at-top
+  speeds = _read_json(os.path.join(out, SPEED_FILE), {})
+  result = {'families': {}, 'speed': {}}
+  for family in study.families:
+    fam = families.get(family)
+    runs = {}
+    for s in range(study.seeds):
+      workdir = run_dir(out, family, s)
+      metrics = _read_json(os.path.join(workdir, EVAL_FILE))
+      if not metrics:
+        raise UserError(f'Run {workdir} has no {EVAL_FILE}; rerun the study without '
+                        '--report_only to finish it.')
+      timing = _read_json(os.path.join(workdir, TIMING_FILE), {'sessions': []})
+      sessions = timing['sessions']
+      group = sessions[-1]['group_size'] if sessions else 1
+      run = dict(metrics)
+      run['wall_seconds'] = sum(x['wall_seconds'] for x in sessions) or None
+      run['train_mode'] = sessions[-1]['mode'] if sessions else 'unknown'
+      run['resumed'] = any(x['start_step'] > 0 for x in sessions)
+      run['train_images_per_s'] = train_images_per_s(workdir, group)
+      run['curves'] = curves(workdir, fam.CONSOLE_METRICS)
+      runs[str(s)] = run
+    numeric = sorted({k for r in runs.values() for k, v in r.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    stats = {k: mean_std([r.get(k) for r in runs.values()]) for k in numeric}
+    result['families'][family] = {
+        'params': param_counts(study, family),
+        'runs': runs,
+        'mean': {k: v[0] for k, v in stats.items()},
+        'std': {k: v[1] for k, v in stats.items()},
+        'loss_keys': list(fam.CONSOLE_METRICS),
+    }
+    if family in speeds:
+      result['speed'][family] = speeds[family]
+  return result
+
+
+def environment() -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  return {'jax': jax.__version__, 'backend': jax.default_backend(),
+          'devices': jax.device_count(), 'cpu_count': os.cpu_count(),
+          'python': platform.python_version(), 'machine': platform.machine()}
+
+
+# ---------------------------------------------------------------------------
+# Grids.
+# ---------------------------------------------------------------------------
+
+
+def write_grids(study, out: str, echo=print) -> dict:
+  """Sample grids (every family and seed) and reconstruction grids (families
+  with an encoder, seed 0), as uint8 arrays for report.py to draw.
+
+  Returns:
+    {'samples': {family: [uint8 grid per seed]}, 'reconstructions':
+     {'inputs': grid, family: grid}}.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import vaegan_jax  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import images as images_lib  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  echo('Drawing the sample and reconstruction grids.')
+  test_images, _ = input_pipeline.load_split(study.dataset, 'test', study.data_dir or None)
+  inputs = input_pipeline.to_float(test_images[:36])
+  grids = {'samples': {}, 'reconstructions': {'inputs': images_lib.make_grid(inputs)}}
+  for family in study.families:
+    grids['samples'][family] = []
+    for s in range(study.seeds):
+      model = vaegan_jax.load(run_dir(out, family, s), study.num_steps)
+      x = model.sample(jax.random.PRNGKey(GRID_KEY), 36)
+      grids['samples'][family].append(images_lib.make_grid(jax.device_get(x)))
+      if s == 0 and model.has_encoder:
+        grids['reconstructions'][family] = images_lib.make_grid(
+            jax.device_get(model.reconstruct(inputs)))
+  return grids
+
+
+# ---------------------------------------------------------------------------
+# The study.
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def compilation_cache(directory: str):
+  """JAX's persistent compilation cache in `directory` while the study runs:
+  it compiles the same functions many times (per seed, for evaluation, for
+  timing), and a rerun compiles nothing it compiled before. Left alone if the
+  user set a cache directory already."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
+  if jax.config.jax_compilation_cache_dir:
+    yield
+    return
+  min_time = jax.config.jax_persistent_cache_min_compile_time_secs
+  os.makedirs(directory, exist_ok=True)
+  cc.reset_cache()
+  cc.set_cache_dir(directory)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  try:
+    yield
+  finally:
+    cc.reset_cache()
+    cc.set_cache_dir(None)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', min_time)
+
+
+class _StageTimer:
+  """Seconds spent per stage and family, for results.json."""
+
+  def __init__(self):
+    self.seconds = {}
+
+  def run(self, stage, family, fn, *args, **kwargs):
+    t0 = time.time()
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      key = f'{stage}/{family}'
+      self.seconds[key] = self.seconds.get(key, 0.0) + time.time() - t0
+
+
+def run_study(study, out: str, report_only: bool = False, echo=print) -> dict:
+  """Trains, evaluates and reports; returns the results dict (results.json)."""
+  import report  # pylint: disable=g-import-not-at-top
+  check_study(study)
+  out = os.path.abspath(out)
+  os.makedirs(out, exist_ok=True)
+  t0, cpu0 = time.time(), time.process_time()
+  timer = _StageTimer()
+  load_start = _load_average()
+  results_path = os.path.join(out, RESULTS)
+  have_runs = os.path.isdir(os.path.join(out, 'runs'))
+  if report_only and not have_runs:
+    results = _read_json(results_path)
+    if results is None:
+      raise UserError(f'--report_only: no runs and no {RESULTS} in {out}.')
+    report.write(results, out)
+    echo(f'Wrote {os.path.join(out, report.REPORT)} from {results_path}.')
+    return results
+  with compilation_cache(os.path.join(out, 'runs', 'jax_cache')):
+    if not report_only:
+      for family in study.families:
+        timer.run('train', family, train_family, study, out, family, echo)
+        timer.run('evaluate', family, evaluate_family, study, out, family, echo)
+      for family in study.families:
+        timer.run('speed', family, measure_speed, study, out, family, echo)
+    results = collect(study, out)
+    grids = timer.run('grids', 'all', write_grids, study, out, echo)
+  previous = _read_json(results_path, {})
+  results['study'] = json.loads(study.to_json_best_effort())
+  results['environment'] = environment()
+  session = {'seconds': time.time() - t0, 'load_average_start': load_start,
+             'load_average_end': _load_average(), 'report_only': report_only,
+             'stage_seconds': timer.seconds, 'cpu_seconds': time.process_time() - cpu0}
+  results['sessions'] = previous.get('sessions', []) + [session]
+  report.write(results, out, grids)
+  _write_json(results_path, results)
+  echo(f'Wrote {results_path} and {os.path.join(out, report.REPORT)} '
+       f'({time.time() - t0:.0f} s).')
+  return results
+
+
+class _DropOrbaxReadNotices(logging.Filter):
+  """Orbax warns about every read-only manager it opens; evaluating and
+  drawing from finished runs opens many."""
+
+  def filter(self, record):
+    message = record.getMessage()
+    return not ('orbax' in record.pathname and record.levelno <= logging.WARNING and
+                ('read_only' in message or 'read only' in message or
+                 'Metadata file does not exist' in message))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise UserError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  study = FLAGS.config
+  out = FLAGS.out or study.out
+  logging.getLogger('absl').addFilter(_DropOrbaxReadNotices())
+  t0 = time.time()
+
+  def echo(message):
+    minutes, seconds = divmod(int(time.time() - t0), 60)
+    print(f'[{minutes:02d}:{seconds:02d}] {message}', flush=True)
+
+  run_study(study, out, FLAGS.report_only, echo=echo)
+
+
+if __name__ == '__main__':
+  from vaegan_jax import cli  # pylint: disable=g-import-not-at-top
+  define_flags()
+  cli.run(main)

@@ -1,0 +1,67 @@
+"""The comparison study: VAE vs GAN vs VAE-GAN on equal budgets, several seeds.
+
+  python experiments/compare.py --config=experiments/configs/compare.py --out=experiments/results/mnist5k
+  python experiments/compare.py --config=experiments/configs/compare.py:smoke --out=/tmp/compare_smoke
+
+Every family trains `num_steps` steps of `batch_size` images (the same images
+seen per run), once per seed, with its own default config (configs/<family>.py)
+plus `overrides.<family>`; each final checkpoint is then evaluated with
+`vaegan_jax.evaluate` on `eval_num_samples` samples.
+
+Expect: the default study takes about TODO min on a quiet 2-core CPU; `:smoke`
+(tiny networks, 2 seeds, a few steps) well under 3 min.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+  config = ml_collections.ConfigDict()
+  config.families = ('vae', 'gan', 'vaegan')
+  config.family_variant = ''   # Argument of configs/<family>.py:get_config ('' = default).
+  config.seeds = 3             # Seeds 0 .. seeds-1; each changes init and data order.
+  config.dataset = 'mnist5k'
+  config.data_dir = ''         # '' = the project's default for the dataset.
+
+  # The budget, equal for every family: batch_size * num_steps images seen.
+  config.batch_size = 64
+  config.num_steps = 1000
+
+  # Training-time evaluation (the FID curves of the report).
+  config.eval_every_steps = 250
+  config.curve_num_samples = 500
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 250
+
+  # Final evaluation of every run (vaegan_jax.evaluate on the last checkpoint).
+  config.eval_num_samples = 2000
+  config.iwae_k = 100          # Importance samples of the VAE's NLL; 0 = skip.
+
+  # Train the seeds of a family as one vmapped step (vaegan_jax/vmap_seeds.py)
+  # instead of one after the other; and time both on `speed_steps` steps.
+  config.vmap_seeds = True
+  config.speed_steps = 10
+
+  # Per-family config overrides, nested like the family's config, e.g.
+  # config.overrides.gan = {'gan': {'ema_decay': 0.99}}.
+  config.overrides = ml_collections.ConfigDict({f: {} for f in config.families})
+
+  config.out = 'experiments/results/mnist5k'
+
+  if arg == 'smoke':
+    config.family_variant = 'smoke'
+    config.seeds = 2
+    config.batch_size = 32
+    config.num_steps = 12
+    config.eval_every_steps = 6
+    config.curve_num_samples = 64
+    config.log_every_steps = 3
+    config.checkpoint_every_steps = 6
+    config.eval_num_samples = 100
+    config.iwae_k = 4
+    config.speed_steps = 3
+    config.out = '/tmp/vaegan_jax_compare_smoke'
+  elif arg:
+    raise ValueError(f'Unknown variant {arg!r} of experiments/configs/compare.py; '
+                     "use '' or 'smoke'.")
+  return config

@@ -1,0 +1,435 @@
+"""report.md and its PNGs from a comparison study's results (experiments/compare.py).
+
+  python experiments/report.py --out=experiments/results/mnist5k   # rewrite from results.json
+
+Tables hold mean ± std over seeds (sample std, ddof = 1) or 'n/a' where a
+measure is undefined for a family (no encoder: no reconstruction error; no
+likelihood: no NLL). The summary calls a difference between the two best
+families "beyond seed noise" when |mean1 - mean2| > 2 sqrt(std1²/S + std2²/S),
+i.e. about two standard errors of the difference of the means.
+"""
+
+import argparse
+import json
+import math
+import os
+
+import numpy as np
+
+REPORT = 'report.md'
+SAMPLES_PNG = 'samples.png'
+RECON_PNG = 'reconstructions.png'
+FID_PNG = 'curves_fid.png'
+LOSSES_PNG = 'curves_losses.png'
+
+# (key in results, label, better: 'min' | 'max' | None, format, scale).
+QUALITY = [
+    ('fid', 'FID', 'min', '.2f', 1.0),
+    ('kid', 'KID ×10³', 'min', '.2f', 1e3),
+    ('precision', 'precision', 'max', '.3f', 1.0),
+    ('recall', 'recall', 'max', '.3f', 1.0),
+    ('density', 'density', 'max', '.3f', 1.0),
+    ('coverage', 'coverage', 'max', '.3f', 1.0),
+    ('modes_covered', 'modes covered', 'max', '.2f', 1.0),
+    ('class_kl', 'class-histogram KL', 'min', '.4f', 1.0),
+    ('classifier_score', 'classifier score', 'max', '.3f', 1.0),
+    ('recon_mse', 'reconstruction MSE', 'min', '.4f', 1.0),
+    ('psnr', 'reconstruction PSNR (dB)', 'max', '.2f', 1.0),
+    ('nll_nats', 'NLL (nats, IWAE bound)', 'min', '.2f', 1.0),
+    ('bits_per_dim', 'bits/dim', 'min', '.4f', 1.0),
+]
+COST = [
+    ('params_total', 'parameters', None, ',.0f', 1.0),
+    ('train_images_per_s', 'train images/s', 'max', '.0f', 1.0),
+    ('wall_seconds', 'training wall time per run (s)', 'min', '.0f', 1.0),
+    ('eval_seconds', 'final evaluation per run (s)', None, '.0f', 1.0),
+]
+PER_SEED = ['fid', 'kid', 'precision', 'recall', 'coverage', 'modes_covered',
+            'recon_mse', 'nll_nats', 'wall_seconds']
+
+
+def _fmt(value, fmt, scale=1.0):
+  return 'n/a' if value is None or not math.isfinite(value) else format(value * scale, fmt)
+
+
+def _stat(results, family, key):
+  """(mean, std, n) of `key` for `family`, or (None, None, 0)."""
+  fam = results['families'][family]
+  if key == 'params_total':
+    return float(fam['params']['total']), 0.0, 1
+  values = [r.get(key) for r in fam['runs'].values()]
+  values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+  if not values:
+    return None, None, 0
+  a = np.asarray(values, np.float64)
+  return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0, len(a)
+
+
+def _cell(results, family, key, fmt, scale, best):
+  mean, std, n = _stat(results, family, key)
+  if mean is None:
+    return 'n/a'
+  # One value for all seeds (a per-family quantity, or one seed): no ± part.
+  text = _fmt(mean, fmt, scale) if n < 2 or std == 0 else (
+      f'{_fmt(mean, fmt, scale)} ± {_fmt(std, fmt, scale)}')
+  return f'**{text}**' if best else text
+
+
+def _best_family(results, key, better, fmt='.6g', scale=1.0):
+  """The family with the best mean of `key`; None on a tie (as printed)."""
+  stats = [(f, _stat(results, f, key)[0]) for f in results['families']]
+  stats = [(f, m) for f, m in stats if m is not None]
+  if better is None or len(stats) < 2:
+    return None
+  stats.sort(key=lambda x: x[1], reverse=better == 'max')
+  if _fmt(stats[0][1], fmt, scale) == _fmt(stats[1][1], fmt, scale):
+    return None
+  return stats[0][0]
+
+
+def table(results, rows, header='measure') -> list[str]:
+  families = list(results['families'])
+  lines = [f'| {header} | ' + ' | '.join(families) + ' |',
+           '|---|' + '---:|' * len(families)]
+  for key, label, better, fmt, scale in rows:
+    arrow = {'min': ' ↓', 'max': ' ↑', None: ''}[better]
+    best = _best_family(results, key, better, fmt, scale)
+    cells = [_cell(results, f, key, fmt, scale, f == best) for f in families]
+    lines.append(f'| {label}{arrow} | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def compare_top_two(results, key, better):
+  """The best and second-best family of `key` and whether they differ beyond
+  seed noise; None where fewer than two families define it."""
+  stats = []
+  for f in results['families']:
+    mean, std, n = _stat(results, f, key)
+    if mean is not None:
+      stats.append((f, mean, std, n))
+  if len(stats) < 2 or better is None:
+    return None
+  stats.sort(key=lambda x: x[1], reverse=better == 'max')
+  (f1, m1, s1, n1), (f2, m2, s2, n2) = stats[:2]
+  noise = 2.0 * math.sqrt(s1**2 / max(n1, 1) + s2**2 / max(n2, 1))
+  return {'winner': f1, 'mean': m1, 'std': s1, 'runner_up': f2, 'runner_up_mean': m2,
+          'runner_up_std': s2, 'diff': abs(m1 - m2), 'noise': noise,
+          'significant': min(n1, n2) > 1 and abs(m1 - m2) > noise,
+          'families': len(stats)}
+
+
+def summary(results) -> list[str]:
+  lines, wins = [], {f: [] for f in results['families']}
+  for key, label, better, fmt, scale in QUALITY:
+    c = compare_top_two(results, key, better)
+    if c is None:
+      continue
+    if _fmt(c['mean'], fmt, scale) == _fmt(c['runner_up_mean'], fmt, scale):
+      lines.append(f'- **{label}**: {c["winner"]} and {c["runner_up"]} tie at '
+                   f'{_fmt(c["mean"], fmt, scale)}.')
+      continue
+    verdict = ('beyond seed noise' if c['significant'] else
+               'within seed noise' if min(_stat(results, c['winner'], key)[2],
+                                          _stat(results, c['runner_up'], key)[2]) > 1
+               else 'one seed only: no noise estimate')
+    if c['significant']:
+      wins[c['winner']].append(label)
+    lines.append(
+        f'- **{label}** ({"lower" if better == "min" else "higher"} is better): '
+        f'**{c["winner"]}** {_fmt(c["mean"], fmt, scale)} vs {c["runner_up"]} '
+        f'{_fmt(c["runner_up_mean"], fmt, scale)}; the difference '
+        f'{_fmt(c["diff"], fmt, scale)} is {verdict} (2·SE = {_fmt(c["noise"], fmt, scale)}).')
+  head = []
+  for f, labels in wins.items():
+    if labels:
+      head.append(f'**{f}** wins {len(labels)} measure{"s" if len(labels) > 1 else ""} '
+                  f'beyond seed noise ({", ".join(labels)})')
+    else:
+      head.append(f'**{f}** wins no measure beyond seed noise')
+  speed = sorted(((f, _stat(results, f, 'train_images_per_s')[0]) for f in results['families']),
+                 key=lambda x: -(x[1] or 0))
+  if all(v for _, v in speed):
+    lines.append('- **training speed**: ' + ', '.join(f'{f} {v:.0f}' for f, v in speed)
+                 + ' train images/s (one measurement per family, on a shared machine: '
+                 'see the load average above).')
+  return ['In short: ' + '; '.join(head) + '.', ''] + lines
+
+
+def speed_table(results) -> list[str]:
+  speed = results.get('speed') or {}
+  if not speed:
+    return ['Not measured (one seed, or `speed_steps = 0`).']
+  families = [f for f in results['families'] if f in speed]
+  first = speed[families[0]]
+  lines = [f'{first["num_seeds"]} seeds, batch {first["batch_size"]}, the same batches both '
+           f'ways; the faster of two alternating blocks of {first["steps_timed"]} steps '
+           'each, after compilation (vaegan_jax/vmap_seeds.py `speed`).', '',
+           '| seeds trained | ' + ' | '.join(families) + ' |',
+           '|---|' + '---:|' * len(families)]
+  rows = [('one by one (images/s)', 'sequential_images_per_s', '.0f'),
+          ('vmapped (images/s)', 'vmap_images_per_s', '.0f'),
+          ('vmapped / one by one', 'ratio', '.2f')]
+  for label, key, fmt in rows:
+    lines.append(f'| {label} | ' + ' | '.join(_fmt(speed[f][key], fmt) for f in families)
+                 + ' |')
+  loads = [speed[f].get('load_average') for f in families if speed[f].get('load_average')]
+  if loads:
+    lines += ['', 'Load average (1 min) while timing: ' +
+              ', '.join(f'{f} {speed[f]["load_average"][0]:.1f}' for f in families
+                        if speed[f].get('load_average')) +
+              f' on {results.get("environment", {}).get("cpu_count", "?")} cores.']
+  return lines
+
+
+def per_seed_table(results) -> list[str]:
+  labels = {k: (l, fmt, scale) for k, l, _, fmt, scale in QUALITY + COST}
+  lines = ['| family | seed | ' + ' | '.join(labels[k][0] for k in PER_SEED) + ' |',
+           '|---|---:|' + '---:|' * len(PER_SEED)]
+  for f, fam in results['families'].items():
+    for s, run in fam['runs'].items():
+      cells = [_fmt(run.get(k), labels[k][1], labels[k][2]) for k in PER_SEED]
+      lines.append(f'| {f} | {s} | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+# ---------------------------------------------------------------------------
+# Plots.
+# ---------------------------------------------------------------------------
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def _mean_curve(runs, step_key, value_key):
+  """(steps, mean, min, max) over the seeds that logged every step."""
+  series = [(r['curves'][step_key], r['curves'][value_key]) for r in runs
+            if r.get('curves') and r['curves'].get(value_key)]
+  if not series:
+    return None
+  steps = sorted(set.intersection(*[set(s) for s, _ in series]))
+  if not steps:
+    return None
+  table_ = np.array([[dict(zip(s, v))[t] if dict(zip(s, v))[t] is not None else np.nan
+                      for t in steps] for s, v in series], np.float64)
+  return np.asarray(steps), np.nanmean(table_, 0), np.nanmin(table_, 0), np.nanmax(table_, 0)
+
+
+def plot_fid(results, path):
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for f, fam in results['families'].items():
+    c = _mean_curve(list(fam['runs'].values()), 'eval_step', 'fid')
+    if c is None:
+      continue
+    steps, mean, lo, hi = c
+    ax.plot(steps, mean, marker='o', label=f)
+    ax.fill_between(steps, lo, hi, alpha=0.2)
+  ax.set_xlabel('training step')
+  ax.set_ylabel('FID (training-time eval; lower is better)')
+  ax.set_yscale('log')
+  ax.set_title('FID over training: mean over seeds, band = min..max')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def plot_losses(results, path):
+  plt = _pyplot()
+  fams = results['families']
+  ncol = max(len(f['loss_keys']) for f in fams.values())
+  fig, axes = plt.subplots(len(fams), ncol, figsize=(3.0 * ncol, 2.4 * len(fams)),
+                           squeeze=False)
+  for i, (f, fam) in enumerate(fams.items()):
+    for j in range(ncol):
+      ax = axes[i, j]
+      if j >= len(fam['loss_keys']):
+        ax.axis('off')
+        continue
+      key = fam['loss_keys'][j]
+      c = _mean_curve(list(fam['runs'].values()), 'step', key)
+      if c is not None:
+        steps, mean, lo, hi = c
+        ax.plot(steps, mean)
+        ax.fill_between(steps, lo, hi, alpha=0.25)
+      ax.set_title(f'{f}: {key}', fontsize=9)
+      ax.tick_params(labelsize=7)
+      ax.grid(alpha=0.3)
+  fig.suptitle('Training losses (mean over seeds, band = min..max) vs step', fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def _label_image(text, width, height):
+  """White uint8 (height, width) strip with `text` in black."""
+  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+  img = Image.new('L', (width, height), 255)
+  ImageDraw.Draw(img).text((4, max(0, (height - 11) // 2)), text, fill=0)
+  return np.asarray(img)
+
+
+def grid_figure(rows, col_titles, row_titles, path, gap=8):
+  """Grids side by side (rows x columns) with text labels, pixel for pixel.
+
+  Args:
+    rows: rows[i][j] a uint8 grid (H, W, 1) or None (left blank).
+    col_titles: one title per column; row_titles: one per row, or None.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  h = max(g.shape[0] for r in rows for g in r if g is not None)
+  w = max(g.shape[1] for r in rows for g in r if g is not None)
+  left = 56 if row_titles else 0
+  head = 16
+  ncol = len(col_titles)
+  canvas = np.full((head + len(rows) * (h + gap), left + ncol * (w + gap)), 255, np.uint8)
+  for j, title in enumerate(col_titles):
+    canvas[:head, left + j * (w + gap):left + j * (w + gap) + w] = _label_image(title, w, head)
+  for i, row in enumerate(rows):
+    top = head + i * (h + gap)
+    if row_titles:
+      canvas[top:top + h, :left] = _label_image(row_titles[i], left, h)
+    for j, grid in enumerate(row):
+      if grid is None:
+        continue
+      g = np.asarray(grid)[..., 0] if np.asarray(grid).shape[-1] == 1 else np.asarray(
+          grid).mean(-1).astype(np.uint8)
+      x0 = left + j * (w + gap)
+      canvas[top:top + g.shape[0], x0:x0 + g.shape[1]] = g
+  Image.fromarray(canvas).save(path, format='PNG', optimize=True)
+
+
+def write_images(results, out, grids):
+  families = list(results['families'])
+  seeds = max(len(f['runs']) for f in results['families'].values())
+  rows = [[grids['samples'][f][s] if s < len(grids['samples'][f]) else None
+           for f in families] for s in range(seeds)]
+  grid_figure(rows, families, [f'seed {s}' for s in range(seeds)],
+              os.path.join(out, SAMPLES_PNG))
+  recon = grids['reconstructions']
+  cols = [f for f in families if f in recon]
+  if cols:
+    grid_figure([[recon['inputs']] + [recon[c] for c in cols]], ['test images'] + cols,
+                None, os.path.join(out, RECON_PNG))
+
+
+# ---------------------------------------------------------------------------
+# The report.
+# ---------------------------------------------------------------------------
+
+
+def _budget_line(results):
+  s = results.get('study', {})
+  images = s.get('num_steps', 0) * s.get('batch_size', 0)
+  return (f'Every family trains {s.get("num_steps")} steps × {s.get("batch_size")} images '
+          f'= {images:,} images seen per run, for {len(next(iter(results["families"].values()))["runs"])} '
+          f'seeds (seed = init and data order), with its own default networks and optimisers '
+          f'(`configs/<family>.py`{", variant " + repr(s["family_variant"]) if s.get("family_variant") else ""}'
+          f'{"; overrides: " + json.dumps(s["overrides"]) if any((s.get("overrides") or {}).values()) else ""}).')
+
+
+def write(results, out, grids=None):
+  """Writes OUT/report.md and its PNGs; `grids` (from compare.write_grids) to
+  redraw the sample/reconstruction figures, else the existing ones are linked."""
+  os.makedirs(out, exist_ok=True)
+  if grids is not None:
+    write_images(results, out, grids)
+  plot_fid(results, os.path.join(out, FID_PNG))
+  plot_losses(results, os.path.join(out, LOSSES_PNG))
+  study = results.get('study', {})
+  env = results.get('environment', {})
+  train_sessions = [x for x in results.get('sessions', []) if not x.get('report_only')]
+  total = sum(x['seconds'] for x in train_sessions)
+  loads = [x.get('load_average_start') for x in train_sessions if x.get('load_average_start')]
+  fam0 = next(iter(results['families'].values()))
+  any_run = next(iter(fam0['runs'].values()))
+  lines = [
+      f'# Comparison study: {" vs ".join(results["families"])} on {study.get("dataset")}',
+      '',
+      'Generated by `python experiments/compare.py --config=experiments/configs/compare.py'
+      f'{":" + study["family_variant"] if study.get("family_variant") == "smoke" else ""}'
+      ' --out=DIR` (rerun it to reproduce; finished runs are skipped).',
+      '',
+      _budget_line(results) + ' Each final checkpoint is evaluated by `vaegan_jax.evaluate` '
+      f'with {any_run.get("num_samples")} samples against the {any_run.get("num_reference")} '
+      'test images, in the feature space of the project\'s own classifier '
+      '(`vaegan_jax/metrics/feature_net.py`, not Inception): compare these numbers only '
+      'with this project\'s, same dataset and sample count.',
+      '',
+      f'Study time: {total / 60:.1f} min on {env.get("cpu_count")} CPU cores '
+      f'({env.get("backend")}, jax {env.get("jax")})'
+      + (f'; load average at start {", ".join(f"{l[0]:.1f}" for l in loads)} '
+         '(other jobs shared the machine when it is above the core count)' if loads else '')
+      + '.',
+      '',
+      '## Summary',
+      '',
+      *summary(results),
+      '',
+      f'## Results (mean ± std over seeds; best in bold)',
+      '',
+      *table(results, QUALITY),
+      '',
+      '## Cost',
+      '',
+      *table(results, COST, header='cost'),
+      '',
+      'Train images/s: median logged training throughput (compilation, evaluations and '
+      'checkpoints excluded); for vmapped seeds, all seeds together. Wall time: the '
+      'whole training call per run (compilation and training-time evaluations included; '
+      'vmapped seeds share one call, split evenly).',
+      '',
+      '## Seeds as a batch dimension: vmapped vs one by one',
+      '',
+      *speed_table(results),
+      '',
+      '## Samples',
+      '',
+      '36 samples of the final checkpoint of every run (rows: seeds), drawn with the '
+      'same key.',
+      '',
+      f'![samples]({SAMPLES_PNG})',
+      '',
+  ]
+  if os.path.exists(os.path.join(out, RECON_PNG)):
+    lines += ['## Reconstructions', '',
+              'Test images and their reconstructions (decoded posterior means, seed 0) by '
+              'the families with an encoder.', '', f'![reconstructions]({RECON_PNG})', '']
+  lines += [
+      '## Training curves',
+      '',
+      f'![FID over training]({FID_PNG})',
+      '',
+      f'Training-time FID uses {study.get("curve_num_samples")} samples, so it sits above '
+      'the final numbers (FID is biased upwards for small sample counts).',
+      '',
+      f'![training losses]({LOSSES_PNG})',
+      '',
+      '## Per seed',
+      '',
+      *per_seed_table(results),
+      '',
+  ]
+  with open(os.path.join(out, REPORT), 'w') as f:
+    f.write('\n'.join(lines))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--out', required=True, help='Study directory holding results.json.')
+  args = parser.parse_args()
+  path = os.path.join(args.out, 'results.json')
+  if not os.path.exists(path):
+    raise SystemExit(f'error: no results.json in {args.out}.')
+  with open(path) as f:
+    write(json.load(f), args.out)
+  print(f'Wrote {os.path.join(args.out, REPORT)}.')
+
+
+if __name__ == '__main__':
+  main()
