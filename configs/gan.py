@@ -1,0 +1,74 @@
+"""DCGAN (the TensorFlow DCGAN tutorial's networks) on the embedded MNIST-5k digits.
+
+  python -m vaegan_jax.main --config=configs/gan.py --workdir=/tmp/gan
+
+What to expect: TODO
+
+Variants: `configs/gan.py:smoke` (tiny networks, under a minute), `:cifar10`,
+`:svhn_cropped` (32x32, DCGAN widths 512-256-128 / 64-128-256) and `:celeb_a`
+(64x64, 1024-512-256-128 / 64-128-256-512); these read real TFDS datasets and
+need network or a prepared data_dir, and a GPU/TPU for useful results.
+Losses: `--config.gan.loss=non_saturating|minimax|hinge|wgan|lsgan`.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _adam(learning_rate, b1, b2=0.999):
+  cfg = ml_collections.ConfigDict()
+  cfg.learning_rate = learning_rate
+  cfg.b1 = b1
+  cfg.b2 = b2
+  cfg.warmup_steps = 0  # With decay_steps > 0: warm-up + cosine decay.
+  cfg.decay_steps = 0
+  cfg.grad_clip = 0.0   # Clip the global gradient norm; 0 = off.
+  return cfg
+
+
+def get_config(arg=None):
+  config = common.get_base_config()
+  config.model.family = 'gan'
+  config.model.latent_dim = 100
+  config.model.g_width_mult = 1.0  # Scales every hidden width of G ...
+  config.model.d_width_mult = 1.0  # ... and of D (models/gan.py PLANS).
+  config.model.leaky_slope = 0.3   # Keras' LeakyReLU default, as in the tutorial.
+  config.model.d_dropout = 0.3
+  config.model.spectral_norm = False  # Spectral normalisation of D (Miyato et al. 2018).
+
+  config.gan = ml_collections.ConfigDict()
+  config.gan.loss = 'non_saturating'  # | 'minimax' | 'hinge' | 'wgan' | 'lsgan'.
+  config.gan.d_steps = 1       # D updates per G update (5 is usual for wgan).
+  config.gan.gp_weight = 10.0  # WGAN-GP λ, used with loss='wgan' (0 = plain WGAN).
+  config.gan.r1_gamma = 0.0    # R1 penalty γ on real data (Mescheder et al. 2018); 0 = off.
+  config.gan.ema_decay = 0.0   # EMA of G's weights for samples/evaluation; 0 = off.
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.g = _adam(2e-4, 0.5)
+  config.optim.d = _adam(2e-4, 0.5)
+
+  config.train.batch_size = 128
+  config.train.num_steps = 2000
+
+  if arg == 'smoke':
+    common.smoke(config)
+    config.model.latent_dim = 16
+    config.model.g_width_mult = 1 / 16
+    config.model.d_width_mult = 1 / 16
+  elif arg in ('cifar10', 'svhn_cropped', 'celeb_a'):
+    config.data.name = arg
+    config.model.leaky_slope = 0.2  # Radford et al. 2016.
+    config.train.batch_size = 128
+    config.train.num_steps = 50000
+    config.train.log_every_steps = 200
+    config.train.sample_every_steps = 2500
+    config.train.eval_every_steps = 5000
+    config.train.checkpoint_every_steps = 2500
+    config.gan.ema_decay = 0.999
+  elif arg:
+    raise ValueError(f'Unknown variant {arg!r} of configs/gan.py.')
+  return config

@@ -1,0 +1,286 @@
+"""The GAN family: a DCGAN generator and discriminator with separate optimisers.
+
+One `train_step` is one generator update preceded by `config.gan.d_steps`
+discriminator updates. Every D update sees the whole real batch of the step
+(the loop feeds one batch per step) against a fresh batch of fakes from fresh
+z; reusing the batch keeps D's batch size equal to G's and the data order a
+pure function of the step. The two updates are separate pure functions,
+`d_update` and `g_update`: each changes only its own network's params,
+optimiser state and collections.
+
+Images enter as float32 in [0, 1] and are mapped to [-1, 1], G's tanh range.
+Losses are `objectives.gan_d_loss` / `gan_g_loss` (`config.gan.loss`), plus
+the WGAN-GP gradient penalty for 'wgan' and an optional R1 penalty.
+
+Randomness: z, D's dropout and the penalty's interpolation weights come from
+`state_lib.step_key(state, purpose)`, folded with the D update's index.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from vaegan_jax import input_pipeline
+from vaegan_jax import objectives
+from vaegan_jax import state as state_lib
+from vaegan_jax.errors import UserError
+from vaegan_jax.models import gan as gan_models
+
+CONSOLE_METRICS = ('d_loss', 'g_loss', 'd_real', 'd_fake')
+
+# Purposes for step keys (state_lib.step_key).
+_D = 0          # Folded with the D update's index, then split per use.
+_G_Z = 1
+_G_DROPOUT = 2
+_EVAL = 2**31 - 1
+
+G, D = 'generator', 'discriminator'
+
+
+def compute_dtype(config):
+  return jnp.dtype(config.train.get('compute_dtype', 'float32'))
+
+
+def check_config(config):
+  """UserError for GAN settings that cannot work."""
+  if config.gan.loss not in objectives.GAN_LOSSES:
+    raise UserError(f'Unknown config.gan.loss {config.gan.loss!r}; known: '
+                    f'{", ".join(objectives.GAN_LOSSES)}.')
+  if int(config.gan.d_steps) < 1:
+    raise UserError(f'config.gan.d_steps must be at least 1, not {config.gan.d_steps}.')
+  if not 0.0 <= config.gan.ema_decay < 1.0:
+    raise UserError(f'config.gan.ema_decay must be in [0, 1), not {config.gan.ema_decay}.')
+
+
+def models(config):
+  """(generator, discriminator) Flax modules for `config`."""
+  m = config.model
+  shape = input_pipeline.image_shape(config)
+  dtype = compute_dtype(config)
+  generator = gan_models.Generator(
+      image_shape=shape, width_mult=m.g_width_mult, leaky_slope=m.leaky_slope,
+      dtype=dtype, conv_impl=m.conv_impl)
+  discriminator = gan_models.Discriminator(
+      image_shape=shape, width_mult=m.d_width_mult, leaky_slope=m.leaky_slope,
+      dropout=m.d_dropout, spectral_norm=m.spectral_norm, dtype=dtype,
+      conv_impl=m.conv_impl)
+  return generator, discriminator
+
+
+def optimizers(config):
+  """{'generator': tx, 'discriminator': tx}: Adam from config.optim.g / .d."""
+  return {G: state_lib.adam(config.optim.g), D: state_lib.adam(config.optim.d)}
+
+
+def latent_dim(config):
+  return config.model.latent_dim
+
+
+def init_state(config, key) -> state_lib.TrainState:
+  check_config(config)
+  generator, discriminator = models(config)
+  k_g, k_d = jax.random.split(jax.random.fold_in(key, 1))
+  z = jnp.zeros((1, latent_dim(config)), jnp.float32)
+  x = jnp.zeros((1, *input_pipeline.image_shape(config)), jnp.float32)
+  g_vars = generator.init(k_g, z)
+  d_vars = discriminator.init(k_d, x)
+  params = {G: g_vars['params'], D: d_vars['params']}
+  batch_stats = {G: g_vars['batch_stats']}
+  if 'batch_stats' in d_vars:  # Spectral-norm power iteration vectors.
+    batch_stats[D] = d_vars['batch_stats']
+  txs = optimizers(config)
+  return state_lib.TrainState(
+      step=jnp.zeros((), jnp.int32), key=key, params=params, batch_stats=batch_stats,
+      opt_state={name: txs[name].init(params[name]) for name in (G, D)},
+      ema_params={G: params[G]} if config.gan.ema_decay > 0 else {})
+
+
+# ---------------------------------------------------------------------------
+# Network application.
+# ---------------------------------------------------------------------------
+
+
+def generate(config, params, batch_stats, z, train: bool):
+  """G(z) in [-1, 1]. Returns (images, new G batch_stats) when `train`."""
+  generator, _ = models(config)
+  variables = {'params': params, 'batch_stats': batch_stats}
+  if train:
+    images, new_vars = generator.apply(variables, z, train=True, mutable=['batch_stats'])
+    return images, new_vars['batch_stats']
+  return generator.apply(variables, z, train=False)
+
+
+def discriminate(config, params, batch_stats, x, dropout_key=None, update_stats=False):
+  """D's logits (B,) for x in [-1, 1]; dropout on iff `dropout_key` is given.
+
+  Returns:
+    (logits, new_batch_stats): the second is `batch_stats` itself unless
+    `update_stats` (spectral norm's power iteration advanced).
+  """
+  _, discriminator = models(config)
+  variables = {'params': params}
+  if batch_stats is not None:
+    variables['batch_stats'] = batch_stats
+  train = dropout_key is not None
+  rngs = {'dropout': dropout_key} if train else {}
+  if update_stats and batch_stats is not None:
+    logits, new_vars = discriminator.apply(variables, x, train=train, update_stats=True,
+                                           rngs=rngs, mutable=['batch_stats'])
+    return logits, new_vars['batch_stats']
+  return discriminator.apply(variables, x, train=train, rngs=rngs), batch_stats
+
+
+def scores(config, logits):
+  """What `d_real` / `d_fake` report: D(x) as a probability for the
+  cross-entropy losses, the raw score otherwise."""
+  if config.gan.loss in ('non_saturating', 'minimax'):
+    return jax.nn.sigmoid(logits)
+  return logits
+
+
+# ---------------------------------------------------------------------------
+# The two updates and the train step.
+# ---------------------------------------------------------------------------
+
+
+def d_update(config, state, real, key):
+  """One discriminator update against fresh fakes.
+
+  Changes only params / opt_state / batch_stats ['discriminator']; G's
+  BatchNorm statistics from generating the fakes are discarded.
+
+  Args:
+    config: the run's config.
+    state: TrainState.
+    real: (B, H, W, C) real images in [-1, 1].
+    key: PRNG key of this D update.
+
+  Returns:
+    (state, metrics) with d_loss, d_real, d_fake, d_grad_norm (+ gp, r1).
+  """
+  gc = config.gan
+  k_z, k_drop, k_gp, k_pen = jax.random.split(key, 4)
+  z = jax.random.normal(k_z, (real.shape[0], latent_dim(config)))
+  fake, _ = generate(config, state.params[G], state.batch_stats[G], z, train=True)
+  fake = jax.lax.stop_gradient(fake)
+  d_stats = state.batch_stats.get(D)
+  n = real.shape[0]
+
+  def loss_fn(d_params):
+    logits, new_stats = discriminate(config, d_params, d_stats,
+                                     jnp.concatenate([real, fake]), k_drop,
+                                     update_stats=True)
+    real_logits, fake_logits = logits[:n], logits[n:]
+    loss = objectives.gan_d_loss(gc.loss, real_logits, fake_logits)
+    aux = {'d_real': jnp.mean(scores(config, real_logits)),
+           'd_fake': jnp.mean(scores(config, fake_logits))}
+    d_fn = lambda x: discriminate(config, d_params, new_stats, x, k_pen)[0]  # pylint: disable=unnecessary-lambda-assignment
+    if gc.loss == 'wgan' and gc.gp_weight > 0:
+      aux['gp'] = objectives.gradient_penalty(d_fn, real, fake, k_gp)
+      loss += gc.gp_weight * aux['gp']
+    if gc.r1_gamma > 0:
+      aux['r1'] = objectives.r1_penalty(d_fn, real)
+      loss += 0.5 * gc.r1_gamma * aux['r1']
+    aux['d_loss'] = loss
+    return loss, (aux, new_stats)
+
+  (_, (metrics, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params[D])
+  params, opt_state = state_lib.update(optimizers(config)[D], grads,
+                                       state.opt_state[D], state.params[D])
+  metrics['d_grad_norm'] = state_lib.global_norm(grads)
+  batch_stats = dict(state.batch_stats)
+  if D in batch_stats:
+    batch_stats[D] = new_stats
+  return state.replace(params={**state.params, D: params},
+                       opt_state={**state.opt_state, D: opt_state},
+                       batch_stats=batch_stats), metrics
+
+
+def g_update(config, state, batch_size, z_key, dropout_key):
+  """One generator update through the (fixed) discriminator.
+
+  Changes only params / opt_state / batch_stats / ema_params ['generator'].
+  D runs with dropout, as in training, and its spectral-norm vectors frozen.
+
+  Returns:
+    (state, metrics) with g_loss and g_grad_norm.
+  """
+  z = jax.random.normal(z_key, (batch_size, latent_dim(config)))
+
+  def loss_fn(g_params):
+    fake, g_stats = generate(config, g_params, state.batch_stats[G], z, train=True)
+    logits, _ = discriminate(config, state.params[D], state.batch_stats.get(D), fake,
+                             dropout_key)
+    return objectives.gan_g_loss(config.gan.loss, logits), g_stats
+
+  (loss, g_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params[G])
+  params, opt_state = state_lib.update(optimizers(config)[G], grads,
+                                       state.opt_state[G], state.params[G])
+  ema_params = state.ema_params
+  if config.gan.ema_decay > 0:
+    ema_params = {G: state_lib.ema(state.ema_params[G], params, config.gan.ema_decay)}
+  return state.replace(params={**state.params, G: params},
+                       opt_state={**state.opt_state, G: opt_state},
+                       batch_stats={**state.batch_stats, G: g_stats},
+                       ema_params=ema_params), {
+                           'g_loss': loss, 'g_grad_norm': state_lib.global_norm(grads)}
+
+
+def train_step(config, state, batch):
+  """`config.gan.d_steps` D updates, then one G update; step += 1."""
+  real = batch['image'] * 2.0 - 1.0
+  d_key = state_lib.step_key(state, _D)
+  # A Python loop, unrolled by jit: XLA:CPU runs these convolutions ~15x
+  # slower inside a while loop (lax.scan / fori_loop) than straight-line.
+  d_metrics = []
+  for i in range(config.gan.d_steps):
+    state, metrics = d_update(config, state, real, jax.random.fold_in(d_key, i))
+    d_metrics.append(metrics)
+  d_metrics = jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *d_metrics)  # Mean over D updates.
+  state, g_metrics = g_update(config, state, real.shape[0],
+                              state_lib.step_key(state, _G_Z),
+                              state_lib.step_key(state, _G_DROPOUT))
+  return state.replace(step=state.step + 1), {**d_metrics, **g_metrics}
+
+
+def eval_step(config, state, batch):
+  """Sums over the real rows of a test batch of D's mean score on the test
+  images (`d_real`) and on as many samples of the sampling generator
+  (`d_fake`); D without dropout. Probabilities or raw scores, as in training."""
+  mask = batch['mask']
+  x = batch['image'] * 2.0 - 1.0
+  fake = decode(config, state, jax.random.normal(
+      jax.random.fold_in(state.key, _EVAL), (x.shape[0], latent_dim(config))))
+  logits, _ = discriminate(config, state.params[D], state.batch_stats.get(D),
+                           jnp.concatenate([x, fake * 2.0 - 1.0]))
+  n = x.shape[0]
+  return {'d_real': jnp.sum(mask * scores(config, logits[:n])),
+          'd_fake': jnp.sum(mask * scores(config, logits[n:]))}
+
+
+# ---------------------------------------------------------------------------
+# Sampling.
+# ---------------------------------------------------------------------------
+
+
+def generator_params(config, state):
+  """The params used for sampling: the EMA when config.gan.ema_decay > 0."""
+  return state.ema_params[G] if config.gan.ema_decay > 0 else state.params[G]
+
+
+def decode(config, state, z):
+  """z (B, Z) -> images (B, H, W, C) in [0, 1]; G in inference mode
+  (BatchNorm running averages), EMA weights where enabled."""
+  images = generate(config, generator_params(config, state), state.batch_stats[G], z,
+                    train=False)
+  return jnp.clip((images + 1.0) * 0.5, 0.0, 1.0)
+
+
+def sample(config, state, key, n):
+  """n samples, images (n, H, W, C) in [0, 1]."""
+  return decode(config, state, jax.random.normal(key, (n, latent_dim(config))))
+
+
+def grid_panels(config, state, key, images):
+  """Samples from the fixed grid latents beside real test images."""
+  return [sample(config, state, key, images.shape[0]), images]

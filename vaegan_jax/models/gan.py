@@ -1,0 +1,135 @@
+"""DCGAN generator and discriminator, one family for 28, 32 and 64 pixels.
+
+28x28 is exactly the TensorFlow DCGAN tutorial (tensorflow.org/tutorials/
+generative/dcgan) that the seed articles reproduce:
+  G: z (100) -> Dense(7*7*256, no bias) -> BN -> LReLU
+     -> ConvT(128, 5, s1) -> BN -> LReLU -> ConvT(64, 5, s2) -> BN -> LReLU
+     -> ConvT(C, 5, s2) -> tanh                        (no biases, as there)
+  D: Conv(64, 5, s2) -> LReLU -> Dropout(0.3)
+     -> Conv(128, 5, s2) -> LReLU -> Dropout(0.3) -> Dense(1) = logit
+32x32 and 64x64 use the standard DCGAN widths of Radford et al. 2016 (a 4x4
+base, channels halving per 2x upsampling in G and doubling per 2x
+downsampling in D: G 512-256-128 / 1024-512-256-128, D 64-128-256 /
+64-128-256-512), in the tutorial's layer pattern (5x5 kernels, BN in G only,
+LeakyReLU and dropout in D). `PLANS` holds the three, scaled by the width
+multipliers. Keras defaults are kept where the tutorial relies on them:
+LeakyReLU slope 0.3, BatchNorm momentum 0.99 and epsilon 1e-3.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vaegan_jax.errors import UserError
+from vaegan_jax.models import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Layer widths for one image size (before width multipliers).
+
+  base: side of G's first feature map (the Dense output).
+  g_widths: G's Dense width, then the widths of the hidden ConvTs (the
+    output ConvT has C channels).
+  g_strides: strides of every ConvT after the Dense, output layer included.
+  d_widths: widths of D's stride-2 convolutions.
+  """
+  base: int
+  g_widths: tuple
+  g_strides: tuple
+  d_widths: tuple
+
+
+PLANS = {
+    28: Plan(7, (256, 128, 64), (1, 2, 2), (64, 128)),  # The TF tutorial.
+    32: Plan(4, (512, 256, 128), (2, 2, 2), (64, 128, 256)),
+    64: Plan(4, (1024, 512, 256, 128), (2, 2, 2, 2), (64, 128, 256, 512)),
+}
+
+
+def plan(image_shape) -> Plan:
+  """The `Plan` for an (H, W, C) image shape; square images of 28, 32 or 64."""
+  height, width, _ = image_shape
+  if height != width or height not in PLANS:
+    raise UserError(f'The DCGAN models support square images of '
+                    f'{", ".join(map(str, PLANS))} pixels, not {height}x{width}.')
+  return PLANS[height]
+
+
+def _scale(width: int, mult: float) -> int:
+  return max(1, int(round(width * mult)))
+
+
+class Generator(nn.Module):
+  """z (B, latent_dim) -> images (B, H, W, C) in [-1, 1] (tanh), float32.
+
+  BatchNorm uses batch statistics when `train`, running averages otherwise
+  (collection 'batch_stats').
+  """
+  image_shape: tuple = (28, 28, 1)
+  width_mult: float = 1.0
+  leaky_slope: float = 0.3
+  dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, z, train: bool = False):
+    p = plan(self.image_shape)
+    channels = self.image_shape[2]
+    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.99,  # pylint: disable=unnecessary-lambda-assignment
+                                epsilon=1e-3, dtype=self.dtype)
+    act = lambda x: nn.leaky_relu(x, self.leaky_slope)  # pylint: disable=unnecessary-lambda-assignment
+    top = _scale(p.g_widths[0], self.width_mult)
+    x = nn.Dense(p.base * p.base * top, use_bias=False, dtype=self.dtype)(
+        z.astype(self.dtype))
+    x = act(norm()(x.reshape(x.shape[0], p.base, p.base, top)))
+    for width, stride in zip(p.g_widths[1:], p.g_strides[:-1]):
+      x = layers.ConvTranspose(_scale(width, self.width_mult), (5, 5),
+                               strides=(stride, stride), padding='SAME',
+                               use_bias=False, dtype=self.dtype,
+                               impl=self.conv_impl)(x)
+      x = act(norm()(x))
+    stride = p.g_strides[-1]
+    x = layers.ConvTranspose(channels, (5, 5), strides=(stride, stride),
+                             padding='SAME', use_bias=False, dtype=self.dtype,
+                             impl=self.conv_impl)(x)
+    return jnp.tanh(x.astype(jnp.float32))
+
+
+class Discriminator(nn.Module):
+  """images (B, H, W, C) in [-1, 1] -> logits (B,), float32.
+
+  Dropout is active when `train` (rng 'dropout'). With `spectral_norm`, every
+  weight is divided by its top singular value, estimated by one power
+  iteration per call (Miyato et al. 2018, via `nn.SpectralNorm`); the power
+  iteration vectors live in the 'batch_stats' collection and advance only
+  when `update_stats`. Examples are processed independently (no batch
+  statistics), as gradient penalties require.
+  """
+  image_shape: tuple = (28, 28, 1)
+  width_mult: float = 1.0
+  leaky_slope: float = 0.3
+  dropout: float = 0.3
+  spectral_norm: bool = False
+  dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, update_stats: bool = False):
+    p = plan(self.image_shape)
+
+    def apply(layer, h):
+      if self.spectral_norm:
+        return nn.SpectralNorm(layer)(h, update_stats=update_stats)
+      return layer(h)
+
+    x = x.astype(self.dtype)
+    for width in p.d_widths:
+      x = apply(layers.Conv(_scale(width, self.width_mult), (5, 5), strides=(2, 2),
+                            padding='SAME', dtype=self.dtype, impl=self.conv_impl), x)
+      x = nn.leaky_relu(x, self.leaky_slope)
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = x.reshape(x.shape[0], -1)
+    return apply(nn.Dense(1, dtype=self.dtype), x)[:, 0].astype(jnp.float32)
