@@ -1,0 +1,73 @@
+"""VAE/GAN (Larsen et al. 2016) on the embedded MNIST-5k digits.
+
+  python -m vaegan_jax.main --config=configs/vaegan.py --workdir=/tmp/vaegan
+
+Expect (2 CPU cores): TODO
+
+Variants: `configs/vaegan.py:smoke` (a few seconds), `:cifar10`,
+`:svhn_cropped`, `:celeb_a` (real TFDS datasets, need network or a prepared
+data_dir).
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _adam(learning_rate, b1=0.5, b2=0.999):
+  cfg = ml_collections.ConfigDict()
+  cfg.learning_rate = learning_rate
+  cfg.b1 = b1
+  cfg.b2 = b2
+  return cfg
+
+
+def get_config(arg=None):
+  config = common.get_base_config()
+  config.model.family = 'vaegan'
+  config.model.latent_dim = 32
+  config.model.enc_width = 32       # VAE encoder: channels of the first conv, doubling per stage.
+  config.model.enc_hidden = 256     # VAE encoder: Dense layer before the latent.
+  config.model.dec_width_mult = 0.25  # DCGAN generator widths (models/gan.py PLANS) times this.
+  config.model.dis_width = 32       # Discriminator: first conv; doubles per stride-2 stage.
+  config.model.dis_kernel = 5       # Discriminator: conv kernel size.
+  config.model.dis_dropout = 0.3    # Discriminator: dropout before the logit.
+
+  config.vaegan = ml_collections.ConfigDict()
+  config.vaegan.gamma = 1e-2             # γ: weight of L_llike against the GAN loss for the decoder.
+  config.vaegan.feature_std = 1.0        # σ of the Gaussian on Dis_l features (1 in the paper).
+  config.vaegan.gan_loss = 'non_saturating'  # Decoder/discriminator game: non_saturating | minimax (the paper's literal form) | hinge | wgan | lsgan.
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.enc = _adam(3e-4)
+  config.optim.dec = _adam(3e-4)
+  config.optim.dis = _adam(3e-4)
+
+  config.train.batch_size = 64
+  config.train.num_steps = 3000
+
+  if arg == 'smoke':
+    common.smoke(config)
+    config.model.latent_dim = 8
+    config.model.enc_width = 8
+    config.model.enc_hidden = 32
+    config.model.dec_width_mult = 0.0625
+    config.model.dis_width = 8
+  elif arg in ('cifar10', 'svhn_cropped', 'celeb_a'):
+    config.data.name = arg
+    config.model.latent_dim = 128
+    config.model.enc_width = 64
+    config.model.enc_hidden = 512
+    config.model.dec_width_mult = 1.0
+    config.model.dis_width = 64
+    config.train.num_steps = 30000
+    config.train.log_every_steps = 200
+    config.train.checkpoint_every_steps = 2000
+    config.train.sample_every_steps = 2000
+    config.train.eval_every_steps = 2000
+  elif arg:
+    raise ValueError(f'Unknown variant {arg!r} of configs/vaegan.py.')
+  return config
