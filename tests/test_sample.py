@@ -2,6 +2,7 @@
 
 import functools
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -30,8 +31,9 @@ def _train(workdir, data_dir, num_steps=20):
   config = load_config('vae', 'smoke')
   config.data.data_dir = data_dir
   config.train.num_steps = num_steps
-  if 'eval' in config:
-    config.eval.generative_metrics = False  # FID etc. are not under test here.
+  if 'eval' in config:  # FID, IWAE etc. are not under test here.
+    config.eval.generative_metrics = False
+    config.eval.train_iwae_k = 0
   train.train_and_evaluate(config, str(workdir))
   return str(workdir)
 
@@ -186,6 +188,14 @@ def test_load_errors(tmp_path, vae_workdir):
   with pytest.raises(UserError, match="neither a step number nor 'best'"):
     api.load(vae_workdir, step='latest')
   assert api.load(vae_workdir, step='10').step == 10  # As the CLI passes it.
+  # A run from a version of the code that had fewer config keys.
+  old = tmp_path / 'old'
+  shutil.copytree(vae_workdir, old)
+  stored = json.loads((old / 'config.json').read_text())
+  del stored['model']['hidden']
+  (old / 'config.json').write_text(json.dumps(stored))
+  with pytest.raises(UserError, match="lacks the key 'hidden'"):
+    api.load(str(old))
 
 
 def test_damaged_checkpoint_is_one_error(tmp_path, vae_workdir):
@@ -306,6 +316,78 @@ def test_restore_written_on_other_device_count(tmp_path, vae_workdir):
 
 
 # ---------------------------------------------------------------------------
+# The GAN and the VAE-GAN: the same modes where they apply.
+# ---------------------------------------------------------------------------
+
+
+_HAVE_GAN_FAMILIES = all(
+    os.path.exists(os.path.join(ROOT, d, f'{name}.py'))
+    for d in ('configs', 'vaegan_jax/families') for name in ('gan', 'vaegan'))
+needs_gan_families = pytest.mark.skipif(not _HAVE_GAN_FAMILIES,
+                                        reason='the gan and vaegan families are not here')
+
+
+@pytest.fixture(scope='module')
+def family_workdirs(tmp_path_factory):
+  """{'gan': dir, 'vaegan': dir}: smoke configs, initial params saved at step 1
+  (the modes' plumbing is under test, not the training)."""
+  from vaegan_jax import checkpoint, families, run_config  # pylint: disable=g-import-not-at-top
+  out = {}
+  for name in ('gan', 'vaegan'):
+    workdir = str(tmp_path_factory.mktemp(name))
+    config = load_config(name, 'smoke')
+    run_config.check_and_save(config, workdir)
+    state = jax.jit(functools.partial(families.get(name).init_state, config))(
+        jax.random.PRNGKey(config.seed))
+    mngr = checkpoint.manager(workdir)
+    checkpoint.save(mngr, 1, state, force=True)
+    mngr.wait_until_finished()
+    mngr.close()
+    out[name] = workdir
+  return out
+
+
+@needs_gan_families
+def test_gan_modes(family_workdirs, data_dir, tmp_path):
+  workdir = family_workdirs['gan']
+  model = api.load(workdir)
+  assert not model.has_encoder
+  x = model.sample(0, 3)
+  assert x.shape == (3, H, W, C) and float(x.min()) >= 0 and float(x.max()) <= 1
+  with pytest.raises(UserError, match='no encoder'):
+    model.encode(x)
+  run = functools.partial(sample.run, workdir, num=4, data_dir=data_dir, echo=lambda _: None)
+  for mode in ('samples', 'interpolate'):
+    assert os.path.exists(run(mode=mode, out=str(tmp_path / f'{mode}.png'))['out'])
+  result = run(mode='inpaint', inpaint_steps=5, restarts=2, out=str(tmp_path / 'i.png'))
+  assert result['inpaint_method'] == 'latent' and np.isfinite(result['psnr_completed'])
+  assert _png(result['out']).shape[1] == 3 * (2 * 30 + 2) + 2 * 8
+  for mode in ('reconstruct', 'denoise'):
+    with pytest.raises(UserError, match=f'--mode={mode} needs an encoder'):
+      run(mode=mode)
+  with pytest.raises(UserError, match='use --inpaint_method=latent'):
+    run(mode='inpaint', inpaint_method='posterior')
+
+
+@needs_gan_families
+def test_vaegan_modes(family_workdirs, data_dir, tmp_path):
+  workdir = family_workdirs['vaegan']
+  model = api.load(workdir)
+  assert model.has_encoder
+  x = model.sample(0, 3)
+  assert x.shape == (3, H, W, C) and float(x.min()) >= 0 and float(x.max()) <= 1
+  mean, _ = model.encode(x)
+  assert mean.shape == (3, model.latent_dim)
+  r = model.reconstruct(x)
+  assert r.shape == x.shape and float(r.min()) >= 0 and float(r.max()) <= 1
+  for mode, extra in [('samples', {}), ('interpolate', {}), ('reconstruct', {}),
+                      ('denoise', {}), ('inpaint', {'inpaint_steps': 5})]:
+    result = sample.run(workdir, mode=mode, num=4, data_dir=data_dir,
+                        out=str(tmp_path / f'{mode}.png'), echo=lambda _: None, **extra)
+    assert _png(result['out']).shape[0] == 2 * 30 + 2
+
+
+# ---------------------------------------------------------------------------
 # The CLI's errors: one line, exit status 1.
 # ---------------------------------------------------------------------------
 
@@ -322,6 +404,12 @@ def test_cli_errors(vae_workdir, tmp_path):
   _assert_one_error(_cli(f'--workdir={vae_workdir}', '--step=7'),
                     'available steps: 10, 20')
   _assert_one_error(_cli(f'--workdir={tmp_path}'), 'No config.json')
+
+
+@needs_gan_families
+def test_cli_reconstruct_on_a_gan(family_workdirs):
+  _assert_one_error(_cli(f'--workdir={family_workdirs["gan"]}', '--mode=reconstruct'),
+                    '--mode=reconstruct needs an encoder and the gan family has none')
 
 
 def test_cli_writes_png(vae_workdir, tmp_path):

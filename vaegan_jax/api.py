@@ -192,8 +192,15 @@ def load(workdir: str, step: int | str | None = None) -> Model:
     raise UserError(f'No checkpoint at step {step} in {workdir}; available steps: '
                     f'{", ".join(map(str, steps))}.')
   mesh = sharding.make_mesh()
-  abstract_state = jax.eval_shape(functools.partial(family.init_state, config),
-                                  jax.random.PRNGKey(config.seed))
+  try:
+    abstract_state = jax.eval_shape(functools.partial(family.init_state, config),
+                                    jax.random.PRNGKey(config.seed))
+  except (AttributeError, KeyError) as e:  # ConfigDict's missing key.
+    missing = str(e).strip('"\'').splitlines()[0][:200]
+    raise UserError(
+        f'The config stored in {workdir} lacks the key {missing!r}, which this version of the '
+        f'{config.model.family} family needs: the run was made by another version of '
+        'vaegan_jax. Add the key to its config.json with the value the run used.') from None
   shardings = sharding.state_sharding(mesh, abstract_state)
   with _quiet_orbax():
     mngr = _manager(workdir, best)
