@@ -26,3 +26,17 @@ def data_dir(tmp_path_factory):
   from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   input_pipeline.load_split('mnist5k', 'test', path)
   return path
+
+
+def restore_latest(workdir, config):
+  """The latest checkpoint in `workdir`, restored onto this process's devices."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import checkpoint, families, sharding  # pylint: disable=g-import-not-at-top
+  family = families.get(config.model.family)
+  abstract = jax.eval_shape(functools.partial(family.init_state, config), jax.random.PRNGKey(0))
+  mngr = checkpoint.manager(workdir, read_only=True)
+  state = checkpoint.restore(mngr, mngr.latest_step(), abstract,
+                             sharding.state_sharding(sharding.make_mesh(), abstract))
+  mngr.close()
+  return state

@@ -4,7 +4,6 @@ import functools
 import os
 import pathlib
 import re
-import shutil
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config
+from conftest import ROOT, load_config, restore_latest
 from vaegan_jax import checkpoint
 from vaegan_jax import families
 from vaegan_jax import sharding
@@ -47,13 +46,7 @@ def overrides(config):
 
 
 def final_params(workdir, config):
-  family = families.get(config.model.family)
-  abstract = jax.eval_shape(functools.partial(family.init_state, config), jax.random.PRNGKey(0))
-  mngr = checkpoint.manager(workdir, read_only=True)
-  state = checkpoint.restore(mngr, mngr.latest_step(), abstract,
-                             sharding.state_sharding(sharding.make_mesh(), abstract))
-  mngr.close()
-  return jax.device_get(state)
+  return jax.device_get(restore_latest(workdir, config))
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,14 +7,12 @@
 import collections
 import functools
 import json
-import math
 import os
 import time
 
 from absl import logging
 from clu import metric_writers
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vaegan_jax import checkpoint
