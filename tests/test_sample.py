@@ -320,13 +320,6 @@ def test_restore_written_on_other_device_count(tmp_path, vae_workdir):
 # ---------------------------------------------------------------------------
 
 
-_HAVE_GAN_FAMILIES = all(
-    os.path.exists(os.path.join(ROOT, d, f'{name}.py'))
-    for d in ('configs', 'vaegan_jax/families') for name in ('gan', 'vaegan'))
-needs_gan_families = pytest.mark.skipif(not _HAVE_GAN_FAMILIES,
-                                        reason='the gan and vaegan families are not here')
-
-
 @pytest.fixture(scope='module')
 def family_workdirs(tmp_path_factory):
   """{'gan': dir, 'vaegan': dir}: smoke configs, initial params saved at step 1
@@ -347,7 +340,6 @@ def family_workdirs(tmp_path_factory):
   return out
 
 
-@needs_gan_families
 def test_gan_modes(family_workdirs, data_dir, tmp_path):
   workdir = family_workdirs['gan']
   model = api.load(workdir)
@@ -369,7 +361,6 @@ def test_gan_modes(family_workdirs, data_dir, tmp_path):
     run(mode='inpaint', inpaint_method='posterior')
 
 
-@needs_gan_families
 def test_vaegan_modes(family_workdirs, data_dir, tmp_path):
   workdir = family_workdirs['vaegan']
   model = api.load(workdir)
@@ -406,7 +397,6 @@ def test_cli_errors(vae_workdir, tmp_path):
   _assert_one_error(_cli(f'--workdir={tmp_path}'), 'No config.json')
 
 
-@needs_gan_families
 def test_cli_reconstruct_on_a_gan(family_workdirs):
   _assert_one_error(_cli(f'--workdir={family_workdirs["gan"]}', '--mode=reconstruct'),
                     '--mode=reconstruct needs an encoder and the gan family has none')
