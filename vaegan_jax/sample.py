@@ -102,7 +102,10 @@ def load_inputs(model, num, seed, images=None, data_dir=None, echo=print):
     echo(f'Inputs: {len(x)} image(s) from {images}.')
     return x
   name = model.config.data.name
-  test = _test_split(name, data_dir or model.config.data.data_dir)
+  try:
+    test = _test_split(name, data_dir or model.config.data.data_dir)
+  except UserError as e:
+    raise UserError(f'{e} (Here: --data_dir=DIR, or give your own --images=PATH.)') from None
   idx = np.sort(np.random.default_rng(seed).choice(len(test), min(num, len(test)),
                                                   replace=False))
   echo(f'Inputs: {len(idx)} images from the {name} test split.')
