@@ -85,3 +85,14 @@ def test_keras_reference_refuses_other_gans(override):
   config[section][name] = json.loads(value)
   with pytest.raises(UserError, match='dcgan28'):
     keras_reference.check_gan(config)
+
+
+def test_torch_reference_when_installed(data_dir):
+  pytest.importorskip('torch')
+  config = _config('convvae28', 'tiny')
+  config.data.data_dir = data_dir
+  results = throughput.measure(config, reference='torch', jax_impls=['xla'], steps=2,
+                               warmup=0, rounds=1, torch_compile=False, log=lambda _: None)
+  assert [r['framework'] for r in results] == ['vaegan_jax[conv_impl=xla]', 'torch']
+  for r in results:
+    _check_line(r)
