@@ -23,7 +23,8 @@ Prints one JSON line per framework on stdout:
   compile_s         first call (trace + compile + one step) minus the median step
   data_wait_frac    time spent in next(iterator) / total step time
 plus images_per_s_mean, batch, steps, config, load_avg (1-min load average at
-start and end). A summary with ratios to Keras goes to stderr.
+start and end), step_cpu_ms_median and compile_cpu_s (process CPU time, all
+threads: a rough load-independent measure on a busy machine). A summary with ratios to Keras goes to stderr.
 
 --config.KEY=VALUE overrides work as for vaegan_jax.main.
 """
@@ -83,13 +84,14 @@ class Runner:
   name = ''
 
   def __init__(self):
-    self.wait_s, self.step_s = [], []
-    self.first_call_s = 0.0
+    self.wait_s, self.step_s, self.cpu_s = [], [], []
+    self.first_call_s = self.first_call_cpu_s = 0.0
 
   def start(self, warmup: int):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     self.first_call()
     self.first_call_s = time.perf_counter() - t
+    self.first_call_cpu_s = time.process_time() - c
     for _ in range(warmup):
       self.run(self.next_batch())
 
@@ -98,13 +100,14 @@ class Runner:
 
   def timed_steps(self, n: int):
     for _ in range(n):
-      t0 = time.perf_counter()
+      c0, t0 = time.process_time(), time.perf_counter()
       batch = self.next_batch()
       t1 = time.perf_counter()
       self.run(batch)
-      t2 = time.perf_counter()
+      t2, c2 = time.perf_counter(), time.process_time()
       self.wait_s.append(t1 - t0)
       self.step_s.append(t2 - t0)
+      self.cpu_s.append(c2 - c0)
 
   def close(self):
     self.iterator.close()
@@ -112,6 +115,7 @@ class Runner:
   def result(self, batch_size: int) -> dict:
     ms = 1e3 * np.asarray(self.step_s)
     median = float(np.median(ms))
+    cpu_median = float(np.median(self.cpu_s))
     return {
         'framework': self.name,
         'images_per_s': round(batch_size / median * 1e3, 1),
@@ -122,6 +126,10 @@ class Runner:
         'data_wait_frac': round(float(np.sum(self.wait_s) / np.sum(self.step_s)), 4),
         'images_per_s_mean': round(batch_size * len(ms) / float(np.sum(ms)) * 1e3, 1),
         'steps': len(ms),
+        # CPU seconds of this process (all threads): less sensitive to other
+        # processes' load than wall time, but counts spin-waiting threads too.
+        'step_cpu_ms_median': round(1e3 * cpu_median, 2),
+        'compile_cpu_s': round(max(self.first_call_cpu_s - cpu_median, 0.0), 2),
     }
 
 
