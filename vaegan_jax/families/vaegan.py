@@ -16,12 +16,14 @@ Algorithm 1 of the paper gives each network its own loss:
   θ_Dec ← -∇_Dec (γ L_llike - L_GAN)
   θ_Dis ← -∇_Dis (-L_GAN)
 
-`NETWORK_LOSSES` is that table; `network_grads` runs the three networks
-forward once and pulls back each network's own loss to its own parameters
-only (three VJPs of one forward pass), so the GAN loss never reaches the
-encoder and the reconstruction loss never reaches the discriminator, although
-both depend on them. Each network has its own optimiser (config.optim.enc /
-dec / dis) and all three update from the same forward pass, as in Algorithm 1.
+`network_losses(config)` is that table; `network_grads` runs the three
+networks forward once and pulls back each network's own loss to its own
+parameters only (three VJPs of one forward pass), so the GAN loss never
+reaches the encoder and the reconstruction loss never reaches the
+discriminator, although both depend on them (tests/test_vaegan.py compares
+every network's gradient with the gradients of every term). Each network has
+its own optimiser (config.optim.enc / dec / dis) and all three update from
+the same forward pass, as in Algorithm 1.
 
 The GAN terms use `objectives.gan_d_loss` / `gan_g_loss` with
 config.vaegan.gan_loss:
@@ -34,6 +36,12 @@ config.vaegan.gan_loss:
     default 'non_saturating' uses -E[log Dis(·)] instead, which has the same
     fixed point and strong gradients while the fakes are easy to spot
     (Goodfellow et al. 2014, §3), so `decoder loss = γ L_llike + g_loss`.
+
+Networks: the VAE encoder (models/vae.py), the DCGAN generator as decoder
+(models/gan.py, BatchNorm; reconstructions and prior samples share its batch)
+and models/vaegan.py's discriminator. Training metrics: the four terms, each
+network's loss, gradient and parameter norms, `recon_mse` (pixels in [0, 1])
+and D's mean probabilities `d_real` / `d_fake`.
 """
 
 import jax
