@@ -64,8 +64,8 @@ def define_flags():
 # ---------------------------------------------------------------------------
 
 
-def load_family_config(family: str, variant: str = ''):
-  """configs/<family>.py:get_config(variant or None), loaded by path."""
+@functools.lru_cache(maxsize=None)
+def _family_config(family: str, variant: str):
   path = os.path.join(ROOT, 'configs', f'{family}.py')
   if not os.path.exists(path):
     raise UserError(f'No config file {path} for family {family!r}.')
@@ -73,6 +73,13 @@ def load_family_config(family: str, variant: str = ''):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(variant or None)
+
+
+def load_family_config(family: str, variant: str = ''):
+  """A copy of configs/<family>.py:get_config(variant or None). The file is
+  read once per process, so every run of a study gets the same config even
+  if the file is edited while the study runs."""
+  return _family_config(family, variant or '').copy_and_resolve_references()
 
 
 def apply_overrides(config, overrides, where: str):
@@ -204,6 +211,9 @@ def train_family(study, out: str, family: str, echo=print):
     return
   configs = [run_config(study, family, s) for s in todo]
   workdirs = [run_dir(out, family, s) for s in todo]
+  for w in workdirs:  # A run trained (again) is evaluated again.
+    if os.path.exists(os.path.join(w, EVAL_FILE)):
+      os.remove(os.path.join(w, EVAL_FILE))
   if study.vmap_seeds and len(todo) > 1 and jax.process_count() == 1:
     echo(f'{family}: training seeds {todo} as one vmapped step.')
     t0 = time.time()
@@ -355,6 +365,7 @@ def collect(study, out: str) -> dict:
                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
     stats = {k: mean_std([r.get(k) for r in runs.values()]) for k in numeric}
     result['families'][family] = {
+        'config': _read_json(os.path.join(run_dir(out, family, 0), 'config.json')),
         'params': param_counts(study, family),
         'runs': runs,
         'mean': {k: v[0] for k, v in stats.items()},
@@ -366,11 +377,26 @@ def collect(study, out: str) -> dict:
   return result
 
 
+def _git_commit() -> str:
+  """The checkout's commit, '+dirty' when files differ from it; '' without git."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  try:
+    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, check=True,
+                            capture_output=True, text=True, timeout=10).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'],
+                           cwd=ROOT, check=True, capture_output=True, text=True,
+                           timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return ''
+  return commit + ('+dirty' if dirty else '')
+
+
 def environment() -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   return {'jax': jax.__version__, 'backend': jax.default_backend(),
           'devices': jax.device_count(), 'cpu_count': os.cpu_count(),
-          'python': platform.python_version(), 'machine': platform.machine()}
+          'python': platform.python_version(), 'machine': platform.machine(),
+          'git_commit': _git_commit()}
 
 
 # ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@ LOSSES_PNG = 'curves_losses.png'
 # (key in results, label, better: 'min' | 'max' | None, format, scale).
 QUALITY = [
     ('fid', 'FID', 'min', '.2f', 1.0),
-    ('kid', 'KID ×10³', 'min', '.2f', 1e3),
+    ('kid', 'KID', 'min', '.4f', 1.0),
     ('precision', 'precision', 'max', '.3f', 1.0),
     ('recall', 'recall', 'max', '.3f', 1.0),
     ('density', 'density', 'max', '.3f', 1.0),
@@ -125,7 +125,10 @@ def summary(results) -> list[str]:
     if c is None:
       continue
     if _fmt(c['mean'], fmt, scale) == _fmt(c['runner_up_mean'], fmt, scale):
-      lines.append(f'- **{label}**: {c["winner"]} and {c["runner_up"]} tie at '
+      tied = [f for f in results['families']
+              if _stat(results, f, key)[0] is not None
+              and _fmt(_stat(results, f, key)[0], fmt, scale) == _fmt(c['mean'], fmt, scale)]
+      lines.append(f'- **{label}**: {", ".join(tied[:-1])} and {tied[-1]} tie at '
                    f'{_fmt(c["mean"], fmt, scale)}.')
       continue
     verdict = ('beyond seed noise' if c['significant'] else
@@ -345,6 +348,7 @@ def write(results, out, grids=None):
   env = results.get('environment', {})
   train_sessions = [x for x in results.get('sessions', []) if not x.get('report_only')]
   total = sum(x['seconds'] for x in train_sessions)
+  cpu = sum(x.get('cpu_seconds', 0.0) for x in train_sessions)
   loads = [x.get('load_average_start') for x in train_sessions if x.get('load_average_start')]
   fam0 = next(iter(results['families'].values()))
   any_run = next(iter(fam0['runs'].values()))
@@ -361,8 +365,10 @@ def write(results, out, grids=None):
       '(`vaegan_jax/metrics/feature_net.py`, not Inception): compare these numbers only '
       'with this project\'s, same dataset and sample count.',
       '',
-      f'Study time: {total / 60:.1f} min on {env.get("cpu_count")} CPU cores '
-      f'({env.get("backend")}, jax {env.get("jax")})'
+      f'Study time: {total / 60:.1f} min wall, {cpu / 60:.1f} min of CPU time, on '
+      f'{env.get("cpu_count")} CPU cores '
+      f'({env.get("backend")}, jax {env.get("jax")}'
+      + (f', code at {env["git_commit"]}' if env.get('git_commit') else '') + ')'
       + (f'; load average at start {", ".join(f"{l[0]:.1f}" for l in loads)} '
          '(other jobs shared the machine when it is above the core count)' if loads else '')
       + '.',
