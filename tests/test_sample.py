@@ -115,6 +115,10 @@ def test_inpaint_posterior_and_latent_recover_a_known_model():
   # Posterior iteration: a 'reconstruction' that projects onto x converges at once.
   out = apps.inpaint_posterior(lambda v: x, x, mask, num_iters=3)
   np.testing.assert_allclose(out, x, atol=1e-6)
+  # An identity 'reconstruction' leaves the start: the hole holds the observed mean.
+  out = apps.inpaint_posterior(lambda v: v, x, mask, num_iters=3)
+  observed = np.asarray(x)[np.asarray(mask)[..., 0] == 1].reshape(2, -1).mean(axis=1)
+  np.testing.assert_allclose(out[:, H // 2, W // 2, 0], observed, rtol=1e-5)
   # Latent optimisation from random starts recovers the hole from observed pixels.
   z0 = jax.random.normal(jax.random.PRNGKey(2), (2, 2, 3))
   out = apps.inpaint_latent(decode, x, mask, z0, num_steps=300, learning_rate=0.1,

@@ -130,9 +130,15 @@ def block_mask(key, n: int, height: int, width: int, num_blocks: int = 4,
   return 1.0 - jnp.any(inside, axis=1).astype(jnp.float32)[..., None]
 
 
-def apply_mask(x: jax.Array, mask: jax.Array, fill: float = HOLE_VALUE) -> jax.Array:
-  """Observed pixels of x, `fill` where the mask is 0."""
+def apply_mask(x: jax.Array, mask: jax.Array, fill=HOLE_VALUE) -> jax.Array:
+  """Observed pixels of x, `fill` (a scalar or broadcastable array) where the mask is 0."""
   return mask * x + (1.0 - mask) * fill
+
+
+def observed_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """Per image and channel, the mean of the observed pixels: (N, 1, 1, C)."""
+  total = jnp.sum(mask * x, axis=(1, 2), keepdims=True)
+  return total / jnp.maximum(jnp.sum(mask, axis=(1, 2), keepdims=True), 1.0)
 
 
 # ---------------------------------------------------------------------------
@@ -150,11 +156,13 @@ def inpaint_posterior(reconstruct_fn: Callable, x: jax.Array, mask: jax.Array,
   """Inpainting by iterating the autoencoder: a deterministic (posterior-mean)
   version of the imputation chain of Rezende et al. 2014.
 
-      x_0 = mask * x + (1 - mask) * 0.5
+      x_0 = mask * x + (1 - mask) * (mean of the observed pixels)
       x_{t+1} = mask * x + (1 - mask) * reconstruct(x_t)
 
   Observed pixels stay clamped; the missing ones converge to values the model
-  considers consistent with them.
+  considers consistent with them. (Starting from the observed mean rather than
+  grey gave higher PSNR in the hole for both the VAE and the VAE-GAN on
+  MNIST-5k: a grey box reads as ink.)
 
   Args:
     reconstruct_fn: images (N, H, W, C) -> reconstructions, same shape.
@@ -167,7 +175,7 @@ def inpaint_posterior(reconstruct_fn: Callable, x: jax.Array, mask: jax.Array,
   """
   def body(_, x_t):
     return mask * x + (1.0 - mask) * reconstruct_fn(x_t)
-  return jax.lax.fori_loop(0, num_iters, body, apply_mask(x, mask))
+  return jax.lax.fori_loop(0, num_iters, body, apply_mask(x, mask, observed_mean(x, mask)))
 
 
 def inpaint_latent(decode_fn: Callable, x: jax.Array, mask: jax.Array, z_init: jax.Array,

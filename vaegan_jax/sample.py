@@ -120,8 +120,9 @@ def run(workdir, mode='samples', num=64, seed=0, out='', step=None, images='',
   Returns:
     {'out': PNG path, 'step': checkpoint step, 'num': images per panel} plus,
     per mode, PSNRs in dB: reconstruct 'psnr'; denoise 'psnr_noisy',
-    'psnr_restored'; inpaint 'psnr_hole_fill', 'psnr_completed' (on the
-    missing pixels only), and 'inpaint_method'.
+    'psnr_restored'; inpaint 'psnr_grey_fill', 'psnr_mean_fill' (trivial
+    fills), 'psnr_completed' (all on the missing pixels only), and
+    'inpaint_method'.
   """
   check_args(mode, num, noise, noise_level, mask, inpaint_method, inpaint_steps,
              restarts, images)
@@ -199,11 +200,13 @@ def run(workdir, mode='samples', num=64, seed=0, out='', step=None, images='',
       masked = apps.apply_mask(x, m)
       panels = [x, masked, completed]
       result['inpaint_method'] = inpaint_method
-      result['psnr_hole_fill'] = float(apps.psnr(x, masked, 1.0 - m))
+      result['psnr_grey_fill'] = float(apps.psnr(x, masked, 1.0 - m))
+      result['psnr_mean_fill'] = float(apps.psnr(
+          x, apps.apply_mask(x, m, apps.observed_mean(x, m)), 1.0 - m))
       result['psnr_completed'] = float(apps.psnr(x, completed, 1.0 - m))
       echo(f'inpaint ({mask} mask, {inpaint_method}): PSNR on the missing pixels: '
-           f'grey fill {result["psnr_hole_fill"]:.2f} dB -> completed '
-           f'{result["psnr_completed"]:.2f} dB')
+           f'grey fill {result["psnr_grey_fill"]:.2f} dB, observed-mean fill '
+           f'{result["psnr_mean_fill"]:.2f} dB -> completed {result["psnr_completed"]:.2f} dB')
 
   panels = [np.asarray(jax.device_get(p)) for p in panels]
   grid = images_lib.side_by_side([images_lib.make_grid(p, ncol) for p in panels])
