@@ -532,7 +532,7 @@ def main(argv):
   if len(argv) > 1:
     raise UserError(f'Unexpected arguments: {" ".join(argv[1:])}')
   study = FLAGS.config
-  out = FLAGS.out or study.out
+  out = FLAGS.out or os.path.join(ROOT, study.out)  # config.out is relative to the repo.
   logging.getLogger('absl').addFilter(_DropOrbaxReadNotices())
   t0 = time.time()
 

@@ -44,14 +44,26 @@ from vaegan_jax.errors import UserError
 from vaegan_jax.metrics import generative
 
 
-def stack(states):
-  """S pytrees of equal structure -> one pytree whose leaves are (S, ...)."""
+@jax.jit
+def _stack(states):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
 
-def unstack(stacked, i: int):
-  """Seed `i` of a stacked pytree."""
+@jax.jit
+def _take(stacked, i):
   return jax.tree.map(lambda x: x[i], stacked)
+
+
+def stack(states):
+  """S pytrees of equal structure -> one pytree whose leaves are (S, ...).
+
+  One jitted call for the whole tree (not one small compile per leaf shape)."""
+  return _stack(list(states))
+
+
+def unstack(stacked, i: int):
+  """Seed `i` of a stacked pytree (one jitted call for the whole tree)."""
+  return _take(stacked, jnp.asarray(i, jnp.int32))
 
 
 def init_states(config, seeds, family=None):
