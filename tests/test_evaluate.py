@@ -146,6 +146,22 @@ def test_evaluator_tells_real_digits_from_an_untrained_vae(trained_vae, mnist):
   assert evaluator(state, 200)['fid'] == after['fid']
 
 
+def test_training_never_trains_a_feature_net(tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(feature_net, 'DEFAULT_CACHE_DIR', str(tmp_path))
+  monkeypatch.setattr(feature_net, 'train', lambda *a, **k: pytest.fail('trained'))
+  config = load_config('vae', 'smoke')
+  family = families.get('vae')
+  config.data.name = 'cifar10'  # Labelled, but no shipped or cached net.
+  assert generative.training_evaluator(config, family, None, None) is None
+  assert 'vaegan_jax.metrics.feature_net --dataset=cifar10' in capsys.readouterr().out
+  config.data.name = 'celeb_a'  # No labels.
+  assert generative.training_evaluator(config, family, None, None) is None
+  assert 'no class labels' in capsys.readouterr().out
+  config.data.name = 'mnist5k'
+  config.eval.generative_metrics = False
+  assert generative.training_evaluator(config, family, None, None) is None
+
+
 # -------------------------------------------------------- best checkpoints
 
 
@@ -211,21 +227,23 @@ def _cli(*args):
                         capture_output=True, text=True, timeout=300, check=False)
 
 
-def test_cli_writes_the_flat_json(vae_workdir, tmp_path):
+def test_evaluate_writes_the_flat_json(vae_workdir, tmp_path):
+  """What the CLI runs, in-process (test_cli_error_is_one_line covers its flags)."""
   out = str(tmp_path / 'eval.json')
-  proc = _cli(f'--workdir={vae_workdir}', '--step=5', '--num_samples=64', f'--out={out}',
-              '--iwae_k=4')
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = evaluate.run(vae_workdir, num_samples=64, step='5', out=out, iwae_k=4,
+                        echo=lambda m: None)
   with open(out) as f:
-    result = json.load(f)
-  assert result == json.loads(proc.stdout)
+    assert json.load(f) == result
   expected = {'fid', 'kid', 'kid_std', 'precision', 'recall', 'density', 'coverage',
               'classifier_score', 'modes_covered', 'recon_mse', 'psnr', 'elbo',
               'nll_nats', 'bits_per_dim', 'step', 'num_samples', 'dataset'}
   assert expected <= set(result)
   assert (result['step'], result['num_samples'], result['dataset']) == (5, 64, 'mnist5k')
+  assert result['iwae_k'] == 4 and result['elbo'] <= -result['nll_nats']
   assert result['feature_net_sha256'] == feature_net.load(
       feature_net.shipped_path('mnist5k')).metadata['sha256']
+  with pytest.raises(UserError, match='num_samples=5 is too small'):
+    evaluate.run(vae_workdir, num_samples=5)
 
 
 def test_missing_or_unknown_checkpoints_are_clear_errors(vae_workdir, tmp_path):

@@ -24,7 +24,9 @@ Where the weights come from (`get`):
   1. shipped with the package: vaegan_jax/metrics/weights/<dataset>.msgpack
      (mnist5k only), so every user's mnist5k numbers are comparable;
   2. the cache, ~/.cache/vaegan_jax/feature_nets/<dataset>.msgpack;
-  3. otherwise trained once on first use and written to the cache.
+  3. otherwise trained once on first use and written to the cache (by `get`,
+     e.g. from the evaluate CLI; the training loop only uses `find` and
+     skips its generative metrics until the network exists).
 
 CLI (trains and writes weights, checksum and metadata):
 
@@ -366,6 +368,16 @@ def cache_path(dataset: str, cache_dir: str | None = None) -> str:
   return os.path.join(cache_dir or DEFAULT_CACHE_DIR, f'{dataset}.msgpack')
 
 
+def find(dataset: str, cache_dir: str | None = None,
+         weights_dir: str = WEIGHTS_DIR) -> FeatureNetwork | None:
+  """The shipped or cached (checksum-verified) network of `dataset`, or None."""
+  input_pipeline.get_spec(dataset)
+  for path in (shipped_path(dataset, weights_dir), cache_path(dataset, cache_dir)):
+    if os.path.exists(path):
+      return load(path)
+  return None
+
+
 def get(dataset: str, data_dir: str | None = None, cache_dir: str | None = None,
         weights_dir: str = WEIGHTS_DIR, **train_kwargs) -> FeatureNetwork:
   """The feature network of `dataset`: shipped, cached, or trained now.
@@ -381,10 +393,9 @@ def get(dataset: str, data_dir: str | None = None, cache_dir: str | None = None,
   Returns:
     A checksum-verified FeatureNetwork.
   """
-  input_pipeline.get_spec(dataset)
-  for path in (shipped_path(dataset, weights_dir), cache_path(dataset, cache_dir)):
-    if os.path.exists(path):
-      return load(path)
+  net = find(dataset, cache_dir, weights_dir)
+  if net is not None:
+    return net
   path = cache_path(dataset, cache_dir)
   print(f'No feature network for {dataset!r} yet: training the project\'s own '
         f'classifier once (cached in {path}).', flush=True)

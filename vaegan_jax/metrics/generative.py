@@ -195,8 +195,10 @@ def evaluate(config, family, state, test_images, num_samples: int, mesh=None,
 def training_evaluator(config, family, test_images, mesh):
   """The Evaluator for training-time evals, or None when they are off.
 
-  Off when `config.eval.generative_metrics` is False, or when the dataset has
-  no class labels to train the feature network on (a note is printed). The
+  Off when `config.eval.generative_metrics` is False, when the dataset has no
+  class labels to train the feature network on, or when its feature network
+  is neither shipped nor cached yet: training never trains one, so a run
+  cannot stall on it (a note gives the command). The
   VAE's IWAE bound uses `config.eval.train_iwae_k` importance samples (default
   10): k = 100 costs about 20-40 s of CPU per evaluation of the mnist5k test
   split, the rest of the metrics about 2 s with 1000 samples.
@@ -208,5 +210,12 @@ def training_evaluator(config, family, test_images, mesh):
     print(f'note: no generative metrics for {config.data.name}: it has no class labels '
           "to train the project's feature network on.", flush=True)
     return None
-  return Evaluator(config, family, test_images, mesh,
+  net = feature_net_lib.find(config.data.name)
+  if net is None:  # Training it here could stall the run for a long time.
+    print(f'note: no generative metrics during training: no feature network for '
+          f'{config.data.name} yet. Train it once with `python -m '
+          f'vaegan_jax.metrics.feature_net --dataset={config.data.name}` (it is '
+          f'cached), or let `python -m vaegan_jax.evaluate` do so.', flush=True)
+    return None
+  return Evaluator(config, family, test_images, mesh, net=net,
                    iwae_k=int(eval_cfg.get('train_iwae_k', 10)))
