@@ -1,6 +1,7 @@
 """GAN losses, penalties, spectral norm, the separated G / D updates, smoke runs."""
 
 import functools
+import json
 import math
 import os
 
@@ -12,7 +13,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from conftest import load_config
+from vaegan_jax import checkpoint
 from vaegan_jax import objectives
+from vaegan_jax import sharding
 from vaegan_jax import train
 from vaegan_jax.errors import UserError
 from vaegan_jax.families import gan
@@ -295,10 +298,12 @@ def test_probabilities_reported_for_cross_entropy_losses_only():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('name,size', [('cifar10', 32), ('celeb_a', 64)])
-def test_smoke_run_on_mock_data(tmp_path, name, size):
+@pytest.mark.parametrize('name,size,spectral_norm', [('cifar10', 32, True),
+                                                      ('celeb_a', 64, False)])
+def test_smoke_run_on_mock_data(tmp_path, name, size, spectral_norm):
   config = load_config('gan', 'smoke')
   config.data.name = name
+  config.model.spectral_norm = spectral_norm
   config.train.batch_size = 4
   config.train.num_steps = 2
   config.train.log_every_steps = 1
@@ -310,3 +315,15 @@ def test_smoke_run_on_mock_data(tmp_path, name, size):
   assert int(state.step) == 2
   assert os.listdir(os.path.join(workdir, 'samples')) == ['step_0000002.png']
   assert gan.sample(config, state, jax.random.PRNGKey(0), 2).shape == (2, size, size, 3)
+  rows = [json.loads(line) for line in open(os.path.join(workdir, 'metrics.jsonl'))]
+  assert [r['step'] for r in rows if 'd_loss' in r] == [1, 2]
+  assert {'eval/d_real', 'eval/d_fake'} <= set(rows[-1])
+  # The checkpoint holds the whole state, spectral-norm vectors included.
+  abstract = jax.eval_shape(functools.partial(gan.init_state, config), jax.random.PRNGKey(0))
+  shardings = jax.tree.map(lambda _: sharding.replicated(sharding.make_mesh()), abstract)
+  mngr = checkpoint.manager(workdir, read_only=True)
+  restored = checkpoint.restore(mngr, 2, abstract, shardings)
+  mngr.close()
+  assert ('discriminator' in restored.batch_stats) == spectral_norm
+  assert _equal(restored.batch_stats, state.batch_stats)
+  assert _equal(restored.opt_state, state.opt_state)

@@ -47,6 +47,9 @@ def check_config(config):
                     f'{", ".join(objectives.GAN_LOSSES)}.')
   if int(config.gan.d_steps) < 1:
     raise UserError(f'config.gan.d_steps must be at least 1, not {config.gan.d_steps}.')
+  for key in ('gp_weight', 'r1_gamma'):
+    if config.gan[key] < 0:
+      raise UserError(f'config.gan.{key} must be >= 0, not {config.gan[key]}.')
   if not 0.0 <= config.gan.ema_decay < 1.0:
     raise UserError(f'config.gan.ema_decay must be in [0, 1), not {config.gan.ema_decay}.')
 
