@@ -377,7 +377,7 @@ def write(results, out, grids=None):
       '',
       *summary(results),
       '',
-      f'## Results (mean ± std over seeds; best in bold)',
+      '## Results (mean ± std over seeds; best in bold)',
       '',
       *table(results, QUALITY),
       '',
