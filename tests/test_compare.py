@@ -171,3 +171,20 @@ def test_study_config_errors(tmp_path):
   study.eval_num_samples = 5
   with pytest.raises(UserError, match='too small'):
     compare.run_study(study, str(tmp_path))
+
+
+def test_committed_full_study_report():
+  """The committed mnist5k report: the default study, complete, within 60 min."""
+  out = os.path.join(ROOT, 'experiments', 'results', 'mnist5k')
+  with open(os.path.join(out, 'results.json')) as f:
+    results = json.load(f)
+  default = _study_config('')
+  assert results['study']['num_steps'] == default.num_steps
+  assert results['study']['seeds'] == default.seeds
+  assert sorted(results['families']) == sorted(default.families)
+  for family in results['families'].values():
+    assert len(family['runs']) == default.seeds
+  assert sum(s['seconds'] for s in results['sessions']) <= 3600
+  text = _check_report(out, list(results['families']))
+  fid = results['families']['vae']['mean']['fid']
+  assert f'{fid:.2f}' in text
