@@ -3,9 +3,12 @@
   python -m vaegan_jax.main --config=configs/vae.py --workdir=/tmp/vae
 
 What to expect: 1500 steps of batch 128 (~43 epochs of 4500 digits). Measured
-on a heavily shared 2-core CPU: ~75 images/s, test ELBO -119 nats at step 500
-and -114 at step 800 (Bernoulli likelihood), recognisable digits in the grid
-from step 500 on; a quiet machine runs several times faster.
+on a quiet 2-core CPU: about 6 steps/s (770 images/s), so the run takes about
+4.5 min including compilation and the three evaluations; recognisable digits
+in the grid from step 500. Test ELBO -111.6 nats at step 1000 and -109.3 at
+step 1500 (Bernoulli likelihood), FID 16.6 in the project's feature space
+(untrained: 92). `--config.train.num_steps=3000` takes 9 min and reaches FID
+12.2 with 10 of 10 classes covered (the ELBO stays at about -109).
 
 Variants: `configs/vae.py:smoke` (a few seconds), `:cifar10`, `:celeb_a`
 (real TFDS datasets, need network or a prepared data_dir).
