@@ -230,6 +230,7 @@ _PANELS = {'samples': 1, 'interpolate': 1, 'reconstruct': 2, 'denoise': 3, 'inpa
     ('denoise', {'noise': 'salt_pepper', 'noise_level': 0.2}),
     ('inpaint', {'mask': 'blocks'}),
     ('inpaint', {'inpaint_method': 'latent', 'inpaint_steps': 30, 'restarts': 2}),
+    ('inpaint', {'mask': 'center', 'inpaint_steps': 30, 'restarts': 2}),
 ])
 def test_each_mode(vae_workdir, tmp_path, mode, extra):
   out = str(tmp_path / f'{mode}.png')
@@ -244,7 +245,8 @@ def test_each_mode(vae_workdir, tmp_path, mode, extra):
     assert 'psnr_noisy' in result and 'psnr_restored' in result
     assert any('PSNR vs clean' in l for l in lines)
   if mode == 'inpaint':
-    assert result['inpaint_method'] == extra.get('inpaint_method', 'posterior')
+    auto = 'posterior' if extra.get('mask') == 'blocks' else 'latent'
+    assert result['inpaint_method'] == extra.get('inpaint_method', auto)
     # Observed pixels are untouched, so the grid's middle panel shows the mask.
     assert np.isfinite(result['psnr_completed'])
     assert any('missing pixels' in l for l in lines)
