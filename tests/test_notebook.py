@@ -18,22 +18,13 @@ def _with_parameters(nb, **params):
   return nb
 
 
-def test_notebook_runs_top_to_bottom_at_smoke_size(tmp_path, data_dir):
+def test_notebook_runs_top_to_bottom_at_smoke_size(tmp_path, data_dir, monkeypatch):
   from nbclient import NotebookClient  # pylint: disable=g-import-not-at-top
   nb = _with_parameters(nbformat.read(NOTEBOOK, as_version=4), SIZE='smoke',
                         WORKDIR=str(tmp_path / 'runs'), DATA_DIR=data_dir)
-  env = {'JAX_PLATFORMS': 'cpu'}
-  old = {k: os.environ.get(k) for k in env}
-  os.environ.update(env)
-  try:
-    NotebookClient(nb, timeout=300, kernel_name='python3',
-                   resources={'metadata': {'path': os.path.join(ROOT, 'experiments')}}).execute()
-  finally:
-    for k, v in old.items():
-      if v is None:
-        os.environ.pop(k)
-      else:
-        os.environ[k] = v
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')  # The kernel inherits the environment.
+  NotebookClient(nb, timeout=300, kernel_name='python3',
+                 resources={'metadata': {'path': os.path.join(ROOT, 'experiments')}}).execute()
   outputs = [o for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', [])]
   assert not [o for o in outputs if o.output_type == 'error']
   text = ''.join(o.get('text', '') for o in outputs if o.output_type == 'stream')
