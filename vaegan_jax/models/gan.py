@@ -78,8 +78,9 @@ class Dropout(nn.Module):
   """Inverted dropout as `nn.Dropout` (rng 'dropout'), the mask drawn flat.
 
   The mask is drawn as a 1-D vector and reshaped: XLA:CPU compiles the
-  threefry hash over a 4-D activation shape about ten times slower than over
-  a flat one (~2 s against ~0.2 s per mask, for every D call in a step).
+  threefry hash over a 4-D activation shape several times slower than over a
+  flat one (0.70 s against 0.19 s for a 512x14x14x64 mask on 2 idle cores,
+  for every D call in a step); run time is the same.
   """
   rate: float
 
