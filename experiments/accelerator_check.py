@@ -1,7 +1,7 @@
 """The accelerator check's Python part: step timings and a short training run on random data.
 
   python experiments/accelerator_check.py --part=bench --out=check.jsonl --peak_tflops=989
-  python experiments/accelerator_check.py --part=train --train_seconds=90 --out=check.jsonl
+  python experiments/accelerator_check.py --part=train --train_seconds=60 --out=check.jsonl
   python experiments/accelerator_check.py --part=all --dry_run   # CPU, tiny, < 1 min
 
 Run by experiments/accelerator_check.sh, which also runs the device-independent
@@ -55,8 +55,8 @@ flags.DEFINE_string('out', '', 'Append every JSON line to this file too.')
 flags.DEFINE_float('peak_tflops', 0.0, 'Peak TFLOP/s of all devices together, for mfu; 0 = null.')
 flags.DEFINE_integer('steps', 20, 'Timed steps per (config, dtype).')
 flags.DEFINE_integer('warmup', 2, 'Untimed steps after compilation.')
-flags.DEFINE_float('bench_budget_s', 270.0, 'Skip the remaining bench entries after this long.')
-flags.DEFINE_float('train_seconds', 90.0, 'Wall time of the cifar10_dcgan training run.')
+flags.DEFINE_float('bench_budget_s', 180.0, 'Skip the remaining bench entries after this long.')
+flags.DEFINE_float('train_seconds', 60.0, 'Wall time of the cifar10_dcgan training run.')
 flags.DEFINE_integer('train_log_every', 50, 'Log a train line every N steps.')
 flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes to time.')
 flags.DEFINE_bool('dry_run', False, 'CPU check of the script itself: gan.py:smoke in both dtypes, '
