@@ -15,6 +15,17 @@ Variants: `configs/gan.py:smoke` (tiny networks, under a minute), `:cifar10`,
 (64x64, 1024-512-256-128 / 64-128-256-512); these read real TFDS datasets and
 need network or a prepared data_dir, and a GPU/TPU for useful results.
 Losses: `--config.gan.loss=non_saturating|minimax|hinge|wgan|lsgan`.
+
+Literature variants (published setups, point by point; README "Reproducing
+published results" has the table, `LITERATURE` below the sources and every
+difference):
+  `:cifar10_dcgan`  StudioGAN's CIFAR-10 DCGAN (src/configs/CIFAR10/DCGAN.yaml
+                    + src/config.py defaults, net src/models/deep_conv.py).
+  `:cifar10_sngan`  SN-GAN with the ResNet G/D (Miyato et al. 2018, Table 2
+                    unconditional ResNet, hinge; nets as StudioGAN's
+                    src/models/resnet.py).
+  `:celeb_a64`      Radford et al. 2016's DCGAN for 64 px faces
+                    (Newmu/dcgan_code faces/train_uncond_dcgan.py) on CelebA.
 """
 
 import os
@@ -33,6 +44,7 @@ def _adam(learning_rate, b1, b2=0.999):
   cfg.warmup_steps = 0  # With decay_steps > 0: warm-up + cosine decay.
   cfg.decay_steps = 0
   cfg.grad_clip = 0.0   # Clip the global gradient norm; 0 = off.
+  cfg.l2 = 0.0          # Coupled L2 weight decay (grad += l2 * param, before Adam); 0 = off.
   return cfg
 
 
@@ -45,6 +57,9 @@ def get_config(arg=None):
   config.model.leaky_slope = 0.3   # Keras' LeakyReLU default, as in the tutorial.
   config.model.d_dropout = 0.3
   config.model.spectral_norm = False  # Spectral normalisation of D (Miyato et al. 2018).
+  config.model.arch = 'tutorial'  # 'tutorial' (models/gan.py) | 'studiogan_dcgan' | 'radford_dcgan' | 'resnet'.
+  config.model.g_conv_dim = 64    # arch='resnet': StudioGAN's g_conv_dim (G widths are multiples).
+  config.model.d_conv_dim = 64    # arch='resnet': StudioGAN's d_conv_dim (D widths are multiples).
 
   config.gan = ml_collections.ConfigDict()
   config.gan.loss = 'non_saturating'  # | 'minimax' | 'hinge' | 'wgan' | 'lsgan'.
@@ -77,6 +92,134 @@ def get_config(arg=None):
     config.train.eval_every_steps = 5000
     config.train.checkpoint_every_steps = 2500
     config.gan.ema_decay = 0.999
+  elif arg in LITERATURE:
+    LITERATURE[arg](config)
   elif arg:
     raise ValueError(f'Unknown variant {arg!r} of configs/gan.py.')
   return config
+
+
+def _literature_schedule(config, num_steps):
+  config.train.num_steps = num_steps
+  config.train.log_every_steps = 200
+  config.train.sample_every_steps = 5000
+  config.train.eval_every_steps = 10000
+  config.train.checkpoint_every_steps = 5000
+  config.eval.num_samples = 10000
+
+
+def cifar10_dcgan(config):
+  """StudioGAN's CIFAR-10 DCGAN (FID 48.3 in StudioGAN's benchmark, as issue 16 quotes it).
+
+  Source: POSTECH-CVLab/PyTorch-StudioGAN src/configs/CIFAR10/DCGAN.yaml
+  (backbone deep_conv, d_updates_per_step 2, total_steps 200000) on top of
+  src/config.py's defaults; nets src/models/deep_conv.py.
+    data          CIFAR-10 train, 32x32x3, scaled to [-1, 1]
+    G / D         deep_conv (models/dcgan_literature.py): G 512-256-128-64 (ConvT k4),
+                  D 64-128-256-512 with BatchNorm and ReLU; orthogonal init
+    z             128, standard normal (z_prior 'gaussian')
+    loss          'vanilla' = non-saturating cross-entropy (softplus form)
+    optimiser     Adam, lr 2e-4 for G and D, betas (0.5, 0.999), no weight decay
+    batch         64; D steps per G step 2 (d_first); 200000 G steps
+    EMA           none (apply_g_ema False); no spectral norm, no augmentation
+  Differences that cannot be avoided here:
+    - StudioGAN draws a new real batch for each of the 2 D steps; the loop
+      here feeds one batch per step, which both D steps reuse.
+    - StudioGAN flips real images horizontally at random (PRE.apply_rflip);
+      the input pipeline has no augmentation.
+    - StudioGAN's FID uses its own Inception features on 50000 samples
+      against the training set; see README for the comparable command.
+  """
+  config.data.name = 'cifar10'
+  config.model.arch = 'studiogan_dcgan'
+  config.model.latent_dim = 128
+  config.model.spectral_norm = False
+  config.gan.loss = 'non_saturating'
+  config.gan.d_steps = 2
+  config.gan.ema_decay = 0.0
+  config.optim.g = _adam(2e-4, 0.5, 0.999)
+  config.optim.d = _adam(2e-4, 0.5, 0.999)
+  config.train.batch_size = 64
+  _literature_schedule(config, 200000)
+
+
+def cifar10_sngan(config):
+  """SN-GAN, ResNet G/D, unconditional CIFAR-10 (Miyato et al. 2018: IS 8.22, FID 21.7).
+
+  Sources: Miyato, Kataoka, Koyama & Yoshida, "Spectral Normalization for
+  GANs", ICLR 2018: Table 2 (ResNet, hinge loss, unconditional), Appendix B
+  (setting: Adam α = 2e-4, β1 = 0, β2 = 0.9, n_dis = 5, batch 64, 50k G
+  updates) and Table 4 (the CIFAR ResNet). The networks are those of
+  POSTECH-CVLab/PyTorch-StudioGAN src/models/resnet.py at 32 px (g_conv_dim =
+  d_conv_dim = 64: G 256 channels, D 128), which are Miyato's ResNet.
+    G / D         models/resnet.py; SN on every D layer, none in G; orthogonal init
+    z             128, standard normal
+    loss          hinge
+    optimiser     Adam(2e-4, β1 0, β2 0.9) for G and D
+    batch         64; D steps per G step 5; 50000 G steps; no EMA
+  Differences that cannot be avoided (or were chosen):
+    - StudioGAN's own SNGAN.yaml is class-conditional (cBN in G, projection
+      D), uses Adam betas (0.5, 0.999) and 100000 steps, and its FID (9.0, as
+      issue 16 quotes it) is for that conditional model; class conditioning
+      is another issue's work. This config is the unconditional setting.
+    - Miyato's chainer code decays the learning rate linearly to 0; optax's
+      schedules here are constant or warm-up + cosine, so it stays constant.
+    - One real batch per step is reused by the 5 D steps (Miyato draws one
+      per D step); no horizontal flips.
+  """
+  config.data.name = 'cifar10'
+  config.model.arch = 'resnet'
+  config.model.g_conv_dim = 64
+  config.model.d_conv_dim = 64
+  config.model.latent_dim = 128
+  config.model.spectral_norm = True
+  config.gan.loss = 'hinge'
+  config.gan.d_steps = 5
+  config.gan.ema_decay = 0.0
+  config.optim.g = _adam(2e-4, 0.0, 0.9)
+  config.optim.d = _adam(2e-4, 0.0, 0.9)
+  config.train.batch_size = 64
+  _literature_schedule(config, 50000)
+
+
+def celeb_a64(config):
+  """Radford, Metz & Chintala 2016 (DCGAN), 64 px faces, on CelebA (no published FID).
+
+  Source: Newmu/dcgan_code faces/train_uncond_dcgan.py (the authors' code for
+  the paper's face model) and the paper's Section 4 (Adam lr 2e-4, β1 0.5,
+  batch 128, weights N(0, 0.02), LeakyReLU 0.2).
+    G / D         models/dcgan_literature.py radford_dcgan: ngf = ndf = 128, 5x5 kernels,
+                  G 1024-512-256-128 with BN + ReLU, D 128-256-512-1024 with BN
+                  (not on the first layer) + LeakyReLU(0.2); BN epsilon 1e-8
+    z             100
+    loss          cross-entropy, G non-saturating (bce(D(G(z)), 1))
+    optimiser     Adam lr 2e-4, β1 0.5, β2 0.999, coupled L2 1e-5 (G and D)
+    batch         128; k = 1 D step per G step; 25 epochs of 350000 faces =
+                  68359 steps
+    EMA           none
+  Differences that cannot be avoided:
+    - The paper's faces are its own 3M-image web scrape (not released); this
+      trains on CelebA (TFDS celeb_a, 162770 training images, centre-cropped
+      and resized to 64x64), so 68359 steps are about 54 CelebA epochs.
+    - z is standard normal here; the code draws z ~ U(-1, 1).
+    - Theano's BN there normalises with batch statistics at sampling time
+      too; G samples here with running averages (flax BatchNorm, momentum 0.9).
+  """
+  config.data.name = 'celeb_a'
+  config.model.arch = 'radford_dcgan'
+  config.model.latent_dim = 100
+  config.model.leaky_slope = 0.2
+  config.model.spectral_norm = False
+  config.gan.loss = 'non_saturating'
+  config.gan.d_steps = 1
+  config.gan.ema_decay = 0.0
+  config.optim.g = _adam(2e-4, 0.5, 0.999)
+  config.optim.d = _adam(2e-4, 0.5, 0.999)
+  config.optim.g.l2 = 1e-5
+  config.optim.d.l2 = 1e-5
+  config.train.batch_size = 128
+  _literature_schedule(config, 68359)
+
+
+LITERATURE = {'cifar10_dcgan': cifar10_dcgan, 'cifar10_sngan': cifar10_sngan,
+              'celeb_a64': celeb_a64}

@@ -22,6 +22,12 @@ Prints one JSON line per framework on stdout:
   step_ms_median, step_ms_p10, step_ms_p90
   compile_s         first call (trace + compile + one step) minus the median step
   data_wait_frac    time spent in next(iterator) / total step time
+  model_flops_per_step  (project only) FLOPs of the compiled train step from
+                    XLA's cost analysis (`jit(...).lower(...).compile().cost_analysis()`)
+  tflops_per_s      model_flops_per_step / median step time / 1e12
+  mfu               tflops_per_s / --peak_tflops (null without the flag): the
+                    model-FLOPs utilisation against the peak the user gives
+                    (e.g. 989 for an H100 SXM's dense bf16, 197 for a TPU v5e)
 plus images_per_s_mean, batch, steps, config, load_avg (1-min load average at
 start and end), step_cpu_ms_median and compile_cpu_s (process CPU time, all
 threads: a rough load-independent measure on a busy machine). A summary with ratios to Keras goes to stderr.
@@ -69,6 +75,8 @@ def define_flags():
   flags.DEFINE_integer('warmup', 3, 'Untimed steps per framework after the first call.')
   flags.DEFINE_integer('rounds', 5, 'Interleaving rounds (steps are split over them).')
   flags.DEFINE_string('data_dir', '', 'TFDS data_dir (overrides config.data.data_dir).')
+  flags.DEFINE_float('peak_tflops', 0.0, 'Peak TFLOP/s of the device (all devices together) '
+                     'for the MFU column; 0 = unknown (mfu null).')
 
 
 KEYS = ('framework', 'images_per_s', 'step_ms_median', 'step_ms_p10', 'step_ms_p90',
@@ -133,6 +141,28 @@ class Runner:
     }
 
 
+def step_flops(compiled) -> float | None:
+  """FLOPs of one call of a compiled jax function (XLA's cost analysis), or None."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(cost, (list, tuple)):  # Older jax: one dict per device program.
+    cost = cost[0] if cost else None
+  if not cost or 'flops' not in cost:
+    return None
+  return float(cost['flops'])
+
+
+def flops_fields(flops, step_ms, peak_tflops=0.0) -> dict:
+  """model_flops_per_step, tflops_per_s and mfu for a median step time."""
+  if flops is None or step_ms <= 0:
+    return {'model_flops_per_step': None, 'tflops_per_s': None, 'mfu': None}
+  tflops = flops / (step_ms / 1e3) / 1e12
+  return {'model_flops_per_step': flops, 'tflops_per_s': round(tflops, 6),
+          'mfu': round(tflops / peak_tflops, 6) if peak_tflops > 0 else None}
+
+
 def train_iterator(config, images, labels, batch_sharding):
   return input_pipeline.TrainIterator(images, labels, config.train.batch_size,
                                       config.seed, batch_sharding, 0)
@@ -159,13 +189,24 @@ class JaxRunner(Runner):
                            out_shardings=(state_sharding, sharding.replicated(mesh)),
                            donate_argnums=0)
     self.iterator = train_iterator(config, images, labels, batch_sharding)
+    self.flops = None
+    self.peak_tflops = 0.0
 
   def first_call(self):
-    self.run(self.next_batch())
+    batch = self.next_batch()
+    # Compiled ahead of time so that XLA's cost analysis gives the step's FLOPs.
+    self.step_fn = self.step_fn.lower(self.state, batch).compile()
+    self.flops = step_flops(self.step_fn)
+    self.run(batch)
 
   def run(self, batch):
     self.state, metrics = self.step_fn(self.state, batch)
     jax.block_until_ready((self.state, metrics))
+
+  def result(self, batch_size: int) -> dict:
+    r = super().result(batch_size)
+    r.update(flops_fields(self.flops, r['step_ms_median'], self.peak_tflops))
+    return r
 
 
 class KerasRunner(Runner):
@@ -219,7 +260,7 @@ def _torch_available() -> bool:
 
 
 def measure(config, reference='keras', jax_impls=(), steps=30, warmup=3, rounds=5,
-            keras_xla=True, torch_compile=True, log=print, name='') -> list:
+            keras_xla=True, torch_compile=True, log=print, name='', peak_tflops=0.0) -> list:
   """Times the frameworks on `config`; returns one result dict per framework."""
   if steps < 1 or warmup < 0 or rounds < 1:
     raise UserError('--steps and --rounds must be at least 1, --warmup at least 0.')
@@ -247,6 +288,8 @@ def measure(config, reference='keras', jax_impls=(), steps=30, warmup=3, rounds=
   try:
     for make in makers:
       runner = make()
+      if isinstance(runner, JaxRunner):
+        runner.peak_tflops = peak_tflops
       runners.append(runner)
       runner.start(warmup)
       log(f'{runner.name}: first call {runner.first_call_s:.1f} s')
@@ -295,7 +338,8 @@ def main(argv):
   log(f'{name}: batch {FLAGS.batch}, backend {jax.default_backend()}, '
       f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}')
   results = measure(config, FLAGS.reference, FLAGS.jax_impls, FLAGS.steps, FLAGS.warmup,
-                    FLAGS.rounds, FLAGS.keras_xla, FLAGS.torch_compile, log, name)
+                    FLAGS.rounds, FLAGS.keras_xla, FLAGS.torch_compile, log, name,
+                    FLAGS.peak_tflops)
   for r in results:
     print(json.dumps(r), flush=True)
   log(summary(results))

@@ -34,12 +34,14 @@ def step_key(state: TrainState, purpose: int):
 
 def adam(cfg) -> optax.GradientTransformation:
   """Adam from a config section with learning_rate, b1, b2 (and optional
-  warmup_steps / decay_steps for a cosine schedule, grad_clip)."""
+  warmup_steps / decay_steps for a cosine schedule, grad_clip, l2)."""
   lr = cfg.learning_rate
   if cfg.get('decay_steps', 0):
     lr = optax.warmup_cosine_decay_schedule(
         0.0, cfg.learning_rate, max(cfg.get('warmup_steps', 0), 1), cfg.decay_steps)
   tx = optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
+  if cfg.get('l2', 0):  # Coupled L2 (Radford et al.'s Theano code: grad += l2 * param).
+    tx = optax.chain(optax.add_decayed_weights(cfg.l2), tx)
   if cfg.get('grad_clip', 0):
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
   return tx

@@ -23,7 +23,9 @@ from vaegan_jax import input_pipeline
 from vaegan_jax import objectives
 from vaegan_jax import state as state_lib
 from vaegan_jax.errors import UserError
+from vaegan_jax.models import dcgan_literature
 from vaegan_jax.models import gan as gan_models
+from vaegan_jax.models import resnet
 
 CONSOLE_METRICS = ('d_loss', 'g_loss', 'd_real', 'd_fake')
 
@@ -54,11 +56,17 @@ def check_config(config):
     raise UserError(f'config.gan.ema_decay must be in [0, 1), not {config.gan.ema_decay}.')
 
 
+ARCHS = ('tutorial', 'studiogan_dcgan', 'radford_dcgan', 'resnet')
+
+
 def models(config):
-  """(generator, discriminator) Flax modules for `config`."""
+  """(generator, discriminator) Flax modules for `config` (`config.model.arch`)."""
   m = config.model
   shape = input_pipeline.image_shape(config)
   dtype = compute_dtype(config)
+  arch = m.get('arch', 'tutorial')
+  if arch != 'tutorial':
+    return _literature_models(m, arch, shape, dtype)
   generator = gan_models.Generator(
       image_shape=shape, width_mult=m.g_width_mult, leaky_slope=m.leaky_slope,
       dtype=dtype, conv_impl=m.conv_impl)
@@ -67,6 +75,22 @@ def models(config):
       dropout=m.d_dropout, spectral_norm=m.spectral_norm, dtype=dtype,
       conv_impl=m.conv_impl)
   return generator, discriminator
+
+
+def _literature_models(m, arch, shape, dtype):
+  """The published architectures of models/dcgan_literature.py and models/resnet.py."""
+  impl = m.conv_impl
+  if arch == 'studiogan_dcgan':
+    return (dcgan_literature.StudioGANGenerator(shape, dtype, impl),
+            dcgan_literature.StudioGANDiscriminator(shape, dtype, impl))
+  if arch == 'radford_dcgan':
+    return (dcgan_literature.RadfordGenerator(shape, dtype=dtype, conv_impl=impl),
+            dcgan_literature.RadfordDiscriminator(shape, leaky_slope=m.leaky_slope, dtype=dtype,
+                                                  conv_impl=impl))
+  if arch == 'resnet':
+    return (resnet.Generator(shape, m.get('g_conv_dim', 64), dtype, impl),
+            resnet.Discriminator(shape, m.get('d_conv_dim', 64), m.spectral_norm, dtype, impl))
+  raise UserError(f'Unknown config.model.arch {arch!r}; known: {", ".join(ARCHS)}.')
 
 
 def optimizers(config):
@@ -125,6 +149,12 @@ def discriminate(config, params, batch_stats, x, dropout_key=None, update_stats=
     variables['batch_stats'] = batch_stats
   train = dropout_key is not None
   rngs = {'dropout': dropout_key} if train else {}
+  if train and getattr(discriminator, 'batch_norm', False):
+    # BatchNorm in D (the literature DCGANs) updates its statistics whenever
+    # it trains; they are kept only from D's own update.
+    logits, new_vars = discriminator.apply(variables, x, train=True, update_stats=update_stats,
+                                           rngs=rngs, mutable=['batch_stats'])
+    return logits, new_vars['batch_stats'] if update_stats else batch_stats
   if update_stats and batch_stats is not None:
     logits, new_vars = discriminator.apply(variables, x, train=train, update_stats=True,
                                            rngs=rngs, mutable=['batch_stats'])
@@ -169,10 +199,17 @@ def d_update(config, state, real, key):
   n = real.shape[0]
 
   def loss_fn(d_params):
-    logits, new_stats = discriminate(config, d_params, d_stats,
-                                     jnp.concatenate([real, fake]), k_drop,
-                                     update_stats=True)
-    real_logits, fake_logits = logits[:n], logits[n:]
+    if getattr(models(config)[1], 'batch_norm', False):
+      # Separate real and fake batches, as the sources of BatchNorm Ds do.
+      real_logits, stats = discriminate(config, d_params, d_stats, real, k_drop,
+                                        update_stats=True)
+      fake_logits, new_stats = discriminate(config, d_params, stats, fake, k_drop,
+                                            update_stats=True)
+    else:
+      logits, new_stats = discriminate(config, d_params, d_stats,
+                                       jnp.concatenate([real, fake]), k_drop,
+                                       update_stats=True)
+      real_logits, fake_logits = logits[:n], logits[n:]
     loss = objectives.gan_d_loss(gc.loss, real_logits, fake_logits)
     aux = {'d_real': jnp.mean(scores(config, real_logits)),
            'd_fake': jnp.mean(scores(config, fake_logits))}
