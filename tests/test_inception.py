@@ -233,3 +233,65 @@ def test_loader_errors_name_both_options(tmp_path, monkeypatch):
   np.savez(plain, x=np.zeros(3))
   with pytest.raises(UserError, match='not written by the converter'):
     inception.load(str(plain))
+
+
+# ---------------------------------------------------------------------------
+# The evaluate CLI end to end with converted random weights.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def vae_workdir(tmp_path_factory, data_dir):
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import train  # pylint: disable=g-import-not-at-top
+  config = load_config('vae', 'smoke')
+  config.data.data_dir = data_dir
+  config.train.num_steps = 2
+  config.train.checkpoint_every_steps = 2
+  config.train.eval_every_steps = 2
+  config.train.sample_every_steps = 2
+  config.eval.generative_metrics = False
+  workdir = str(tmp_path_factory.mktemp('incep_run'))
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def test_evaluate_cli_inception_end_to_end(vae_workdir, net, tmp_path):
+  weights = str(tmp_path / 'weights' / 'inception_fid.npz')
+  os.makedirs(os.path.dirname(weights))
+  shutil.copy(net.path, weights)
+  base = ('vaegan_jax.evaluate', f'--workdir={vae_workdir}', '--features=inception',
+          '--num_samples=12', '--num_reference=16', '--iwae_k=0')
+  env = {inception.ENV_VAR: ''}
+  rc, err = _run(*base, env=env)
+  assert rc == 1 and len(err) == 1 and '--inception_weights' in err[0]
+  assert inception.ENV_VAR in err[0]
+  out = str(tmp_path / 'eval.json')
+  rc, err = _run(*base, f'--out={out}', env={inception.ENV_VAR: weights})
+  assert rc == 0, err[-3:]
+  import json  # pylint: disable=g-import-not-at-top
+  with open(out) as f:
+    result = json.load(f)
+  for key in ('fid_inception', 'kid_inception', 'kid_inception_std', 'is_inception',
+              'is_inception_std', 'density_inception', 'coverage_inception',
+              'precision_inception', 'recall_inception', 'fid', 'kid'):
+    assert np.isfinite(result[key]), key
+  assert result['fid_inception'] > 0 and 1.0 <= result['is_inception'] <= 1008.0
+  assert 0.0 <= result['precision_inception'] <= 1.0
+  assert (result['features'], result['inception_reference'], result['num_inception_reference'],
+          result['num_samples']) == ('inception', 'train', 16, 12)
+  assert result['inception_weights_sha256'] == inception.file_sha256(weights)
+  # The train-split statistics were cached beside the weights, keyed by the hash.
+  (cache,) = glob.glob(os.path.join(os.path.dirname(weights), 'fid_ref_mnist5k_train_16_*.npz'))
+  assert inception.file_sha256(weights)[:16] in cache
+  with np.load(cache, allow_pickle=False) as data:
+    assert data['pool3'].shape == (16, 2048) and data['sigma'].shape == (2048, 2048)
+  # Later runs read the cache (the split is not loaded again) and only then.
+  def no_load():
+    raise AssertionError('the cached statistics were not used')
+
+  cached = inception.reference_features(
+      inception.InceptionNetwork(net.params, weights, inception.file_sha256(weights)),
+      'mnist5k', 'train', no_load, num_images=16, echo=lambda m: None)
+  assert cached['cache'] == cache and cached['num_images'] == 16
+  np.testing.assert_allclose(cached['mu'], cached['pool3'].astype(np.float64).mean(0))

@@ -564,6 +564,79 @@ def load(path: str | None = None) -> InceptionNetwork:
 
 
 # ---------------------------------------------------------------------------
+# Reference statistics, cached beside the weights.
+# ---------------------------------------------------------------------------
+
+
+def reference_cache_path(net: InceptionNetwork, dataset: str, split: str,
+                         num_images: int | None, cache_dir: str | None = None) -> str:
+  """``<dir>/fid_ref_<dataset>_<split>_<count|all>_<weights sha256[:16]>.npz``;
+  ``dir`` defaults to the weights file's folder."""
+  count = 'all' if not num_images else str(int(num_images))
+  name = f'fid_ref_{dataset}_{split.replace("/", "-")}_{count}_{net.sha256[:16]}.npz'
+  return os.path.join(cache_dir or os.path.dirname(os.path.abspath(net.path)), name)
+
+
+def reference_features(net: InceptionNetwork, dataset: str, split: str,
+                       load_images: Callable[[], np.ndarray],
+                       num_images: int | None = None, batch_size: int = 32,
+                       sharding=None, cache_dir: str | None = None,
+                       echo: Callable = print) -> dict:
+  """Inception features of a dataset split, computed once and cached.
+
+  The cache is a plain ``.npz`` (``pool3`` float32 ``(N, 2048)``, ``mu``,
+  ``sigma`` float64 -- the FID statistics -- and what it was computed from),
+  keyed in its name by dataset, split, image count and the weights' sha256
+  (:func:`reference_cache_path`), so new weights or another split never
+  reuse stale statistics.
+
+  Args:
+    net: the loaded network.
+    dataset: dataset name (for the key).
+    split: 'train' or 'test' (for the key).
+    load_images: returns the split's uint8 images ``(N, H, W, C)``; called
+      only without a cache hit.
+    num_images: use the first this many images; None or 0 = all.
+    batch_size: images per jitted call.
+    sharding: optional input sharding.
+    cache_dir: default beside the weights; not writable -> computed, not cached.
+    echo: where to say what happened.
+
+  Returns:
+    ``{'pool3', 'mu', 'sigma', 'num_images', 'cache'}`` (``cache``: the path,
+    or '' when it could not be written).
+  """
+  path = reference_cache_path(net, dataset, split, num_images, cache_dir)
+  if os.path.isfile(path):
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        out = {k: data[k] for k in ('pool3', 'mu', 'sigma')}
+      echo(f'Inception reference statistics of {dataset}/{split} from {path}.')
+      return {**out, 'num_images': len(out['pool3']), 'cache': path}
+    except Exception:  # pylint: disable=broad-except  # a damaged cache is recomputed
+      pass
+  images = load_images()
+  if num_images:
+    images = images[:num_images]
+  echo(f'Computing Inception features of {len(images)} {dataset}/{split} images '
+       '(once; cached beside the weights).')
+  pool3 = net.compute(images, batch_size, sharding,
+                      progress=f'Inception features of {dataset}/{split}')['pool3']
+  p64 = pool3.astype(np.float64)
+  out = {'pool3': pool3, 'mu': p64.mean(0), 'sigma': np.cov(p64, rowvar=False)}
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, **out, weights_sha256=np.array(net.sha256), dataset=np.array(dataset),
+             split=np.array(split))
+    os.replace(tmp, path)
+  except OSError as e:
+    echo(f'note: could not cache the reference statistics at {path} ({e.strerror}).')
+    path = ''
+  return {**out, 'num_images': len(pool3), 'cache': path}
+
+
+# ---------------------------------------------------------------------------
 # Inception Score.
 # ---------------------------------------------------------------------------
 
