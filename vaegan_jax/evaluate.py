@@ -141,14 +141,13 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
     raise UserError(f'--num_samples={num_samples} is too small; use at least 10 '
                     '(FID and KID need many; 10000 is the usual count).')
   import time  # pylint: disable=g-import-not-at-top
+  from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
+
+  t0 = time.time()  # Weights first: a missing file fails before the slow imports.
+  incep = inception.load(inception_weights) if features == 'inception' else None
   from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top
   from vaegan_jax.metrics import generative  # pylint: disable=g-import-not-at-top
-
-  from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
-
-  t0 = time.time()
-  incep = inception.load(inception_weights) if features == 'inception' else None
   mesh = sharding.make_mesh()
   config, family, state, chosen = load_state(workdir, step, mesh)
   echo(f'Evaluating the {config.model.family} checkpoint at step {chosen} of {workdir} '

@@ -1,7 +1,9 @@
 """Sample-quality, diversity, reconstruction and likelihood metrics of a model.
 
-All distribution metrics are computed in the feature space of the project's
-own classifier (`feature_net`), trained on the dataset's train split. They
+The distribution metrics without a suffix are computed in the feature space
+of the project's own classifier (`feature_net`), trained on the dataset's
+train split; those ending in `_inception` (optional) in the FID Inception's
+(`inception`), with the same functions. They
 follow the published formulas (FID, KID, improved precision/recall,
 density/coverage, Inception-Score formula, mode counts) but are *not*
 "Inception FID": values are comparable only within this project, for the
@@ -16,6 +18,11 @@ Keys:
   modes_covered, class_kl        generated samples vs the reference images
   recon_mse, psnr                families with an encoder (`reconstruct`)
   elbo, nll_nats, bits_per_dim   the VAE (IWAE with k = iwae_k; k = 0 skips)
+  fid_inception, kid_inception, kid_inception_std, is_inception,
+  is_inception_std, precision_inception, recall_inception,
+  density_inception, coverage_inception
+                                 with an `inception_net` (the literature's
+                                 feature space; `inception_metrics`)
 
 Samples are drawn with `family.sample` in jitted batches split over the
 'data' axis of the mesh (like training batches), featurised in the same
