@@ -140,6 +140,11 @@ def check_study(study):
   if study.eval_num_samples < 10:
     raise UserError(f'config.eval_num_samples={study.eval_num_samples} is too small; use '
                     'at least 10 (FID and KID need many).')
+  if study.get('features', 'own') not in ('own', 'inception'):
+    raise UserError(f"config.features={study.features!r} must be 'own' or 'inception'.")
+  if study.get('features', 'own') == 'inception':  # Fail before hours of training.
+    from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
+    inception.resolve_weights_path(study.get('inception_weights', ''))
   for f in study.overrides:
     if f not in study.families:
       raise UserError(f'config.overrides.{f} names a family that is not in config.families.')
@@ -171,11 +176,13 @@ def trained(workdir: str, num_steps: int) -> bool:
   return num_steps in api.available_steps(workdir)
 
 
-def finished(workdir: str, num_steps: int, num_samples: int) -> bool:
-  """Final checkpoint present and evaluated with the study's sample count."""
+def finished(workdir: str, num_steps: int, num_samples: int, features: str = 'own') -> bool:
+  """Final checkpoint present and evaluated with the study's sample count and
+  feature space."""
   result = _read_json(os.path.join(workdir, EVAL_FILE))
   return (bool(result) and result.get('step') == num_steps
-          and result.get('num_samples') == num_samples and trained(workdir, num_steps))
+          and result.get('num_samples') == num_samples
+          and result.get('features', 'own') == features and trained(workdir, num_steps))
 
 
 def add_timing(workdir: str, mode: str, start_step: int, end_step: int, wall: float,
@@ -235,11 +242,15 @@ def evaluate_family(study, out: str, family: str, echo=print):
   from vaegan_jax import evaluate  # pylint: disable=g-import-not-at-top
   for s in range(study.seeds):
     workdir = run_dir(out, family, s)
-    if finished(workdir, study.num_steps, study.eval_num_samples):
+    features = study.get('features', 'own')
+    if finished(workdir, study.num_steps, study.eval_num_samples, features):
       continue
     evaluate.run(workdir, num_samples=study.eval_num_samples, step=study.num_steps,
                  out=os.path.join(workdir, EVAL_FILE), iwae_k=study.iwae_k,
-                 data_dir=study.data_dir, echo=echo)
+                 data_dir=study.data_dir, echo=echo, features=features,
+                 inception_weights=study.get('inception_weights', ''),
+                 reference=study.get('inception_reference', 'train'),
+                 num_reference=study.get('inception_num_reference', 0))
 
 
 def measure_speed(study, out: str, family: str, echo=print):

@@ -38,6 +38,16 @@ QUALITY = [
     ('nll_nats', 'NLL (nats, IWAE bound)', 'min', '.2f', 1.0),
     ('bits_per_dim', 'bits/dim', 'min', '.4f', 1.0),
 ]
+# The literature's metrics (python -m vaegan_jax.evaluate --features=inception).
+INCEPTION_QUALITY = [
+    ('fid_inception', 'FID (Inception)', 'min', '.2f', 1.0),
+    ('kid_inception', 'KID (Inception)', 'min', '.4f', 1.0),
+    ('is_inception', 'Inception Score', 'max', '.3f', 1.0),
+    ('precision_inception', 'precision (Inception)', 'max', '.3f', 1.0),
+    ('recall_inception', 'recall (Inception)', 'max', '.3f', 1.0),
+    ('density_inception', 'density (Inception)', 'max', '.3f', 1.0),
+    ('coverage_inception', 'coverage (Inception)', 'max', '.3f', 1.0),
+]
 COST = [
     ('params_total', 'parameters', None, ',.0f', 1.0),
     ('train_images_per_s', 'train images/s', 'max', '.0f', 1.0),
@@ -336,6 +346,22 @@ def _budget_line(results):
           f'{"; overrides: " + json.dumps(s["overrides"]) if any((s.get("overrides") or {}).values()) else ""}).')
 
 
+def inception_section(results) -> list[str]:
+  """The Inception-feature table, when the study was evaluated with them."""
+  runs = [r for fam in results['families'].values() for r in fam['runs'].values()]
+  if not any('fid_inception' in r for r in runs):
+    return []
+  r = next(r for r in runs if 'fid_inception' in r)
+  return ['## Inception metrics (mean ± std over seeds; best in bold)', '',
+          f'In the feature space of the FID Inception-v3 (pytorch-fid\'s weights, sha256 '
+          f'{r.get("inception_source_sha256", "")[:8]}; `vaegan_jax/metrics/inception.py`), '
+          f'{r.get("num_samples")} samples against {r.get("num_inception_reference")} '
+          f'{r.get("inception_reference")} images: the numbers papers report (FID, KID and '
+          'IS as pytorch-fid/torch-fidelity; IS over 10 splits). Every other table is in the '
+          'project\'s own feature space.', '',
+          *table(results, INCEPTION_QUALITY), '']
+
+
 def write(results, out, grids=None):
   """Writes OUT/report.md and its PNGs; `grids` (from compare.write_grids) to
   redraw the sample/reconstruction figures, else the existing ones are linked."""
@@ -381,6 +407,7 @@ def write(results, out, grids=None):
       '',
       *table(results, QUALITY),
       '',
+      *inception_section(results),
       '## Cost',
       '',
       *table(results, COST, header='cost'),

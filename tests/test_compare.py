@@ -188,3 +188,37 @@ def test_committed_full_study_report():
   text = _check_report(out, list(results['families']))
   fid = results['families']['vae']['mean']['fid']
   assert f'{fid:.2f}' in text
+
+
+def test_inception_features_in_study_and_report(tmp_path, monkeypatch):
+  import compare  # pylint: disable=g-import-not-at-top
+  import report  # pylint: disable=g-import-not-at-top
+  study = _study_config('smoke')
+  assert study.features == 'own'
+  study.features = 'inception'
+  monkeypatch.delenv('VAEGAN_JAX_INCEPTION', raising=False)
+  with pytest.raises(UserError, match='--inception_weights=PATH or set .VAEGAN_JAX_INCEPTION'):
+    compare.run_study(study, str(tmp_path))
+  study.features = 'clip'
+  with pytest.raises(UserError, match="must be 'own' or 'inception'"):
+    compare.run_study(study, str(tmp_path))
+  # An evaluation in the other feature space is not 'finished'.
+  (tmp_path / compare.EVAL_FILE).write_text(json.dumps({'step': 3, 'num_samples': 10}))
+  monkeypatch.setattr(compare, 'trained', lambda workdir, num_steps: True)
+  assert compare.finished(str(tmp_path), 3, 10, 'own')
+  assert not compare.finished(str(tmp_path), 3, 10, 'inception')
+
+  def fam(fids):
+    return {'params': {'total': 1}, 'loss_keys': [], 'runs': {str(i): {
+        'fid': 1.0, 'fid_inception': v, 'is_inception': 2.0, 'num_samples': 50,
+        'num_inception_reference': 60, 'inception_reference': 'train',
+        'inception_source_sha256': '6726825d' + '0' * 56} for i, v in enumerate(fids)}}
+
+  results = {'families': {'a': fam([10.0, 11.0]), 'b': fam([30.0, 31.0])}}
+  lines = report.inception_section(results)
+  text = '\n'.join(lines)
+  assert 'feature space of the FID Inception' in text and '60 train images' in text
+  assert "Every other table is in the project's own feature space" in text
+  assert '| FID (Inception) ↓ | **10.50 ± 0.71** | 30.50 ± 0.71 |' in lines
+  results = {'families': {'a': {'params': {'total': 1}, 'runs': {'0': {'fid': 1.0}}}}}
+  assert report.inception_section(results) == []

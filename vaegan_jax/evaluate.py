@@ -14,6 +14,14 @@ classifier (vaegan_jax/metrics/feature_net.py), not Inception-v3: compare
 them only with numbers from this project, on the same dataset and with the
 same --num_samples.
 
+  --features=inception  also the literature's numbers, in the FID Inception's
+      feature space (vaegan_jax/metrics/inception.py; weights from
+      --inception_weights or $VAEGAN_JAX_INCEPTION): fid_inception,
+      kid_inception(_std), is_inception(_std), precision_inception,
+      recall_inception, density_inception, coverage_inception. Default
+      protocol: 50000 samples against the whole train split (--reference,
+      --num_reference); the reference features are cached beside the weights.
+
   --step=N      a checkpoint in DIR/checkpoints (default: the latest);
   --step=best   the best checkpoint kept in DIR/checkpoints_best.
 """
@@ -34,12 +42,21 @@ def define_flags():
   flags.DEFINE_string('workdir', None, 'Run directory holding config.json and checkpoints/.')
   flags.DEFINE_string('step', '', "Checkpoint step; '' = the latest, 'best' = the best "
                       'kept in checkpoints_best/.')
-  flags.DEFINE_integer('num_samples', 10000, 'Model samples to compare with the test split.')
+  flags.DEFINE_integer('num_samples', 0, 'Model samples to compare with the reference; '
+                       '0 = 10000, or 50000 with --features=inception.')
   flags.DEFINE_string('out', '', 'JSON file to write; the JSON is printed either way.')
   flags.DEFINE_integer('iwae_k', -1, 'Importance samples for the VAE likelihood; '
                        '-1 = config.eval.iwae_k (default 100), 0 = skip.')
   flags.DEFINE_string('data_dir', '', 'TFDS data_dir for the test split; default the '
                       'one stored in the run config.')
+  flags.DEFINE_enum('features', 'own', ['own', 'inception'], "'own': the project's "
+                    "feature net only; 'inception': also the FID Inception metrics (*_inception).")
+  flags.DEFINE_string('inception_weights', '', 'Converted FID Inception .npz; default '
+                      '$VAEGAN_JAX_INCEPTION (see vaegan_jax.metrics.convert_inception).')
+  flags.DEFINE_enum('reference', 'train', ['train', 'test'], 'Split the Inception '
+                    'metrics compare with (the literature uses train).')
+  flags.DEFINE_integer('num_reference', 0, 'Reference images for the Inception metrics; '
+                       '0 = the whole split.')
 
 
 def _steps(mngr) -> list[int]:
@@ -108,18 +125,29 @@ def load_state(workdir: str, step: str | int | None = None, mesh=None):
   return config, family, state, chosen
 
 
-def run(workdir: str, num_samples: int = 10000, step: str | int | None = None,
-        out: str = '', iwae_k: int = -1, data_dir: str = '', echo=print) -> dict:
-  """Evaluates a checkpoint of `workdir`; returns (and optionally writes) the dict."""
+def run(workdir: str, num_samples: int | None = None, step: str | int | None = None,
+        out: str = '', iwae_k: int = -1, data_dir: str = '', echo=print,
+        features: str = 'own', inception_weights: str = '', reference: str = 'train',
+        num_reference: int = 0) -> dict:
+  """Evaluates a checkpoint of `workdir`; returns (and optionally writes) the dict.
+
+  `num_samples` None or 0: 10000, or 50000 with features='inception'. The
+  Inception arguments are those of the flags of the same names.
+  """
+  if features not in ('own', 'inception'):
+    raise UserError(f"--features={features!r} must be 'own' or 'inception'.")
+  num_samples = num_samples or (50000 if features == 'inception' else 10000)
   if num_samples < 10:
     raise UserError(f'--num_samples={num_samples} is too small; use at least 10 '
                     '(FID and KID need many; 10000 is the usual count).')
   import time  # pylint: disable=g-import-not-at-top
+  from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
+
+  t0 = time.time()  # Weights first: a missing file fails before the slow imports.
+  incep = inception.load(inception_weights) if features == 'inception' else None
   from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top
   from vaegan_jax.metrics import generative  # pylint: disable=g-import-not-at-top
-
-  t0 = time.time()
   mesh = sharding.make_mesh()
   config, family, state, chosen = load_state(workdir, step, mesh)
   echo(f'Evaluating the {config.model.family} checkpoint at step {chosen} of {workdir} '
@@ -127,14 +155,25 @@ def run(workdir: str, num_samples: int = 10000, step: str | int | None = None,
   name = config.data.name
   data_dir = data_dir or config.data.get('data_dir') or None
   test_images, _ = input_pipeline.load_split(name, 'test', data_dir)
-  evaluator = generative.Evaluator(config, family, test_images, mesh,
-                                   iwae_k=None if iwae_k < 0 else iwae_k)
+  incep_ref = None
+  if incep is not None:
+    incep_ref = inception.reference_features(
+        incep, name, reference, lambda: input_pipeline.load_split(name, reference, data_dir)[0],
+        num_reference or None, echo=echo)
+  evaluator = generative.Evaluator(
+      config, family, test_images, mesh, iwae_k=None if iwae_k < 0 else iwae_k,
+      inception_net=incep, inception_reference=None if incep is None else incep_ref['pool3'])
   metrics = evaluator(state, num_samples)
   result = {**metrics, 'step': int(chosen), 'num_samples': int(num_samples),
             'dataset': name, 'family': config.model.family,
             'num_reference': evaluator.num_reference,
             'feature_net_sha256': evaluator.net.metadata.get('sha256', ''),
             'eval_seconds': round(time.time() - t0, 1)}
+  if incep is not None:
+    result.update(features='inception', inception_reference=reference,
+                  num_inception_reference=int(incep_ref['num_images']),
+                  inception_weights_sha256=incep.sha256,
+                  inception_source_sha256=incep.source_sha256)
   if evaluator.iwae_k and generative.has_likelihood(family):
     result['iwae_k'] = evaluator.iwae_k
   if out:
@@ -152,7 +191,9 @@ def main(argv):
   if not FLAGS.workdir:
     raise UserError('--workdir is required.')
   result = run(FLAGS.workdir, FLAGS.num_samples, FLAGS.step, FLAGS.out, FLAGS.iwae_k,
-               FLAGS.data_dir, echo=lambda m: print(m, file=sys.stderr, flush=True))
+               FLAGS.data_dir, echo=lambda m: print(m, file=sys.stderr, flush=True),
+               features=FLAGS.features, inception_weights=FLAGS.inception_weights,
+               reference=FLAGS.reference, num_reference=FLAGS.num_reference)
   print(json.dumps(result, indent=2, sort_keys=True), flush=True)
 
 

@@ -6,7 +6,9 @@
 Every family trains `num_steps` steps of `batch_size` images (the same images
 seen per run), once per seed, with its own default config (configs/<family>.py)
 plus `overrides.<family>`; each final checkpoint is then evaluated with
-`vaegan_jax.evaluate` on `eval_num_samples` samples.
+`vaegan_jax.evaluate` on `eval_num_samples` samples (`features='inception'`
+adds the Inception metrics; the report names the feature space of every
+number).
 
 Expect: the default study takes about 31 min on a quiet 2-core CPU (measured:
 30.7 min wall, 51 min of CPU time; the committed report
@@ -38,6 +40,14 @@ def get_config(arg=None):
   # Final evaluation of every run (vaegan_jax.evaluate on the last checkpoint).
   config.eval_num_samples = 2000
   config.iwae_k = 100          # Importance samples of the VAE's NLL; 0 = skip.
+  # 'own': metrics in the project's own classifier's feature space only;
+  # 'inception': also the FID Inception metrics (fid_inception, is_inception...;
+  # needs converted weights, see README "Evaluation"), against the
+  # `inception_reference` split (all of it, or `inception_num_reference` images).
+  config.features = 'own'
+  config.inception_weights = ''      # '' = $VAEGAN_JAX_INCEPTION.
+  config.inception_reference = 'train'
+  config.inception_num_reference = 0
 
   # Train the seeds of a family as one vmapped step (vaegan_jax/vmap_seeds.py)
   # instead of one after the other. Off by default: on XLA:CPU a vmapped conv

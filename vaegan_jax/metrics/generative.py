@@ -1,7 +1,9 @@
 """Sample-quality, diversity, reconstruction and likelihood metrics of a model.
 
-All distribution metrics are computed in the feature space of the project's
-own classifier (`feature_net`), trained on the dataset's train split. They
+The distribution metrics without a suffix are computed in the feature space
+of the project's own classifier (`feature_net`), trained on the dataset's
+train split; those ending in `_inception` (optional) in the FID Inception's
+(`inception`), with the same functions. They
 follow the published formulas (FID, KID, improved precision/recall,
 density/coverage, Inception-Score formula, mode counts) but are *not*
 "Inception FID": values are comparable only within this project, for the
@@ -16,6 +18,11 @@ Keys:
   modes_covered, class_kl        generated samples vs the reference images
   recon_mse, psnr                families with an encoder (`reconstruct`)
   elbo, nll_nats, bits_per_dim   the VAE (IWAE with k = iwae_k; k = 0 skips)
+  fid_inception, kid_inception, kid_inception_std, is_inception,
+  is_inception_std, precision_inception, recall_inception,
+  density_inception, coverage_inception
+                                 with an `inception_net` (the literature's
+                                 feature space; `inception_metrics`)
 
 Samples are drawn with `family.sample` in jitted batches split over the
 'data' axis of the mesh (like training batches), featurised in the same
@@ -34,6 +41,7 @@ from vaegan_jax import input_pipeline
 from vaegan_jax import sharding
 from vaegan_jax.metrics import distances
 from vaegan_jax.metrics import feature_net as feature_net_lib
+from vaegan_jax.metrics import inception as inception_lib
 from vaegan_jax.metrics import likelihood
 
 _SAMPLE_KEY = 0x5EED5  # Fixed purpose: the same latents at every evaluation.
@@ -41,6 +49,38 @@ _MIN_BATCH = 256       # Sample/featurise at least this many images per call.
 
 METRIC_KEYS = ('fid', 'kid', 'kid_std', 'precision', 'recall', 'density',
                'coverage', 'classifier_score', 'modes_covered')
+
+
+def distribution_metrics(real_feats, fake_feats, suffix: str = '',
+                         kid_subsets: int = 100, kid_subset_size: int = 1000) -> dict:
+  """FID, KID, precision/recall and density/coverage in one feature space.
+
+  The same formulas serve the project's own features (suffix '') and the
+  Inception pool3 features (suffix '_inception'): the feature space is the
+  argument, not a copy of the metrics.
+
+  Args:
+    real_feats: reference features, (N, D).
+    fake_feats: features of generated (or any other) images, (M, D).
+    suffix: appended to every key.
+    kid_subsets: subset pairs for KID.
+    kid_subset_size: images per KID subset (clipped to min(N, M)).
+
+  Returns:
+    fid, kid, kid_std (std over subsets), precision, recall (k = 3),
+    density, coverage (k = 5), each key + suffix (kid_std -> kid<suffix>_std),
+    Python floats.
+  """
+  fid = distances.frechet_distance(*distances.feature_stats(real_feats),
+                                   *distances.feature_stats(fake_feats))
+  kid, kid_std = distances.kid(real_feats, fake_feats, num_subsets=kid_subsets,
+                               subset_size=kid_subset_size)
+  precision, recall = distances.precision_recall(real_feats, fake_feats, k=3)
+  density, coverage = distances.density_coverage(real_feats, fake_feats, k=5)
+  out = {'fid': fid, 'kid': kid, 'kid_std': kid_std, 'precision': precision,
+         'recall': recall, 'density': density, 'coverage': coverage}
+  name = lambda k: 'kid' + suffix + '_std' if k == 'kid_std' else k + suffix  # kid_inception_std
+  return {name(k): float(v) for k, v in jax.device_get(out).items()}
 
 
 def feature_metrics(real_feats, fake_feats, fake_probs, num_classes: int,
@@ -56,21 +96,34 @@ def feature_metrics(real_feats, fake_feats, fake_probs, num_classes: int,
     kid_subset_size: images per KID subset (clipped to min(N, M)).
 
   Returns:
-    fid, kid, kid_std (std over subsets), precision, recall (k = 3),
-    density, coverage (k = 5), classifier_score, modes_covered, class_kl.
+    `distribution_metrics` (fid, kid, kid_std, precision, recall, density,
+    coverage) and classifier_score, modes_covered, class_kl.
   """
-  fid = distances.frechet_distance(*distances.feature_stats(real_feats),
-                                   *distances.feature_stats(fake_feats))
-  kid, kid_std = distances.kid(real_feats, fake_feats, num_subsets=kid_subsets,
-                               subset_size=kid_subset_size)
-  precision, recall = distances.precision_recall(real_feats, fake_feats, k=3)
-  density, coverage = distances.density_coverage(real_feats, fake_feats, k=5)
+  out = distribution_metrics(real_feats, fake_feats, '', kid_subsets, kid_subset_size)
   modes = distances.mode_coverage(fake_probs, num_classes)
-  out = {'fid': fid, 'kid': kid, 'kid_std': kid_std, 'precision': precision,
-         'recall': recall, 'density': density, 'coverage': coverage,
-         'classifier_score': distances.classifier_score(fake_probs),
-         'modes_covered': modes['modes_covered'], 'class_kl': modes['class_kl']}
-  return {k: float(v) for k, v in jax.device_get(out).items()}
+  out.update(classifier_score=float(distances.classifier_score(fake_probs)),
+             modes_covered=float(modes['modes_covered']), class_kl=float(modes['class_kl']))
+  return out
+
+
+def inception_metrics(real_pool3, fake_pool3, fake_logits_unbiased) -> dict:
+  """The literature's Inception metrics of samples vs reference images.
+
+  Args:
+    real_pool3: Inception pool3 features of the reference images, (N, 2048).
+    fake_pool3: pool3 features of the samples, (M, 2048).
+    fake_logits_unbiased: the samples' bias-free logits, (M, 1008).
+
+  Returns:
+    fid_inception, kid_inception, kid_inception_std, precision_inception,
+    recall_inception, density_inception, coverage_inception (as
+    `distribution_metrics`) and is_inception, is_inception_std (mean and std
+    over 10 splits, `inception.inception_score`).
+  """
+  out = distribution_metrics(real_pool3, fake_pool3, suffix='_inception')
+  out['is_inception'], out['is_inception_std'] = inception_lib.inception_score(
+      fake_logits_unbiased, splits=min(10, len(fake_logits_unbiased)))
+  return out
 
 
 def has_encoder(family) -> bool:
@@ -93,7 +146,8 @@ class Evaluator:
   def __init__(self, config, family, test_images: np.ndarray, mesh=None,
                net: feature_net_lib.FeatureNetwork | None = None,
                reference_images: np.ndarray | None = None,
-               iwae_k: int | None = None, batch_size: int | None = None):
+               iwae_k: int | None = None, batch_size: int | None = None,
+               inception_net=None, inception_reference: np.ndarray | None = None):
     """Args:
       config: the run's config.
       family: the family module (`families.get(config.model.family)`).
@@ -107,6 +161,10 @@ class Evaluator:
         `config.eval.iwae_k` (100); 0 skips likelihood metrics.
       batch_size: images per jitted call; default the train batch size times
         the smallest factor that reaches 256.
+      inception_net: an `inception.InceptionNetwork`; with it every call also
+        returns `inception_metrics` of the same samples (quantised to uint8)
+        against `inception_reference`.
+      inception_reference: pool3 features of the reference images, (N, 2048).
     """
     self.config, self.family = config, family
     self.mesh = mesh or sharding.make_mesh()
@@ -124,6 +182,12 @@ class Evaluator:
     ref = test_images if reference_images is None else reference_images
     self.real_feats, _ = self.net.compute(ref, self.batch_size, self.data_sharding)
     self.num_reference = len(ref)
+    if (inception_net is None) != (inception_reference is None):
+      raise ValueError('inception_net and inception_reference go together.')
+    self.inception_net, self.inception_reference = inception_net, inception_reference
+    n_dev = self.mesh.devices.size
+    self.inception_batch = next(c for c in range(min(32, self.batch_size), 0, -1)
+                                if self.batch_size % c == 0 and c % n_dev == 0)
 
     b = self.batch_size
     self._sample = jax.jit(lambda state, key: family.sample(config, state, key, b),
@@ -138,18 +202,33 @@ class Evaluator:
     """Features and probabilities of `num_samples` model samples.
 
     Returns:
-      (features (num_samples, D), probs (num_samples, K)), numpy float32.
+      (features (num_samples, D), probs (num_samples, K)), numpy float32;
+      with an `inception_net` also its outputs on the same samples, a dict
+      (see `InceptionNetwork.compute`), as a third element.
     """
     if key is None:
       key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), _SAMPLE_KEY)
-    feats, probs = [], []
-    for i in range(math.ceil(num_samples / self.batch_size)):
+    feats, probs, incep = [], [], []
+    steps = math.ceil(num_samples / self.batch_size)
+    show = (inception_lib._progress('Inception features of samples', num_samples)  # pylint: disable=protected-access
+            if self.inception_net is not None else lambda done: None)
+    for i in range(steps):
       images = self._sample(state, jax.random.fold_in(key, i))
       f, p = self.net(images)
       feats.append(f)
       probs.append(p)
+      if self.inception_net is not None:
+        incep.append(self.inception_net.compute(
+            jax.device_get(images)[:num_samples - i * self.batch_size],
+            self.inception_batch, self.data_sharding))
+        show(min((i + 1) * self.batch_size, num_samples))
+    if incep:
+      show(None)
     feats, probs = jax.device_get((feats, probs))
-    return (np.concatenate(feats)[:num_samples], np.concatenate(probs)[:num_samples])
+    out = (np.concatenate(feats)[:num_samples], np.concatenate(probs)[:num_samples])
+    if self.inception_net is None:
+      return out
+    return (*out, {k: np.concatenate([d[k] for d in incep]) for k in incep[0]})
 
   def reconstruction(self, state) -> dict:
     """recon_mse (per pixel) and psnr (dB, mean over images) on the test split."""
@@ -171,8 +250,11 @@ class Evaluator:
     """The flat metric dict (Python floats) of `state`; see the module doc."""
     if num_samples < 6:
       raise ValueError(f'num_samples must be at least 6; got {num_samples}.')
-    fake_feats, fake_probs = self.sample_features(state, num_samples, key)
+    fake_feats, fake_probs, *incep = self.sample_features(state, num_samples, key)
     out = feature_metrics(self.real_feats, fake_feats, fake_probs, self.num_classes)
+    if incep:
+      out.update(inception_metrics(self.inception_reference, incep[0]['pool3'],
+                                   incep[0]['logits_unbiased']))
     if has_encoder(self.family):
       out.update(self.reconstruction(state))
     if has_likelihood(self.family) and self.iwae_k > 0:

@@ -1,0 +1,679 @@
+"""The FID Inception-v3 network, its input handling and its scores.
+
+This is the network every published FID, KID and Inception Score is computed
+with: the 2015-12-05 TensorFlow Inception graph of TTUR (Heusel et al., 2017),
+in the form pytorch-fid (``pytorch_fid/inception.py``: ``fid_inception_v3``
+with ``FIDInceptionA/C/E_1/E_2``) and torch-fidelity
+(``feature_extractor_inceptionv3.py``) port it. Differences from the
+torchvision Inception-v3 that the reference keeps, and so does this module:
+
+* BatchNorm epsilon 1e-3, 1008-way final layer (``fc``), no auxiliary head;
+* the pooling branch of InceptionA, InceptionC and the first InceptionE
+  (``Mixed_7b``) averages over a 3×3 window that excludes the zero padding
+  (``count_include_pad=False``); the second InceptionE (``Mixed_7c``)
+  max-pools instead (a quirk of the TF graph).
+
+Input handling, exactly as pytorch-fid's ``InceptionV3.forward``:
+
+1. uint8 images ``(N, H, W, C)`` -> float32 ``x / 255`` (float images are
+   taken as already in ``[0, 1]``); grey (``C == 1``) repeated to 3 channels;
+2. bilinear resize to 299×299 as ``torch.nn.functional.interpolate(x,
+   size=(299, 299), mode='bilinear', align_corners=False)`` without
+   antialiasing: output pixel ``i`` reads source coordinate
+   ``max((i + 0.5) · H/299 - 0.5, 0)`` (computed in float32, like torch) and
+   mixes its two neighbours linearly, the upper one clamped to ``H - 1``.
+   Being separable and linear it is applied here as two small matrices,
+   ``R_h (299, H)`` and ``R_w (299, W)``: ``out = R_h · x · R_wᵀ`` per channel
+   (:func:`resize_matrix`);
+3. ``2x - 1``: range ``[-1, 1]``.
+
+(torch-fidelity and TF-GAN instead resize with TF1's
+``resize_bilinear(align_corners=False)``, source coordinate ``i · H/299``
+without the half-pixel shift and scale ``(x - 128) / 128``; on 32-px CIFAR
+images the two conventions differ by a fraction of a FID point. This project
+follows pytorch-fid, the most widely used.)
+
+Outputs (:class:`InceptionNetwork`): the 2048-d ``pool3`` features (global
+average of ``Mixed_7c``; FID, KID, precision/recall), the 1008 logits
+``fc(pool3)`` and the bias-free ``pool3 · W_fcᵀ`` that the Inception Score
+of Salimans et al. (openai/improved-gan ``inception_score.py``, torch-fidelity
+``logits_unbiased``) is computed from.
+
+Weights come from the converted pytorch-fid file (``python -m
+vaegan_jax.metrics.convert_inception``): a plain ``.npz`` whose keys are the
+PyTorch state-dict names, loaded with ``allow_pickle=False``. :func:`load`
+finds it from ``--inception_weights=PATH`` or ``$VAEGAN_JAX_INCEPTION``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import sys
+import time
+from typing import Callable, Iterable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from vaegan_jax.errors import UserError
+
+INPUT_SIZE = 299
+FEATURE_DIM = 2048
+NUM_CLASSES = 1008
+BN_EPS = 1e-3
+ENV_VAR = 'VAEGAN_JAX_INCEPTION'
+# pytorch-fid's file name; torch.hub checks that its sha256 starts with the
+# hex digits after the last '-' (as does the converter).
+TORCH_FILE = 'pt_inception-2015-12-05-6726825d.pth'
+TORCH_SHA256_PREFIX = '6726825d'
+FORMAT_VERSION = 1
+
+HOW_TO_GET_WEIGHTS = (
+    f'pass --inception_weights=PATH or set ${ENV_VAR}=PATH to an .npz made by '
+    f'`python -m vaegan_jax.metrics.convert_inception --pth={TORCH_FILE} '
+    '--out=inception_fid.npz` from pytorch-fid\'s weights file (in '
+    '~/.cache/torch/hub/checkpoints/ after any pytorch-fid run)')
+
+
+# ---------------------------------------------------------------------------
+# Input handling.
+# ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def resize_matrix(in_size: int, out_size: int = INPUT_SIZE) -> np.ndarray:
+  """Bilinear interpolation matrix of ``F.interpolate(align_corners=False)``.
+
+  Row ``i`` holds the weights output pixel ``i`` gives the input pixels:
+  source coordinate ``s = max((i + 0.5) · in/out - 0.5, 0)`` in float32 (as
+  torch's ``area_pixel_compute_source_index``), ``i0 = floor(s)``,
+  ``i1 = min(i0 + 1, in - 1)``, weights ``1 - (s - i0)`` and ``s - i0``. No
+  antialiasing, also when downsampling (as the reference).
+
+  Args:
+    in_size: input length (height or width).
+    out_size: output length.
+
+  Returns:
+    float32 matrix, shape ``(out_size, in_size)``; rows sum to 1.
+  """
+  scale = np.float32(in_size) / np.float32(out_size)
+  dst = np.arange(out_size, dtype=np.float32)
+  src = np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+  i0 = np.floor(src).astype(np.int64)
+  i0 = np.minimum(i0, in_size - 1)
+  i1 = np.minimum(i0 + 1, in_size - 1)
+  lam = (src - i0.astype(np.float32)).astype(np.float32)
+  m = np.zeros((out_size, in_size), np.float32)
+  rows = np.arange(out_size)
+  np.add.at(m, (rows, i0), np.float32(1) - lam)
+  np.add.at(m, (rows, i1), lam)
+  return m
+
+
+def preprocess(images: jax.Array) -> jax.Array:
+  """Images -> the network's input, exactly as pytorch-fid (module doc).
+
+  Args:
+    images: ``(N, H, W, C)`` with ``C`` in ``{1, 3}``; uint8 in ``[0, 255]``
+      or float in ``[0, 1]``.
+
+  Returns:
+    float32 ``(N, 299, 299, 3)`` in ``[-1, 1]``.
+  """
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError('images must have shape (N, H, W, 1 or 3); got shape '
+                     f'{tuple(images.shape)}.')
+  x = images.astype(jnp.float32)
+  if images.dtype == jnp.uint8:
+    x = x / 255.0
+  if x.shape[-1] == 1:
+    x = jnp.repeat(x, 3, axis=-1)
+  r_h = jnp.asarray(resize_matrix(x.shape[1]))
+  r_w = jnp.asarray(resize_matrix(x.shape[2]))
+  x = jnp.einsum('oh,nhwc->nowc', r_h, x, precision=lax.Precision.HIGHEST)
+  x = jnp.einsum('pw,nowc->nopc', r_w, x, precision=lax.Precision.HIGHEST)
+  return 2.0 * x - 1.0
+
+
+# ---------------------------------------------------------------------------
+# The network (names mirror the PyTorch state dict).
+# ---------------------------------------------------------------------------
+
+
+class BatchNormEval(nn.Module):
+  """Inference BatchNorm: ``(x - mean) / sqrt(var + 1e-3) · scale + bias``."""
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (c,))
+    bias = self.param('bias', nn.initializers.zeros, (c,))
+    mean = self.param('mean', nn.initializers.zeros, (c,))
+    var = self.param('var', nn.initializers.ones, (c,))
+    return (x - mean) * (scale * lax.rsqrt(var + BN_EPS)) + bias
+
+
+class BasicConv2d(nn.Module):
+  """Conv (no bias) -> BatchNorm (eps 1e-3) -> ReLU; torch's ``BasicConv2d``."""
+  features: int
+  kernel: tuple[int, int] = (1, 1)
+  stride: int = 1
+  padding: tuple[int, int] = (0, 0)
+  precision: lax.Precision = lax.Precision.HIGHEST
+
+  @nn.compact
+  def __call__(self, x):
+    ph, pw = self.padding
+    x = nn.Conv(self.features, self.kernel, strides=self.stride,
+                padding=((ph, ph), (pw, pw)), use_bias=False,
+                precision=self.precision, name='conv')(x)
+    return nn.relu(BatchNormEval(name='bn')(x))
+
+
+def _avg_pool_3x3_same(x):
+  """3×3 stride-1 average pool over the unpadded pixels (TF's SAME pool)."""
+  return nn.avg_pool(x, (3, 3), (1, 1), padding=((1, 1), (1, 1)),
+                     count_include_pad=False)
+
+
+def _max_pool_3x3(x, stride: int, pad: int = 0):
+  return nn.max_pool(x, (3, 3), (stride, stride), padding=((pad, pad), (pad, pad)))
+
+
+class InceptionA(nn.Module):
+  """Mixed_5b/c/d: 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool(excl. pad)-1x1."""
+  pool_features: int
+  precision: lax.Precision = lax.Precision.HIGHEST
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(BasicConv2d, precision=self.precision)
+    b1 = conv(64, name='branch1x1')(x)
+    b5 = conv(48, name='branch5x5_1')(x)
+    b5 = conv(64, (5, 5), padding=(2, 2), name='branch5x5_2')(b5)
+    b3 = conv(64, name='branch3x3dbl_1')(x)
+    b3 = conv(96, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(b3)
+    b3 = conv(96, (3, 3), padding=(1, 1), name='branch3x3dbl_3')(b3)
+    bp = conv(self.pool_features, name='branch_pool')(_avg_pool_3x3_same(x))
+    return jnp.concatenate([b1, b5, b3, bp], axis=-1)
+
+
+class InceptionB(nn.Module):
+  """Mixed_6a (grid reduction): 3x3/2 | 1x1-3x3-3x3/2 | maxpool/2."""
+  precision: lax.Precision = lax.Precision.HIGHEST
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(BasicConv2d, precision=self.precision)
+    b3 = conv(384, (3, 3), stride=2, name='branch3x3')(x)
+    bd = conv(64, name='branch3x3dbl_1')(x)
+    bd = conv(96, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(bd)
+    bd = conv(96, (3, 3), stride=2, name='branch3x3dbl_3')(bd)
+    return jnp.concatenate([b3, bd, _max_pool_3x3(x, 2)], axis=-1)
+
+
+class InceptionC(nn.Module):
+  """Mixed_6b-e: factorised 7x7 branches, avgpool(excl. pad)-1x1."""
+  channels_7x7: int
+  precision: lax.Precision = lax.Precision.HIGHEST
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(BasicConv2d, precision=self.precision)
+    c7 = self.channels_7x7
+    b1 = conv(192, name='branch1x1')(x)
+    b7 = conv(c7, name='branch7x7_1')(x)
+    b7 = conv(c7, (1, 7), padding=(0, 3), name='branch7x7_2')(b7)
+    b7 = conv(192, (7, 1), padding=(3, 0), name='branch7x7_3')(b7)
+    bd = conv(c7, name='branch7x7dbl_1')(x)
+    bd = conv(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_2')(bd)
+    bd = conv(c7, (1, 7), padding=(0, 3), name='branch7x7dbl_3')(bd)
+    bd = conv(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_4')(bd)
+    bd = conv(192, (1, 7), padding=(0, 3), name='branch7x7dbl_5')(bd)
+    bp = conv(192, name='branch_pool')(_avg_pool_3x3_same(x))
+    return jnp.concatenate([b1, b7, bd, bp], axis=-1)
+
+
+class InceptionD(nn.Module):
+  """Mixed_7a (grid reduction): 1x1-3x3/2 | 1x1-1x7-7x1-3x3/2 | maxpool/2."""
+  precision: lax.Precision = lax.Precision.HIGHEST
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(BasicConv2d, precision=self.precision)
+    b3 = conv(192, name='branch3x3_1')(x)
+    b3 = conv(320, (3, 3), stride=2, name='branch3x3_2')(b3)
+    b7 = conv(192, name='branch7x7x3_1')(x)
+    b7 = conv(192, (1, 7), padding=(0, 3), name='branch7x7x3_2')(b7)
+    b7 = conv(192, (7, 1), padding=(3, 0), name='branch7x7x3_3')(b7)
+    b7 = conv(192, (3, 3), stride=2, name='branch7x7x3_4')(b7)
+    return jnp.concatenate([b3, b7, _max_pool_3x3(x, 2)], axis=-1)
+
+
+class InceptionE(nn.Module):
+  """Mixed_7b (avg pool, excl. pad) and Mixed_7c (max pool, ``max_pool``)."""
+  max_pool: bool
+  precision: lax.Precision = lax.Precision.HIGHEST
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(BasicConv2d, precision=self.precision)
+    b1 = conv(320, name='branch1x1')(x)
+    b3 = conv(384, name='branch3x3_1')(x)
+    b3 = jnp.concatenate([conv(384, (1, 3), padding=(0, 1), name='branch3x3_2a')(b3),
+                          conv(384, (3, 1), padding=(1, 0), name='branch3x3_2b')(b3)], -1)
+    bd = conv(448, name='branch3x3dbl_1')(x)
+    bd = conv(384, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(bd)
+    bd = jnp.concatenate([conv(384, (1, 3), padding=(0, 1), name='branch3x3dbl_3a')(bd),
+                          conv(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd)], -1)
+    pooled = _max_pool_3x3(x, 1, pad=1) if self.max_pool else _avg_pool_3x3_same(x)
+    bp = conv(192, name='branch_pool')(pooled)
+    return jnp.concatenate([b1, b3, bd, bp], axis=-1)
+
+
+class FIDInceptionV3(nn.Module):
+  """The FID Inception-v3 on preprocessed ``(N, 299, 299, 3)`` inputs.
+
+  ``precision``: conv/matmul precision; HIGHEST (no TF32/bf16 passes on
+  accelerators) so numbers match the float32 reference on every backend.
+  """
+  precision: lax.Precision = lax.Precision.HIGHEST
+
+  @nn.compact
+  def __call__(self, x):
+    """Returns ``(pool3 (N, 2048), logits (N, 1008), logits_unbiased (N, 1008))``."""
+    p = self.precision
+    conv = functools.partial(BasicConv2d, precision=p)
+    x = conv(32, (3, 3), stride=2, name='Conv2d_1a_3x3')(x)        # 149
+    x = conv(32, (3, 3), name='Conv2d_2a_3x3')(x)                  # 147
+    x = conv(64, (3, 3), padding=(1, 1), name='Conv2d_2b_3x3')(x)  # 147
+    x = _max_pool_3x3(x, 2)                                        # 73
+    x = conv(80, name='Conv2d_3b_1x1')(x)
+    x = conv(192, (3, 3), name='Conv2d_4a_3x3')(x)                 # 71
+    x = _max_pool_3x3(x, 2)                                        # 35
+    x = InceptionA(32, p, name='Mixed_5b')(x)
+    x = InceptionA(64, p, name='Mixed_5c')(x)
+    x = InceptionA(64, p, name='Mixed_5d')(x)
+    x = InceptionB(p, name='Mixed_6a')(x)                          # 17
+    x = InceptionC(128, p, name='Mixed_6b')(x)
+    x = InceptionC(160, p, name='Mixed_6c')(x)
+    x = InceptionC(160, p, name='Mixed_6d')(x)
+    x = InceptionC(192, p, name='Mixed_6e')(x)
+    x = InceptionD(p, name='Mixed_7a')(x)                          # 8
+    x = InceptionE(False, p, name='Mixed_7b')(x)
+    x = InceptionE(True, p, name='Mixed_7c')(x)
+    pool3 = jnp.mean(x, axis=(1, 2))
+    kernel = self.param('fc_kernel', nn.initializers.zeros, (FEATURE_DIM, NUM_CLASSES))
+    bias = self.param('fc_bias', nn.initializers.zeros, (NUM_CLASSES,))
+    unbiased = jnp.matmul(pool3, kernel, precision=p)
+    return pool3, unbiased + bias, unbiased
+
+
+# ---------------------------------------------------------------------------
+# PyTorch state dict <-> Flax params.
+# ---------------------------------------------------------------------------
+
+_BN_NAMES = {'weight': 'scale', 'bias': 'bias', 'running_mean': 'mean',
+             'running_var': 'var'}
+
+
+def abstract_params() -> dict:
+  """The Flax parameter tree's shapes (no weights), ``{path: ShapeDtypeStruct}``."""
+  shapes = jax.eval_shape(FIDInceptionV3().init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32))
+  return shapes['params']
+
+
+def torch_key(path: tuple[str, ...]) -> str:
+  """Flax param path -> the PyTorch state-dict key holding it."""
+  if path == ('fc_kernel',):
+    return 'fc.weight'
+  if path == ('fc_bias',):
+    return 'fc.bias'
+  *mods, layer, leaf = path
+  leaf = 'weight' if layer == 'conv' else {v: k for k, v in _BN_NAMES.items()}[leaf]
+  return '.'.join([*mods, layer, leaf])
+
+
+def torch_shapes() -> dict[str, tuple[int, ...]]:
+  """Every PyTorch state-dict key of the FID Inception and its shape
+  (``num_batches_tracked`` counters excluded)."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params())[0]:
+    names = tuple(k.key for k in path)
+    shape = tuple(leaf.shape)
+    if names[-1] == 'kernel':               # HWIO -> OIHW
+      shape = (shape[3], shape[2], shape[0], shape[1])
+    elif names == ('fc_kernel',):           # (in, out) -> (out, in)
+      shape = shape[::-1]
+    out[torch_key(names)] = shape
+  return out
+
+
+def params_from_torch(state: dict[str, np.ndarray]) -> dict:
+  """PyTorch-layout arrays (``OIHW`` convs, ``(out, in)`` fc) -> Flax params.
+
+  Raises:
+    ValueError: a key is missing or a shape differs from the FID Inception.
+  """
+  expected = torch_shapes()
+  missing = sorted(set(expected) - set(state))
+  if missing:
+    raise ValueError(f'{len(missing)} FID Inception weights are missing (e.g. {missing[0]})')
+  for k, shape in expected.items():
+    if tuple(np.shape(state[k])) != shape:
+      raise ValueError(f'{k} has shape {tuple(np.shape(state[k]))}, the FID Inception '
+                       f'needs {shape}')
+
+  def leaf(path, _):
+    names = tuple(k.key for k in path)
+    w = np.asarray(state[torch_key(names)], np.float32)
+    if names[-1] == 'kernel':
+      w = w.transpose(2, 3, 1, 0)
+    elif names == ('fc_kernel',):
+      w = w.T
+    return jnp.asarray(w)
+
+  return jax.tree_util.tree_map_with_path(leaf, abstract_params())
+
+
+# ---------------------------------------------------------------------------
+# Weights files.
+# ---------------------------------------------------------------------------
+
+
+def file_sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      h.update(block)
+  return h.hexdigest()
+
+
+def save_npz(state: dict[str, np.ndarray], path: str, source_sha256: str = '') -> str:
+  """Writes PyTorch-layout weights as a plain ``.npz`` (no pickle); returns
+  the file's sha256. ``source_sha256``: of the ``.pth`` it came from."""
+  arrays = {k: np.ascontiguousarray(np.asarray(v, np.float32)) for k, v in state.items()
+            if not k.endswith('num_batches_tracked')}
+  arrays['__format_version__'] = np.array(FORMAT_VERSION, np.int64)
+  arrays['__source_sha256__'] = np.array(source_sha256)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+  return file_sha256(path)
+
+
+def resolve_weights_path(path: str | None = None) -> str:
+  """``path``, else ``$VAEGAN_JAX_INCEPTION``; UserError naming both if neither."""
+  path = path or os.environ.get(ENV_VAR, '')
+  if not path:
+    raise UserError(f'No Inception weights: {HOW_TO_GET_WEIGHTS}.')
+  if not os.path.isfile(path):
+    raise UserError(f'Inception weights file {path} does not exist: {HOW_TO_GET_WEIGHTS}.')
+  return path
+
+
+class InceptionNetwork:
+  """Loaded FID Inception: ``net(images) -> (pool3, logits, logits_unbiased)``.
+
+  Attributes:
+    params: Flax params of :class:`FIDInceptionV3`.
+    path: the ``.npz`` it was loaded from.
+    sha256: that file's sha256 (keys the cached reference statistics).
+    source_sha256: sha256 of the ``.pth`` it was converted from.
+  """
+
+  def __init__(self, params, path: str = '', sha256: str = '', source_sha256: str = ''):
+    self.params, self.path, self.sha256 = params, path, sha256
+    self.source_sha256 = source_sha256
+    self.module = FIDInceptionV3()
+    self._preprocess = jax.jit(preprocess)
+    self._network = jax.jit(lambda params, x: self.module.apply({'params': params}, x))
+
+  def apply_preprocessed(self, x):
+    """The network on ``preprocess``ed ``(N, 299, 299, 3)`` inputs (jitted;
+    one compilation per batch size, whatever the image size)."""
+    return self._network(self.params, x)
+
+  def __call__(self, images):
+    """images ``(N, H, W, C)`` uint8 or float in [0, 1] -> three float32 arrays
+    ``pool3 (N, 2048)``, ``logits (N, 1008)``, ``logits_unbiased (N, 1008)``."""
+    return self.apply_preprocessed(self._preprocess(images))
+
+  def compute(self, images: np.ndarray | Iterable, batch_size: int = 50,
+              sharding=None, num_images: int | None = None,
+              progress: str = '') -> dict[str, np.ndarray]:
+    """Features of many images in fixed-size chunks (one compilation).
+
+    Args:
+      images: uint8 ``(N, H, W, C)`` array, or an iterable of such batches
+        (e.g. model samples); float batches in [0, 1] are quantised to uint8
+        first, as saving samples to PNG would.
+      batch_size: images per jitted call (the last chunk is padded).
+      sharding: optional input sharding (e.g. ``P('data')`` over a mesh);
+        ``batch_size`` must then split over its devices.
+      num_images: stop after this many images (required for iterables of
+        unknown length; default all).
+      progress: label of a one-line progress indication on stderr, shown
+        only when stderr is a terminal; '' = none.
+
+    Returns:
+      ``{'pool3': (N, 2048), 'logits': (N, 1008), 'logits_unbiased': (N, 1008)}``,
+      numpy float32.
+    """
+    if isinstance(images, np.ndarray):
+      total = len(images) if num_images is None else min(num_images, len(images))
+      chunks = (images[i:i + batch_size] for i in range(0, total, batch_size))
+    else:
+      if num_images is None:
+        raise ValueError('num_images is required when images is an iterable.')
+      total, chunks = num_images, _rechunk(images, batch_size)
+    show = _progress(progress, total) if progress else (lambda done: None)
+    outs, done = [], 0
+    for chunk in chunks:
+      chunk = np.asarray(chunk)[:total - done]
+      if chunk.dtype != np.uint8:
+        chunk = quantize(chunk)
+      valid = len(chunk)
+      if valid < batch_size:
+        chunk = np.concatenate([chunk, np.zeros((batch_size - valid, *chunk.shape[1:]),
+                                                np.uint8)])
+      x = jax.device_put(chunk, sharding) if sharding is not None else chunk
+      outs.append((valid, self(x)))
+      done += valid
+      show(done)
+      if done >= total:
+        break
+    show(None)
+    fetched = jax.device_get([o for _, o in outs])
+    return {name: np.concatenate([o[j][:v] for (v, _), o in zip(outs, fetched)])
+            for j, name in enumerate(('pool3', 'logits', 'logits_unbiased'))}
+
+
+def quantize(images) -> np.ndarray:
+  """Float images in [0, 1] -> uint8 ``round(255 x)`` (what a PNG would hold)."""
+  return np.clip(np.round(np.asarray(images, np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _rechunk(batches, size: int):
+  """Re-batches an iterable of arrays into chunks of exactly ``size`` rows
+  (the last one may be shorter)."""
+  buf, count = [], 0
+  for b in batches:
+    b = np.asarray(b)
+    buf.append(b)
+    count += len(b)
+    while count >= size:
+      cat = np.concatenate(buf)
+      yield cat[:size]
+      buf, count = [cat[size:]], count - size
+  if count:
+    yield np.concatenate(buf)
+
+
+def _progress(label: str, total: int) -> Callable:
+  """One self-overwriting line on stderr when it is a terminal, else silent."""
+  if not sys.stderr.isatty():
+    return lambda done: None
+  t0 = time.time()
+
+  def show(done):
+    if done is None:
+      sys.stderr.write('\n')
+    else:
+      rate = done / max(time.time() - t0, 1e-9)
+      sys.stderr.write(f'\r{label}: {done}/{total} images ({rate:.0f}/s)')
+    sys.stderr.flush()
+
+  return show
+
+
+def load(path: str | None = None) -> InceptionNetwork:
+  """Loads converted weights from ``path`` or ``$VAEGAN_JAX_INCEPTION``.
+
+  Raises:
+    UserError: no path, a missing file, a file that is not a converter
+      ``.npz``, or weights of the wrong layout -- one line naming both ways
+      to give the weights.
+  """
+  path = resolve_weights_path(path)
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      state = {k: data[k] for k in data.files}
+  except Exception as e:  # pylint: disable=broad-except  # zip/npy/pickle errors
+    raise UserError(f'Inception weights file {path} is not a converted .npz '
+                    f'({type(e).__name__}): {HOW_TO_GET_WEIGHTS}.') from None
+  if '__format_version__' not in state:
+    raise UserError(f'Inception weights file {path} was not written by the converter: '
+                    f'{HOW_TO_GET_WEIGHTS}.')
+  source = str(state.pop('__source_sha256__', ''))
+  state.pop('__format_version__')
+  try:
+    params = params_from_torch(state)
+  except ValueError as e:
+    raise UserError(f'Inception weights file {path} does not hold the FID Inception ({e}): '
+                    f'{HOW_TO_GET_WEIGHTS}.') from None
+  return InceptionNetwork(params, path, file_sha256(path), source)
+
+
+# ---------------------------------------------------------------------------
+# Reference statistics, cached beside the weights.
+# ---------------------------------------------------------------------------
+
+
+def reference_cache_path(net: InceptionNetwork, dataset: str, split: str,
+                         num_images: int | None, cache_dir: str | None = None) -> str:
+  """``<dir>/fid_ref_<dataset>_<split>_<count|all>_<weights sha256[:16]>.npz``;
+  ``dir`` defaults to the weights file's folder."""
+  count = 'all' if not num_images else str(int(num_images))
+  name = f'fid_ref_{dataset}_{split.replace("/", "-")}_{count}_{net.sha256[:16]}.npz'
+  return os.path.join(cache_dir or os.path.dirname(os.path.abspath(net.path)), name)
+
+
+def reference_features(net: InceptionNetwork, dataset: str, split: str,
+                       load_images: Callable[[], np.ndarray],
+                       num_images: int | None = None, batch_size: int = 32,
+                       sharding=None, cache_dir: str | None = None,
+                       echo: Callable = print) -> dict:
+  """Inception features of a dataset split, computed once and cached.
+
+  The cache is a plain ``.npz`` (``pool3`` float32 ``(N, 2048)``, ``mu``,
+  ``sigma`` float64 -- the FID statistics -- and what it was computed from),
+  keyed in its name by dataset, split, image count and the weights' sha256
+  (:func:`reference_cache_path`), so new weights or another split never
+  reuse stale statistics.
+
+  Args:
+    net: the loaded network.
+    dataset: dataset name (for the key).
+    split: 'train' or 'test' (for the key).
+    load_images: returns the split's uint8 images ``(N, H, W, C)``; called
+      only without a cache hit.
+    num_images: use the first this many images; None or 0 = all.
+    batch_size: images per jitted call.
+    sharding: optional input sharding.
+    cache_dir: default beside the weights; not writable -> computed, not cached.
+    echo: where to say what happened.
+
+  Returns:
+    ``{'pool3', 'mu', 'sigma', 'num_images', 'cache'}`` (``cache``: the path,
+    or '' when it could not be written).
+  """
+  path = reference_cache_path(net, dataset, split, num_images, cache_dir)
+  if os.path.isfile(path):
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        out = {k: data[k] for k in ('pool3', 'mu', 'sigma')}
+      echo(f'Inception reference statistics of {dataset}/{split} from {path}.')
+      return {**out, 'num_images': len(out['pool3']), 'cache': path}
+    except Exception:  # pylint: disable=broad-except  # a damaged cache is recomputed
+      pass
+  images = load_images()
+  if num_images:
+    images = images[:num_images]
+  echo(f'Computing Inception features of {len(images)} {dataset}/{split} images '
+       '(once; cached beside the weights).')
+  pool3 = net.compute(images, batch_size, sharding,
+                      progress=f'Inception features of {dataset}/{split}')['pool3']
+  p64 = pool3.astype(np.float64)
+  out = {'pool3': pool3, 'mu': p64.mean(0), 'sigma': np.cov(p64, rowvar=False)}
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + '.tmp.npz'
+    np.savez(tmp, **out, weights_sha256=np.array(net.sha256), dataset=np.array(dataset),
+             split=np.array(split))
+    os.replace(tmp, path)
+  except OSError as e:
+    echo(f'note: could not cache the reference statistics at {path} ({e.strerror}).')
+    path = ''
+  return {**out, 'num_images': len(pool3), 'cache': path}
+
+
+# ---------------------------------------------------------------------------
+# Inception Score.
+# ---------------------------------------------------------------------------
+
+
+def inception_score(logits, splits: int = 10, shuffle: bool = True,
+                    seed: int = 2020) -> tuple[float, float]:
+  """Inception Score, mean and std over splits (Salimans et al., 2016).
+
+  ``IS = exp(E_x KL(p(y|x) || p(y)))`` per split, with ``p(y)`` the split's
+  mean prediction; as torch-fidelity's ``isc_features_to_metric``: float64,
+  rows shuffled with ``np.random.RandomState(seed)`` first, split ``i`` the
+  rows ``[i N / splits, (i + 1) N / splits)``, std with ``ddof=0``. Pass the
+  bias-free logits (``logits_unbiased``), as torch-fidelity and the original
+  openai/improved-gan code do.
+
+  Args:
+    logits: ``(N, K)`` logits.
+    splits: number of splits (10 in the literature).
+    shuffle: shuffle rows before splitting.
+    seed: the shuffle's seed (torch-fidelity's default 2020).
+
+  Returns:
+    ``(mean, std)`` Python floats; each split's score lies in ``[1, K]``.
+  """
+  logits = np.asarray(logits, np.float64)
+  n = logits.shape[0]
+  if logits.ndim != 2 or n < splits:
+    raise ValueError(f'logits must have shape (N >= splits={splits}, K); got {logits.shape}.')
+  if shuffle:
+    logits = logits[np.random.RandomState(seed).permutation(n)]
+  log_p = logits - logits.max(axis=1, keepdims=True)
+  log_p = log_p - np.log(np.exp(log_p).sum(axis=1, keepdims=True))
+  p = np.exp(log_p)
+  scores = []
+  for i in range(splits):
+    lo, hi = i * n // splits, (i + 1) * n // splits
+    q = p[lo:hi].mean(axis=0, keepdims=True)
+    kl = np.sum(p[lo:hi] * (log_p[lo:hi] - np.log(q)), axis=1)
+    scores.append(np.exp(kl.mean()))
+  return float(np.mean(scores)), float(np.std(scores))
