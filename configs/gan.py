@@ -52,6 +52,7 @@ def get_config(arg=None):
   config.gan.gp_weight = 10.0  # WGAN-GP λ, used with loss='wgan' (0 = plain WGAN).
   config.gan.r1_gamma = 0.0    # R1 penalty γ on real data (Mescheder et al. 2018); 0 = off.
   config.gan.ema_decay = 0.0   # EMA of G's weights for samples/evaluation; 0 = off.
+  config.gan.aux_weight = 0.0  # ACGAN auxiliary class loss λ (needs model.conditional=True); 0 = off.
 
   config.optim = ml_collections.ConfigDict()
   config.optim.g = _adam(2e-4, 0.5)
@@ -77,6 +78,9 @@ def get_config(arg=None):
     config.train.eval_every_steps = 5000
     config.train.checkpoint_every_steps = 2500
     config.gan.ema_decay = 0.999
+  elif arg == 'conditional':
+    config.model.conditional = True  # Class-conditional (families/conditional.py).
+    config.gan.aux_weight = 0.0      # ACGAN class loss λ; e.g. 1.0 for projection + ACGAN.
   elif arg:
     raise ValueError(f'Unknown variant {arg!r} of configs/gan.py.')
   return config

@@ -56,6 +56,8 @@ def get_config(arg=None):
     config.model.width = 64
     config.model.hidden = 512
     config.train.num_steps = 20000
+  elif arg == 'conditional':
+    config.model.conditional = True  # Class-conditional (families/conditional.py).
   elif arg:
     raise ValueError(f'Unknown variant {arg!r} of configs/vae.py.')
   return config

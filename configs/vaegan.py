@@ -77,6 +77,8 @@ def get_config(arg=None):
     config.train.checkpoint_every_steps = 2000
     config.train.sample_every_steps = 2000
     config.train.eval_every_steps = 2000
+  elif arg == 'conditional':
+    config.model.conditional = True  # Class-conditional (families/conditional.py).
   elif arg:
     raise ValueError(f'Unknown variant {arg!r} of configs/vaegan.py.')
   return config

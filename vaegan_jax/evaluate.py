@@ -7,6 +7,7 @@ dataset's test split, then writes one flat JSON object:
   modes_covered, class_kl                        every family
   recon_mse, psnr                                families with an encoder
   elbo, nll_nats, bits_per_dim                   the VAE (IWAE, --iwae_k)
+  cond_accuracy, cond_accuracy/<k>, intra_fid    class-conditional models
   step, num_samples, dataset, family, feature_net_sha256, eval_seconds
 
 The distribution metrics live in the feature space of the project's own
@@ -126,9 +127,10 @@ def run(workdir: str, num_samples: int = 10000, step: str | int | None = None,
        f'with {num_samples} samples.')
   name = config.data.name
   data_dir = data_dir or config.data.get('data_dir') or None
-  test_images, _ = input_pipeline.load_split(name, 'test', data_dir)
+  test_images, test_labels = input_pipeline.load_split(name, 'test', data_dir)
   evaluator = generative.Evaluator(config, family, test_images, mesh,
-                                   iwae_k=None if iwae_k < 0 else iwae_k)
+                                   iwae_k=None if iwae_k < 0 else iwae_k,
+                                   test_labels=test_labels)
   metrics = evaluator(state, num_samples)
   result = {**metrics, 'step': int(chosen), 'num_samples': int(num_samples),
             'dataset': name, 'family': config.model.family,
