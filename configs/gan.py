@@ -15,6 +15,13 @@ Variants: `configs/gan.py:smoke` (tiny networks, under a minute), `:cifar10`,
 (64x64, 1024-512-256-128 / 64-128-256-512); these read real TFDS datasets and
 need network or a prepared data_dir, and a GPU/TPU for useful results.
 Losses: `--config.gan.loss=non_saturating|minimax|hinge|wgan|lsgan`.
+
+`configs/gan.py:conditional`: class-conditional DCGAN (label embedding at G's
+input, projection discriminator; `--config.gan.aux_weight=1.0` adds the ACGAN
+loss). Measured, a shortened run only (`--config.train.num_steps=400`, one
+evaluation at the end, 1000 samples) on the 2 cores shared with four other
+developers' jobs (load average 5-10): 5 min 51 s; FID 10.5, cond_accuracy
+0.71 (chance 0.10), intra_fid 21.6. The default 3000 steps were not measured.
 """
 
 import os

@@ -15,6 +15,13 @@ scores FID 7.5, precision 0.76, recall 0.84, PSNR 18.0 dB with 10000 samples.
 Variants: `configs/vaegan.py:smoke` (a few seconds), `:cifar10`,
 `:svhn_cropped`, `:celeb_a` (real TFDS datasets, need network or a prepared
 data_dir).
+
+`configs/vaegan.py:conditional`: CVAE encoder, label-embedding decoder and
+projection discriminator. Measured, a shortened run only
+(`--config.train.num_steps=400`, one evaluation at the end, 1000 samples) on
+the 2 cores shared with other developers' jobs (load average 8-10): 3 min
+00 s; FID 9.1, cond_accuracy 0.60 (chance 0.10), intra_fid 28.6, PSNR 12.3 dB.
+The default 5000 steps were not measured.
 """
 
 import os
