@@ -26,6 +26,12 @@ difference):
                     src/models/resnet.py).
   `:celeb_a64`      Radford et al. 2016's DCGAN for 64 px faces
                     (Newmu/dcgan_code faces/train_uncond_dcgan.py) on CelebA.
+`configs/gan.py:conditional`: class-conditional DCGAN (label embedding at G's
+input, projection discriminator; `--config.gan.aux_weight=1.0` adds the ACGAN
+loss). Measured, a shortened run only (`--config.train.num_steps=400`, one
+evaluation at the end, 1000 samples) on the 2 cores shared with four other
+developers' jobs (load average 5-10): 5 min 51 s; FID 10.5, cond_accuracy
+0.71 (chance 0.10), intra_fid 21.6. The default 3000 steps were not measured.
 """
 
 import os
@@ -67,6 +73,7 @@ def get_config(arg=None):
   config.gan.gp_weight = 10.0  # WGAN-GP λ, used with loss='wgan' (0 = plain WGAN).
   config.gan.r1_gamma = 0.0    # R1 penalty γ on real data (Mescheder et al. 2018); 0 = off.
   config.gan.ema_decay = 0.0   # EMA of G's weights for samples/evaluation; 0 = off.
+  config.gan.aux_weight = 0.0  # ACGAN auxiliary class loss λ (needs model.conditional=True); 0 = off.
 
   config.optim = ml_collections.ConfigDict()
   config.optim.g = _adam(2e-4, 0.5)
@@ -94,6 +101,9 @@ def get_config(arg=None):
     config.gan.ema_decay = 0.999
   elif arg in LITERATURE:
     LITERATURE[arg](config)
+  elif arg == 'conditional':
+    config.model.conditional = True  # Class-conditional (families/conditional.py).
+    config.gan.aux_weight = 0.0      # ACGAN class loss λ; e.g. 1.0 for projection + ACGAN.
   elif arg:
     raise ValueError(f'Unknown variant {arg!r} of configs/gan.py.')
   return config

@@ -16,6 +16,13 @@ Variants: `configs/vaegan.py:smoke` (a few seconds), `:cifar10`,
 `:svhn_cropped`, `:celeb_a` (real TFDS datasets, need network or a prepared
 data_dir). `:celeb_a64` takes Larsen et al.'s CelebA-64 setting where the
 project's networks allow it (its header lists the sources and every difference).
+
+`configs/vaegan.py:conditional`: CVAE encoder, label-embedding decoder and
+projection discriminator. Measured, a shortened run only
+(`--config.train.num_steps=400`, one evaluation at the end, 1000 samples) on
+the 2 cores shared with other developers' jobs (load average 8-10): 3 min
+00 s; FID 9.1, cond_accuracy 0.60 (chance 0.10), intra_fid 28.6, PSNR 12.3 dB.
+The default 5000 steps were not measured.
 """
 
 import os
@@ -80,6 +87,8 @@ def get_config(arg=None):
     config.train.eval_every_steps = 2000
   elif arg == 'celeb_a64':
     celeb_a64(config)
+  elif arg == 'conditional':
+    config.model.conditional = True  # Class-conditional (families/conditional.py).
   elif arg:
     raise ValueError(f'Unknown variant {arg!r} of configs/vaegan.py.')
   return config

@@ -18,6 +18,10 @@ the study writes
   OUT/report.md      tables, a generated summary and the PNGs it links
                      (experiments/report.py).
 
+With `config.conditional` the study also trains each family class-conditional
+(`model.conditional=True`) as a row of its own, `<family>_conditional`, with
+the same budget; its evaluation adds cond_accuracy and intra_fid.
+
 Rerunning the command skips the runs that finished (final checkpoint and
 eval.json present) and resumes the others from their last checkpoint.
 """
@@ -47,6 +51,7 @@ EVAL_FILE = 'eval.json'
 TIMING_FILE = 'timing.json'
 SPEED_FILE = 'speed.json'
 GRID_KEY = 7  # Fixed sample key of the report's grids.
+CONDITIONAL_SUFFIX = '_conditional'  # Row name of a family's class-conditional runs.
 
 
 def define_flags():
@@ -98,9 +103,27 @@ def apply_overrides(config, overrides, where: str):
         raise UserError(f'{where}.{key}={value!r}: {e}') from None
 
 
-def run_config(study, family: str, seed: int):
-  """The config of one run: the family's own, with the study's budget."""
+def entries(study) -> list[str]:
+  """The study's rows: its families, then (with `study.conditional`) each
+  family's class-conditional variant, '<family>_conditional'."""
+  names = list(study.families)
+  if study.get('conditional', False):
+    names += [f + CONDITIONAL_SUFFIX for f in study.families]
+  return names
+
+
+def family_of(entry: str) -> str:
+  """The family of a row name ('gan_conditional' -> 'gan')."""
+  return entry[:-len(CONDITIONAL_SUFFIX)] if entry.endswith(CONDITIONAL_SUFFIX) else entry
+
+
+def run_config(study, entry: str, seed: int):
+  """The config of one run: the family's own, with the study's budget; a
+  '<family>_conditional' entry also sets model.conditional=True."""
+  family = family_of(entry)
   config = load_family_config(family, study.family_variant)
+  if entry != family:
+    config.model.conditional = True
   config.seed = int(seed)
   config.data.name = study.dataset
   config.data.data_dir = study.data_dir
@@ -132,7 +155,10 @@ def check_study(study):
     raise UserError('config.families is empty.')
   for f in study.families:
     families.get(f)
-  input_pipeline.get_spec(study.dataset)
+  if (study.get('conditional', False)
+      and not input_pipeline.get_spec(study.dataset).num_classes):
+    raise UserError(f'config.conditional=True needs class labels and {study.dataset} '
+                    'has none.')
   if study.seeds < 1:
     raise UserError(f'config.seeds must be at least 1, not {study.seeds}.')
   if study.num_steps < 1 or study.batch_size < 1:
@@ -294,7 +320,7 @@ def param_counts(study, family: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from vaegan_jax import families  # pylint: disable=g-import-not-at-top
   config = run_config(study, family, 0)
-  fam = families.get(family)
+  fam = families.get(family_of(family))
   abstract = jax.eval_shape(functools.partial(fam.init_state, config), jax.random.PRNGKey(0))
   counts = {name: int(sum(x.size for x in jax.tree.leaves(p)))
             for name, p in abstract.params.items()}
@@ -353,8 +379,8 @@ def collect(study, out: str) -> dict:
   from vaegan_jax import families  # pylint: disable=g-import-not-at-top
   speeds = _read_json(os.path.join(out, SPEED_FILE), {})
   result = {'families': {}, 'speed': {}}
-  for family in study.families:
-    fam = families.get(family)
+  for family in entries(study):
+    fam = families.get(family_of(family))
     runs = {}
     for s in range(study.seeds):
       workdir = run_dir(out, family, s)
@@ -428,18 +454,21 @@ def write_grids(study, out: str, echo=print) -> dict:
   from vaegan_jax import images as images_lib  # pylint: disable=g-import-not-at-top
   from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   echo('Drawing the sample and reconstruction grids.')
-  test_images, _ = input_pipeline.load_split(study.dataset, 'test', study.data_dir or None)
+  test_images, test_labels = input_pipeline.load_split(study.dataset, 'test',
+                                                       study.data_dir or None)
   inputs = input_pipeline.to_float(test_images[:36])
   grids = {'samples': {}, 'reconstructions': {'inputs': images_lib.make_grid(inputs)}}
-  for family in study.families:
+  for family in entries(study):
     grids['samples'][family] = []
     for s in range(study.seeds):
       model = vaegan_jax.load(run_dir(out, family, s), study.num_steps)
-      x = model.sample(jax.random.PRNGKey(GRID_KEY), 36)
+      x = model.sample(jax.random.PRNGKey(GRID_KEY), 36,  # Conditional: classes 0, 1, ...
+                       (jax.numpy.arange(36) % model.num_classes) if model.num_classes else None)
       grids['samples'][family].append(images_lib.make_grid(jax.device_get(x)))
       if s == 0 and model.has_encoder:
         grids['reconstructions'][family] = images_lib.make_grid(
-            jax.device_get(model.reconstruct(inputs)))
+            jax.device_get(model.reconstruct(
+                inputs, test_labels[:36] if model.num_classes else None)))
   return grids
 
 
@@ -507,10 +536,10 @@ def run_study(study, out: str, report_only: bool = False, echo=print) -> dict:
     return results
   with compilation_cache(os.path.join(out, 'runs', 'jax_cache')):
     if not report_only:
-      for family in study.families:
+      for family in entries(study):
         timer.run('train', family, train_family, study, out, family, echo)
         timer.run('evaluate', family, evaluate_family, study, out, family, echo)
-      for family in study.families:
+      for family in entries(study):
         timer.run('speed', family, measure_speed, study, out, family, echo)
     results = collect(study, out)
     grids = timer.run('grids', 'all', write_grids, study, out, echo)

@@ -48,6 +48,11 @@ INCEPTION_QUALITY = [
     ('density_inception', 'density (Inception)', 'max', '.3f', 1.0),
     ('coverage_inception', 'coverage (Inception)', 'max', '.3f', 1.0),
 ]
+# Rows shown only when a family of the study is class-conditional.
+CONDITIONAL = [
+    ('cond_accuracy', 'conditional accuracy', 'max', '.3f', 1.0),
+    ('intra_fid', 'intra-class FID', 'min', '.2f', 1.0),
+]
 COST = [
     ('params_total', 'parameters', None, ',.0f', 1.0),
     ('train_images_per_s', 'train images/s', 'max', '.0f', 1.0),
@@ -405,7 +410,8 @@ def write(results, out, grids=None):
       '',
       '## Results (mean ± std over seeds; best in bold)',
       '',
-      *table(results, QUALITY),
+      *table(results, QUALITY + [r for r in CONDITIONAL if any(
+          r[0] in f.get('mean', {}) for f in results['families'].values())]),
       '',
       *inception_section(results),
       '## Cost',

@@ -5,6 +5,7 @@
     x = model.sample(jax.random.key(0), 16)        # (16, H, W, C) in [0, 1]
     mean, logvar = model.encode(x)                 # families with an encoder
     x_hat = model.reconstruct(x)
+    sevens = model.sample(0, 16, labels=7)         # class-conditional checkpoints
 
 Only the workdir is read: the config stored with the run (`config.json`) and
 a checkpoint. The state is restored onto the devices of this process, so a
@@ -25,6 +26,7 @@ from vaegan_jax import input_pipeline
 from vaegan_jax import run_config
 from vaegan_jax import sharding
 from vaegan_jax.errors import UserError
+from vaegan_jax.families import conditional
 
 
 class _DropReadOnlyNotices(logging.Filter):
@@ -103,6 +105,8 @@ class Model:
     image_shape: (H, W, C).
     latent_dim: Z, the size of one latent vector.
     has_encoder: whether encode / reconstruct are defined.
+    num_classes: K of a class-conditional model (config.model.conditional),
+      0 for an unconditional one.
   """
 
   def __init__(self, workdir, step, config, family, state):
@@ -112,6 +116,7 @@ class Model:
     self.image_shape = tuple(input_pipeline.image_shape(config))
     self.latent_dim = int(family.latent_dim(config))
     self.has_encoder = has_encoder(family)
+    self.num_classes = conditional.num_classes(config)
     self._sample = jax.jit(functools.partial(family.sample, config), static_argnums=2)
     self._decode = jax.jit(functools.partial(family.decode, config))
     if self.has_encoder:
@@ -127,28 +132,65 @@ class Model:
       raise UserError(f'The {self.family_name} family has no encoder, so it cannot '
                       f'{what}; use sample or decode.')
 
-  def sample(self, key, n: int) -> jax.Array:
-    """n samples from the model, (n, H, W, C) in [0, 1]. `key`: a PRNG key or an int."""
+  def check_labels(self, labels, n: int, required: bool = False):
+    """`labels` (None, an int or N ints) as int32 (n,), or None.
+
+    Raises:
+      UserError: labels for an unconditional model, labels outside
+        [0, num_classes), a count that is not n, or (`required`) none for a
+        conditional model.
+    """
+    if labels is None:
+      if required and self.num_classes:
+        raise UserError(f'This {self.family_name} model is class-conditional: give the '
+                        f'labels (0-{self.num_classes - 1}) of the images.')
+      return None
+    if not self.num_classes:
+      raise UserError(f'Labels need a class-conditional checkpoint; this {self.family_name} '
+                      f'model was trained with model.conditional=False.')
+    y = np.asarray(labels)
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim > 1:
+      raise UserError(f'Labels must be an int or a 1-D array of ints, not {labels!r}.')
+    if y.size and (y.min() < 0 or y.max() >= self.num_classes):
+      bad = int(y.min()) if y.min() < 0 else int(y.max())
+      raise UserError(f'Label {bad} is out of range: this model has {self.num_classes} '
+                      f'classes, 0-{self.num_classes - 1}.')
+    if y.ndim == 1 and len(y) != n:
+      raise UserError(f'Expected {n} labels, got {len(y)}.')
+    return jax.numpy.asarray(np.broadcast_to(y, (n,)), jax.numpy.int32)
+
+  def sample(self, key, n: int, labels=None) -> jax.Array:
+    """n samples from the model, (n, H, W, C) in [0, 1]. `key`: a PRNG key or an int.
+
+    `labels` (conditional models): an int class or (n,) classes; None draws
+    them uniformly (from `key`).
+    """
     if isinstance(key, int):
       key = jax.random.PRNGKey(key)
-    return self._sample(self.state, key, int(n))
+    return self._sample(self.state, key, int(n), self.check_labels(labels, int(n)))
 
-  def decode(self, z) -> jax.Array:
-    """Latents (N, Z) -> images (N, H, W, C) in [0, 1]."""
+  def decode(self, z, labels=None) -> jax.Array:
+    """Latents (N, Z) -> images (N, H, W, C) in [0, 1]; conditional models
+    need `labels` (an int or (N,))."""
     z = jax.numpy.asarray(z, jax.numpy.float32)
     if z.ndim != 2 or z.shape[1] != self.latent_dim:
       raise UserError(f'Expected latents of shape (N, {self.latent_dim}), got {tuple(z.shape)}.')
-    return self._decode(self.state, z)
+    return self._decode(self.state, z, self.check_labels(labels, z.shape[0], required=True))
 
-  def encode(self, x):
-    """Images (N, H, W, C) in [0, 1] (or uint8) -> (mean, logvar), each (N, Z)."""
+  def encode(self, x, labels=None):
+    """Images (N, H, W, C) in [0, 1] (or uint8) -> (mean, logvar), each (N, Z);
+    conditional models need the images' `labels`."""
     self._need_encoder('encode')
-    return self._encode(self.state, _check_images(x, self.image_shape))
+    x = _check_images(x, self.image_shape)
+    return self._encode(self.state, x, self.check_labels(labels, x.shape[0], required=True))
 
-  def reconstruct(self, x) -> jax.Array:
-    """Images (N, H, W, C) in [0, 1] (or uint8) -> reconstructions, same shape."""
+  def reconstruct(self, x, labels=None) -> jax.Array:
+    """Images (N, H, W, C) in [0, 1] (or uint8) -> reconstructions, same shape;
+    conditional models need the images' `labels`."""
     self._need_encoder('reconstruct')
-    return self._reconstruct(self.state, _check_images(x, self.image_shape))
+    x = _check_images(x, self.image_shape)
+    return self._reconstruct(self.state, x,
+                             self.check_labels(labels, x.shape[0], required=True))
 
 
 def _parse_step(step):

@@ -7,6 +7,7 @@ dataset's test split, then writes one flat JSON object:
   modes_covered, class_kl                        every family
   recon_mse, psnr                                families with an encoder
   elbo, nll_nats, bits_per_dim                   the VAE (IWAE, --iwae_k)
+  cond_accuracy, cond_accuracy/<k>, intra_fid    class-conditional models
   step, num_samples, dataset, family, feature_net_sha256, eval_seconds
 
 The distribution metrics live in the feature space of the project's own
@@ -154,7 +155,7 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
        f'with {num_samples} samples.')
   name = config.data.name
   data_dir = data_dir or config.data.get('data_dir') or None
-  test_images, _ = input_pipeline.load_split(name, 'test', data_dir)
+  test_images, test_labels = input_pipeline.load_split(name, 'test', data_dir)
   incep_ref = None
   if incep is not None:
     incep_ref = inception.reference_features(
@@ -162,7 +163,8 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
         num_reference or None, echo=echo)
   evaluator = generative.Evaluator(
       config, family, test_images, mesh, iwae_k=None if iwae_k < 0 else iwae_k,
-      inception_net=incep, inception_reference=None if incep is None else incep_ref['pool3'])
+      inception_net=incep, inception_reference=None if incep is None else incep_ref['pool3'],
+      test_labels=test_labels)
   metrics = evaluator(state, num_samples)
   result = {**metrics, 'step': int(chosen), 'num_samples': int(num_samples),
             'dataset': name, 'family': config.model.family,

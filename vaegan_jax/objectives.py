@@ -149,6 +149,26 @@ def gan_g_loss(kind: str, fake_logits):
   return 0.5 * jnp.mean(jnp.square(f - 1.0))
 
 
+def class_cross_entropy(class_logits, labels):
+  """The ACGAN auxiliary classifier loss (Odena, Olah & Shlens, "Conditional
+  image synthesis with auxiliary classifier GANs", ICML 2017, L_C):
+
+      CE = -E[log softmax(class_logits)[y]]
+
+  D minimises it on real and generated images, G on generated images.
+
+  Args:
+    class_logits: (B, K) class logits of D's auxiliary head.
+    labels: (B,) int classes in [0, K).
+
+  Returns:
+    Scalar mean cross-entropy, nats.
+  """
+  log_probs = jax.nn.log_softmax(class_logits.astype(jnp.float32), axis=-1)
+  return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32),
+                                       axis=-1))
+
+
 def _input_grad_sq_norms(d_fn, x):
   """||∂D(x_i)/∂x_i||² per example, (B,).
 

@@ -5,7 +5,14 @@ Modes (what the PNG shows):
   interpolate  rows of spherical interpolations between random latents;
   reconstruct  inputs | reconstructions                 (families with an encoder);
   denoise      clean | noisy | restored, prints PSNR     (families with an encoder);
-  inpaint      clean | masked | completed, prints PSNR on the missing pixels.
+  inpaint      clean | masked | completed, prints PSNR on the missing pixels;
+  class_grid   class-conditional checkpoints: one row per class, the same
+               latents in every row (style fixed, class varying), --num // K
+               columns.
+--label=K (class-conditional checkpoints) draws samples / interpolations of
+class K and conditions reconstruct / denoise / inpaint on K; without it those
+use each test image's true label (own --images then need --label), and
+samples / interpolation rows draw their classes at random.
 Inputs come from the dataset's test split, or from --images=PATH (a PNG/JPEG
 file or a folder of them). Only the workdir is needed: the config stored with
 the run and a checkpoint; data only for the modes that take inputs. The same
@@ -22,14 +29,14 @@ from absl import flags
 from vaegan_jax import cli
 from vaegan_jax.errors import UserError
 
-MODES = ('samples', 'interpolate', 'reconstruct', 'denoise', 'inpaint')
+MODES = ('samples', 'interpolate', 'reconstruct', 'denoise', 'inpaint', 'class_grid')
 INPUT_MODES = ('reconstruct', 'denoise', 'inpaint')
 NOISE_KINDS = ('gaussian', 'salt_pepper')  # = applications.NOISE_KINDS.
 MASK_KINDS = ('center', 'blocks')          # = applications.MASK_KINDS.
 INPAINT_METHODS = ('auto', 'posterior', 'latent')
 
 # Key purposes: fold_in(PRNGKey(seed), purpose).
-_SAMPLES, _INTERPOLATE, _NOISE, _MASK, _LATENT_INIT = range(5)
+_SAMPLES, _INTERPOLATE, _NOISE, _MASK, _LATENT_INIT, _CLASS_GRID, _ROW_LABELS = range(7)
 
 FLAGS = flags.FLAGS
 
@@ -60,11 +67,16 @@ def define_flags():
   flags.DEFINE_integer('inpaint_steps', 200, 'inpaint: iterations or optimiser steps.')
   flags.DEFINE_integer('restarts', 4, 'inpaint --inpaint_method=latent: random starts '
                        'per image; the best fit is kept.')
+  flags.DEFINE_integer('label', None, 'Class-conditional checkpoints: the class to draw '
+                       '(samples, interpolate) or to condition on (reconstruct, denoise, '
+                       'inpaint; default the true label of each test image).')
 
 
 def check_args(mode, num, noise, noise_level, mask, inpaint_method, inpaint_steps,
-               restarts, images):
+               restarts, images, label=None):
   """Everything that can be checked before a model is loaded."""
+  if label is not None and mode == 'class_grid':
+    raise UserError('--label is not used by --mode=class_grid, which draws every class.')
   if mode not in MODES:
     raise UserError(f'Unknown --mode={mode!r}; choose one of {", ".join(MODES)}.')
   if num < 1:
@@ -89,33 +101,40 @@ def check_args(mode, num, noise, noise_level, mask, inpaint_method, inpaint_step
 @functools.lru_cache(maxsize=2)
 def _test_split(name, data_dir):
   from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  return input_pipeline.load_split(name, 'test', data_dir)[0]
+  return input_pipeline.load_split(name, 'test', data_dir)
 
 
 def load_inputs(model, num, seed, images=None, data_dir=None, echo=print):
   """`num` input images: the first of --images (by name), or a seeded random
   choice from the test split. float32 (N, H, W, C) in [0, 1], N <= num."""
+  return load_inputs_and_labels(model, num, seed, images, data_dir, echo)[0]
+
+
+def load_inputs_and_labels(model, num, seed, images=None, data_dir=None, echo=print):
+  """`load_inputs` and the inputs' labels: int32 (N,) from the test split,
+  None for --images."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from vaegan_jax import images as images_lib  # pylint: disable=g-import-not-at-top
   from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   if images:
     x = images_lib.load_images(images, model.image_shape)[:num]
     echo(f'Inputs: {len(x)} image(s) from {images}.')
-    return x
+    return x, None
   name = model.config.data.name
   try:
-    test = _test_split(name, data_dir or model.config.data.data_dir)
+    test, labels = _test_split(name, data_dir or model.config.data.data_dir)
   except UserError as e:
     raise UserError(f'{e} (Here: --data_dir=DIR, or give your own --images=PATH.)') from None
   idx = np.sort(np.random.default_rng(seed).choice(len(test), min(num, len(test)),
                                                   replace=False))
   echo(f'Inputs: {len(idx)} images from the {name} test split.')
-  return input_pipeline.to_float(test[idx])
+  return input_pipeline.to_float(test[idx]), np.asarray(labels[idx], np.int32)
 
 
 def run(workdir, mode='samples', num=64, seed=0, out='', step=None, images='',
         data_dir='', noise='gaussian', noise_level=0.3, mask='center',
-        inpaint_method='auto', inpaint_steps=200, restarts=4, echo=print) -> dict:
+        inpaint_method='auto', inpaint_steps=200, restarts=4, label=None,
+        echo=print) -> dict:
   """Draws one mode's PNG from the checkpoint in `workdir`.
 
   Returns:
@@ -123,10 +142,10 @@ def run(workdir, mode='samples', num=64, seed=0, out='', step=None, images='',
     per mode, PSNRs in dB: reconstruct 'psnr'; denoise 'psnr_noisy',
     'psnr_restored'; inpaint 'psnr_grey_fill', 'psnr_mean_fill' (trivial
     fills), 'psnr_completed' (all on the missing pixels only), and
-    'inpaint_method'.
+    'inpaint_method'; class_grid 'num_classes'.
   """
   check_args(mode, num, noise, noise_level, mask, inpaint_method, inpaint_steps,
-             restarts, images)
+             restarts, images, label)
   # Heavy imports only once the flags are known to be sane.
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -134,9 +153,25 @@ def run(workdir, mode='samples', num=64, seed=0, out='', step=None, images='',
   from vaegan_jax import applications as apps  # pylint: disable=g-import-not-at-top
   from vaegan_jax import families  # pylint: disable=g-import-not-at-top
   from vaegan_jax import images as images_lib  # pylint: disable=g-import-not-at-top
+  from vaegan_jax.families import conditional  # pylint: disable=g-import-not-at-top
 
-  family = families.get(api.load_config(workdir).model.family)
+  stored = api.load_config(workdir)
+  family = families.get(stored.model.family)
   family_name = family.__name__.rsplit('.', 1)[-1]
+  num_classes = conditional.num_classes(stored)
+  if label is not None and not num_classes:
+    raise UserError(f'--label={label} needs a class-conditional checkpoint; the {family_name} '
+                    f'model in {workdir} was trained with model.conditional=False.')
+  if label is not None and not 0 <= label < num_classes:
+    raise UserError(f'--label={label} is out of range: the model in {workdir} has '
+                    f'{num_classes} classes, 0-{num_classes - 1}.')
+  if mode == 'class_grid' and not num_classes:
+    raise UserError(f'--mode=class_grid needs a class-conditional checkpoint; the '
+                    f'{family_name} model in {workdir} was trained with '
+                    'model.conditional=False.')
+  if mode in INPUT_MODES and images and num_classes and label is None:
+    raise UserError('This checkpoint is class-conditional and --images have no labels: '
+                    'give their class with --label=K.')
   if mode in ('reconstruct', 'denoise') and not api.has_encoder(family):
     raise UserError(f'--mode={mode} needs an encoder and the {family_name} family '
                     f'has none; try --mode=samples, interpolate or inpaint.')
@@ -157,32 +192,50 @@ def run(workdir, mode='samples', num=64, seed=0, out='', step=None, images='',
   config, family, state = model.config, model.family, model.state
   root = jax.random.PRNGKey(seed)
   key = lambda purpose: jax.random.fold_in(root, purpose)
-  reconstruct = lambda s, v: family.reconstruct(config, s, v)
-  decode = lambda s, z: family.decode(config, s, z)
+  # Labels (None for unconditional models) enter every model call through one
+  # argument; `tile` repeats the inputs' labels for stacked restarts.
+  reconstruct = lambda s, v, y: family.reconstruct(config, s, v, y)
+  decode = lambda s, z, y: family.decode(config, s, z, y)
+  tile = lambda y, m: None if y is None else jax.numpy.tile(y, m // y.shape[0])
   result = {'step': model.step, 'num': num}
   ncol = None
 
   if mode == 'samples':
-    panels = [model.sample(key(_SAMPLES), num)]
+    panels = [model.sample(key(_SAMPLES), num, label)]
+  elif mode == 'class_grid':
+    ncol = max(1, num // num_classes)
+    z = jax.random.normal(key(_CLASS_GRID), (ncol, model.latent_dim))
+    panels = [model.decode(jax.numpy.tile(z, (num_classes, 1)),
+                           np.repeat(np.arange(num_classes), ncol))]
+    result['num'], result['num_classes'] = ncol * num_classes, num_classes
+    echo(f'{num_classes} rows (classes 0-{num_classes - 1}) of the same {ncol} latents.')
   elif mode == 'interpolate':
     ncol = math.ceil(math.sqrt(num))
     rows = max(1, num // ncol)
     z = apps.interpolation_latents(key(_INTERPOLATE), rows, ncol, model.latent_dim)
-    panels = [model.decode(z)]
+    row_labels = None
+    if num_classes:  # One class per row: --label, or drawn per row.
+      row_labels = (np.full((rows,), label) if label is not None else np.asarray(
+          jax.random.randint(key(_ROW_LABELS), (rows,), 0, num_classes)))
+      row_labels = np.repeat(row_labels, ncol)
+    panels = [model.decode(z, row_labels)]
     echo(f'{rows} rows of {ncol}-step slerp paths between random latents.')
   else:
-    x = jax.numpy.asarray(load_inputs(model, num, seed, images, data_dir, echo))
+    x, y = load_inputs_and_labels(model, num, seed, images, data_dir, echo)
+    x = jax.numpy.asarray(x)
     n, (h, w, _) = x.shape[0], model.image_shape
+    y = None if not num_classes else jax.numpy.asarray(
+        np.full((n,), label) if label is not None else y, jax.numpy.int32)
     result['num'] = n
     if mode == 'reconstruct':
-      x_hat = model.reconstruct(x)
+      x_hat = model.reconstruct(x, y)
       panels = [x, x_hat]
       result['psnr'] = float(apps.psnr(x, x_hat))
       echo(f'reconstruct: PSNR {result["psnr"]:.2f} dB')
     elif mode == 'denoise':
       noisy = apps.add_noise(key(_NOISE), x, noise, noise_level)
-      restored = jax.jit(lambda s, v: apps.denoise(functools.partial(reconstruct, s), v))(
-          state, noisy)
+      restored = jax.jit(lambda s, v, yy: apps.denoise(
+          lambda u: reconstruct(s, u, yy), v))(state, noisy, y)
       panels = [x, noisy, restored]
       result['psnr_noisy'] = float(apps.psnr(x, noisy))
       result['psnr_restored'] = float(apps.psnr(x, restored))
@@ -192,16 +245,16 @@ def run(workdir, mode='samples', num=64, seed=0, out='', step=None, images='',
       m = (apps.center_mask(n, h, w) if mask == 'center'
            else apps.block_mask(key(_MASK), n, h, w))
       if inpaint_method == 'posterior':
-        fill = jax.jit(lambda s, v, mm: apps.inpaint_posterior(
-            functools.partial(reconstruct, s), v, mm, inpaint_steps))
-        completed = fill(state, x, m)
+        fill = jax.jit(lambda s, v, mm, yy: apps.inpaint_posterior(
+            lambda u: reconstruct(s, u, tile(yy, u.shape[0])), v, mm, inpaint_steps))
+        completed = fill(state, x, m, y)
       else:
         z0 = jax.random.normal(key(_LATENT_INIT), (restarts, n, model.latent_dim))
         if model.has_encoder:  # Start one run from the posterior mean.
-          z0 = z0.at[0].set(model.encode(apps.apply_mask(x, m))[0])
-        fill = jax.jit(lambda s, v, mm, z: apps.inpaint_latent(
-            functools.partial(decode, s), v, mm, z, inpaint_steps))
-        completed = fill(state, x, m, z0)
+          z0 = z0.at[0].set(model.encode(apps.apply_mask(x, m), y)[0])
+        fill = jax.jit(lambda s, v, mm, z, yy: apps.inpaint_latent(
+            lambda u: decode(s, u, tile(yy, u.shape[0])), v, mm, z, inpaint_steps))
+        completed = fill(state, x, m, z0, y)
       masked = apps.apply_mask(x, m)
       panels = [x, masked, completed]
       result['inpaint_method'] = inpaint_method
@@ -232,7 +285,7 @@ def main(argv):
       step=FLAGS.step, images=FLAGS.images, data_dir=FLAGS.data_dir, noise=FLAGS.noise,
       noise_level=FLAGS.noise_level, mask=FLAGS.mask,
       inpaint_method=FLAGS.inpaint_method, inpaint_steps=FLAGS.inpaint_steps,
-      restarts=FLAGS.restarts)
+      restarts=FLAGS.restarts, label=FLAGS.label)
 
 
 if __name__ == '__main__':

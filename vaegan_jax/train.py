@@ -21,6 +21,7 @@ from vaegan_jax import images as images_lib
 from vaegan_jax import input_pipeline
 from vaegan_jax import run_config
 from vaegan_jax import sharding
+from vaegan_jax.families import conditional
 from vaegan_jax.metrics import generative
 from vaegan_jax.errors import UserError
 
@@ -76,9 +77,10 @@ def _check_finite(pending: list, last_step: int):
             f'learning rate or check the data.')
 
 
-def write_grid(grid_fn, state, key, test_images, path):
-  """Writes the family's panels (e.g. samples | inputs | reconstructions) as one PNG."""
-  panels = jax.device_get(grid_fn(state, key, test_images))
+def write_grid(grid_fn, state, key, test_images, path, test_labels=None):
+  """Writes the family's panels (e.g. samples | inputs | reconstructions) as one
+  PNG; `test_labels` (int32 (N,)) condition a conditional model's panels."""
+  panels = jax.device_get(grid_fn(state, key, test_images, test_labels))
   grid = images_lib.side_by_side([images_lib.make_grid(p) for p in panels])
   if _is_main():
     images_lib.save_png(path, grid)
@@ -112,6 +114,7 @@ def train_and_evaluate(config, workdir: str):
   # ----------------------------------------------------------------- setup
   family = families.get(config.model.family)
   input_pipeline.get_spec(config.data.name)
+  conditional.num_classes(config)  # conditional=True without labels: fail before any data is read.
   sharding.check_batch_size(config.train.batch_size)
   os.makedirs(workdir, exist_ok=True)
   run_config.check_and_save(config, workdir)
@@ -143,7 +146,9 @@ def train_and_evaluate(config, workdir: str):
   grid_fn = jax.jit(functools.partial(family.grid_panels, config), out_shardings=repl)
   grid_key = np.asarray(jax.random.fold_in(root_key, _GRID_KEY))  # Host values, so
   grid_images = input_pipeline.to_float(data.test_images[:GRID_SIZE])  # multi-host safe.
-  gen_eval = generative.training_evaluator(config, family, data.test_images, mesh)
+  grid_labels = np.asarray(data.test_labels[:GRID_SIZE], np.int32)
+  gen_eval = generative.training_evaluator(config, family, data.test_images, mesh,
+                                           test_labels=data.test_labels)
   best_metric = (config.get('eval') or {}).get('best_metric', '')
   if best_metric in generative.METRIC_KEYS and gen_eval is None:
     best_metric = ''  # Generative metrics are off: no best checkpoint by them.
@@ -194,7 +199,7 @@ def train_and_evaluate(config, workdir: str):
 
       if step % tc.sample_every_steps == 0 or is_last:
         write_grid(grid_fn, state, grid_key, grid_images,
-                   os.path.join(workdir, 'samples', f'step_{step:07d}.png'))
+                   os.path.join(workdir, 'samples', f'step_{step:07d}.png'), grid_labels)
 
       if step % tc.eval_every_steps == 0 or is_last:
         scalars = evaluate(config, family, eval_fn, state, data, mesh, gen_eval)

@@ -184,9 +184,11 @@ def train_and_evaluate(configs, workdirs, echo=print):
                     in_shardings=(repl, sharding.data_sharding(mesh)), out_shardings=repl)
   grid_fn = jax.jit(functools.partial(family.grid_panels, config), out_shardings=repl)
   grid_images = input_pipeline.to_float(data.test_images[:train.GRID_SIZE])
+  grid_labels = np.asarray(data.test_labels[:train.GRID_SIZE], np.int32)
   grid_keys = [np.asarray(jax.random.fold_in(jax.random.PRNGKey(s), train._GRID_KEY))  # pylint: disable=protected-access
                for s in seeds]
-  gen_evals = [generative.training_evaluator(c, family, data.test_images, mesh)
+  gen_evals = [generative.training_evaluator(c, family, data.test_images, mesh,
+                                             test_labels=data.test_labels)
                for c in configs]
   logs = [train.MetricsLog(w) for w in workdirs]
   b_sharding = batch_sharding(mesh)
@@ -232,7 +234,7 @@ def train_and_evaluate(configs, workdirs, echo=print):
           state_s = unstack(states, s)
           if sample_now:
             train.write_grid(grid_fn, state_s, grid_keys[s], grid_images,
-                             os.path.join(w, 'samples', f'step_{step:07d}.png'))
+                             os.path.join(w, 'samples', f'step_{step:07d}.png'), grid_labels)
           if eval_now:
             scalars = train.evaluate(configs[s], family, eval_fn, state_s, data, mesh,
                                      gen_evals[s])

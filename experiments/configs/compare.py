@@ -26,6 +26,7 @@ def get_config(arg=None):
   config.seeds = 3             # Seeds 0 .. seeds-1; each changes init and data order.
   config.dataset = 'mnist5k'
   config.data_dir = ''         # '' = the project's default for the dataset.
+  config.conditional = False   # True: also a class-conditional row per family ('<family>_conditional').
 
   # The budget, equal for every family: batch_size * num_steps images seen.
   config.batch_size = 64

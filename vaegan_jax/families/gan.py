@@ -14,6 +14,15 @@ the WGAN-GP gradient penalty for 'wgan' and an optional R1 penalty.
 
 Randomness: z, D's dropout and the penalty's interpolation weights come from
 `state_lib.step_key(state, purpose)`, folded with the D update's index.
+
+Class conditioning (config.model.conditional; models/gan.py): G(z, y) with a
+label embedding at its input and D(x, y) with the projection head. Fakes take
+the labels of the real batch of the step (the data's class frequencies); the
+optional ACGAN loss (Odena et al. 2017, `config.gan.aux_weight` λ > 0) adds a
+class-prediction head to D and
+  d_loss += λ (CE(C(x), y) + CE(C(G(z, y)), y)),   g_loss += λ CE(C(G(z, y)), y)
+(`objectives.class_cross_entropy`). With conditional=False none of this
+exists and the step is unchanged.
 """
 
 import jax
@@ -22,6 +31,7 @@ import jax.numpy as jnp
 from vaegan_jax import input_pipeline
 from vaegan_jax import objectives
 from vaegan_jax import state as state_lib
+from vaegan_jax.families import conditional
 from vaegan_jax.errors import UserError
 from vaegan_jax.models import dcgan_literature
 from vaegan_jax.models import gan as gan_models
@@ -54,6 +64,20 @@ def check_config(config):
       raise UserError(f'config.gan.{key} must be >= 0, not {config.gan[key]}.')
   if not 0.0 <= config.gan.ema_decay < 1.0:
     raise UserError(f'config.gan.ema_decay must be in [0, 1), not {config.gan.ema_decay}.')
+  if aux_weight(config) < 0:
+    raise UserError(f'config.gan.aux_weight must be >= 0, not {aux_weight(config)}.')
+  if aux_weight(config) > 0 and not conditional.is_conditional(config):
+    raise UserError('config.gan.aux_weight > 0 (the ACGAN loss) needs '
+                    'config.model.conditional=True.')
+  conditional.num_classes(config)  # A dataset without labels: one clear error.
+  if conditional.is_conditional(config) and config.model.get('arch', 'tutorial') != 'tutorial':
+    raise UserError(f'config.model.conditional=True is built for model.arch=\'tutorial\' '
+                    f'only, not {config.model.arch!r}.')
+
+
+def aux_weight(config) -> float:
+  """λ of the ACGAN class loss; configs from before it read as 0."""
+  return float(config.gan.get('aux_weight', 0.0))
 
 
 ARCHS = ('tutorial', 'studiogan_dcgan', 'radford_dcgan', 'resnet')
@@ -67,13 +91,14 @@ def models(config):
   arch = m.get('arch', 'tutorial')
   if arch != 'tutorial':
     return _literature_models(m, arch, shape, dtype)
+  k = conditional.num_classes(config)
   generator = gan_models.Generator(
       image_shape=shape, width_mult=m.g_width_mult, leaky_slope=m.leaky_slope,
-      dtype=dtype, conv_impl=m.conv_impl)
+      dtype=dtype, conv_impl=m.conv_impl, num_classes=k)
   discriminator = gan_models.Discriminator(
       image_shape=shape, width_mult=m.d_width_mult, leaky_slope=m.leaky_slope,
       dropout=m.d_dropout, spectral_norm=m.spectral_norm, dtype=dtype,
-      conv_impl=m.conv_impl)
+      conv_impl=m.conv_impl, num_classes=k, aux_classifier=k > 0 and aux_weight(config) > 0)
   return generator, discriminator
 
 
@@ -108,8 +133,9 @@ def init_state(config, key) -> state_lib.TrainState:
   k_g, k_d = jax.random.split(jax.random.fold_in(key, 1))
   z = jnp.zeros((1, latent_dim(config)), jnp.float32)
   x = jnp.zeros((1, *input_pipeline.image_shape(config)), jnp.float32)
-  g_vars = generator.init(k_g, z)
-  d_vars = discriminator.init(k_d, x)
+  y = jnp.zeros((1,), jnp.int32) if conditional.num_classes(config) else None
+  g_vars = generator.init(k_g, z, labels=y)
+  d_vars = discriminator.init(k_d, x, labels=y)
   params = {G: g_vars['params'], D: d_vars['params']}
   batch_stats = {G: g_vars['batch_stats']}
   if 'batch_stats' in d_vars:  # Spectral-norm power iteration vectors.
@@ -126,22 +152,38 @@ def init_state(config, key) -> state_lib.TrainState:
 # ---------------------------------------------------------------------------
 
 
-def generate(config, params, batch_stats, z, train: bool):
-  """G(z) in [-1, 1]. Returns (images, new G batch_stats) when `train`."""
+def _labels_kw(labels):
+  """Keyword arguments for a network call: only conditional networks take labels."""
+  return {} if labels is None else {'labels': labels}
+
+
+def generate(config, params, batch_stats, z, train: bool, labels=None):
+  """G(z[, labels]) in [-1, 1]. Returns (images, new G batch_stats) when `train`."""
   generator, _ = models(config)
   variables = {'params': params, 'batch_stats': batch_stats}
   if train:
-    images, new_vars = generator.apply(variables, z, train=True, mutable=['batch_stats'])
+    images, new_vars = generator.apply(variables, z, train=True, **_labels_kw(labels),
+                                       mutable=['batch_stats'])
     return images, new_vars['batch_stats']
-  return generator.apply(variables, z, train=False)
+  return generator.apply(variables, z, train=False, **_labels_kw(labels))
 
 
-def discriminate(config, params, batch_stats, x, dropout_key=None, update_stats=False):
-  """D's logits (B,) for x in [-1, 1]; dropout on iff `dropout_key` is given.
+def split_logits(config, out):
+  """D's output -> (logits (B,), ACGAN class logits (B, K) or None)."""
+  if conditional.is_conditional(config) and aux_weight(config) > 0:
+    return out
+  return out, None
+
+
+def discriminate(config, params, batch_stats, x, dropout_key=None, update_stats=False,
+                 labels=None):
+  """D's output for x in [-1, 1] (and labels (B,) of a conditional D);
+  dropout on iff `dropout_key` is given.
 
   Returns:
-    (logits, new_batch_stats): the second is `batch_stats` itself unless
-    `update_stats` (spectral norm's power iteration advanced).
+    (out, new_batch_stats): out is the logits (B,), or (logits, class logits
+    (B, K)) with the ACGAN head (`split_logits`); the second is `batch_stats`
+    itself unless `update_stats` (spectral norm's power iteration advanced).
   """
   _, discriminator = models(config)
   variables = {'params': params}
@@ -149,17 +191,18 @@ def discriminate(config, params, batch_stats, x, dropout_key=None, update_stats=
     variables['batch_stats'] = batch_stats
   train = dropout_key is not None
   rngs = {'dropout': dropout_key} if train else {}
+  kw = _labels_kw(labels)
   if train and getattr(discriminator, 'batch_norm', False):
     # BatchNorm in D (the literature DCGANs) updates its statistics whenever
     # it trains; they are kept only from D's own update.
     logits, new_vars = discriminator.apply(variables, x, train=True, update_stats=update_stats,
-                                           rngs=rngs, mutable=['batch_stats'])
+                                           rngs=rngs, mutable=['batch_stats'], **kw)
     return logits, new_vars['batch_stats'] if update_stats else batch_stats
   if update_stats and batch_stats is not None:
     logits, new_vars = discriminator.apply(variables, x, train=train, update_stats=True,
-                                           rngs=rngs, mutable=['batch_stats'])
+                                           rngs=rngs, mutable=['batch_stats'], **kw)
     return logits, new_vars['batch_stats']
-  return discriminator.apply(variables, x, train=train, rngs=rngs), batch_stats
+  return discriminator.apply(variables, x, train=train, rngs=rngs, **kw), batch_stats
 
 
 def scores(config, logits):
@@ -175,7 +218,7 @@ def scores(config, logits):
 # ---------------------------------------------------------------------------
 
 
-def d_update(config, state, real, key):
+def d_update(config, state, real, key, labels=None):
   """One discriminator update against fresh fakes.
 
   Changes only params / opt_state / batch_stats ['discriminator']; G's
@@ -186,6 +229,7 @@ def d_update(config, state, real, key):
     state: TrainState.
     real: (B, H, W, C) real images in [-1, 1].
     key: PRNG key of this D update.
+    labels: (B,) labels of `real` (and of the fakes) for a conditional model.
 
   Returns:
     (state, metrics) with d_loss, d_real, d_fake, d_grad_norm (+ gp, r1).
@@ -193,27 +237,38 @@ def d_update(config, state, real, key):
   gc = config.gan
   k_z, k_drop, k_gp, k_pen = jax.random.split(key, 4)
   z = jax.random.normal(k_z, (real.shape[0], latent_dim(config)))
-  fake, _ = generate(config, state.params[G], state.batch_stats[G], z, train=True)
+  fake, _ = generate(config, state.params[G], state.batch_stats[G], z, train=True,
+                     labels=labels)
   fake = jax.lax.stop_gradient(fake)
   d_stats = state.batch_stats.get(D)
   n = real.shape[0]
+  both = None if labels is None else jnp.concatenate([labels, labels])
 
   def loss_fn(d_params):
     if getattr(models(config)[1], 'batch_norm', False):
       # Separate real and fake batches, as the sources of BatchNorm Ds do.
-      real_logits, stats = discriminate(config, d_params, d_stats, real, k_drop,
-                                        update_stats=True)
-      fake_logits, new_stats = discriminate(config, d_params, stats, fake, k_drop,
-                                            update_stats=True)
+      real_out, stats = discriminate(config, d_params, d_stats, real, k_drop,
+                                     update_stats=True, labels=labels)
+      fake_out, new_stats = discriminate(config, d_params, stats, fake, k_drop,
+                                         update_stats=True, labels=labels)
+      real_logits, real_class = split_logits(config, real_out)
+      fake_logits, fake_class = split_logits(config, fake_out)
+      class_logits = (None if real_class is None
+                      else jnp.concatenate([real_class, fake_class]))
     else:
-      logits, new_stats = discriminate(config, d_params, d_stats,
-                                       jnp.concatenate([real, fake]), k_drop,
-                                       update_stats=True)
+      out, new_stats = discriminate(config, d_params, d_stats,
+                                    jnp.concatenate([real, fake]), k_drop,
+                                    update_stats=True, labels=both)
+      logits, class_logits = split_logits(config, out)
       real_logits, fake_logits = logits[:n], logits[n:]
     loss = objectives.gan_d_loss(gc.loss, real_logits, fake_logits)
     aux = {'d_real': jnp.mean(scores(config, real_logits)),
            'd_fake': jnp.mean(scores(config, fake_logits))}
-    d_fn = lambda x: discriminate(config, d_params, new_stats, x, k_pen)[0]  # pylint: disable=unnecessary-lambda-assignment
+    if class_logits is not None:
+      aux['d_class_loss'] = objectives.class_cross_entropy(class_logits, both)
+      loss += 2.0 * aux_weight(config) * aux['d_class_loss']  # Mean over 2B = (real + fake) / 2.
+    d_fn = lambda x: split_logits(config, discriminate(  # pylint: disable=unnecessary-lambda-assignment
+        config, d_params, new_stats, x, k_pen, labels=labels)[0])[0]
     if gc.loss == 'wgan' and gc.gp_weight > 0:
       aux['gp'] = objectives.gradient_penalty(d_fn, real, fake, k_gp)
       loss += gc.gp_weight * aux['gp']
@@ -236,7 +291,7 @@ def d_update(config, state, real, key):
                        batch_stats=batch_stats), metrics
 
 
-def g_update(config, state, batch_size, z_key, dropout_key):
+def g_update(config, state, batch_size, z_key, dropout_key, labels=None):
   """One generator update through the (fixed) discriminator.
 
   Changes only params / opt_state / batch_stats / ema_params ['generator'].
@@ -248,12 +303,20 @@ def g_update(config, state, batch_size, z_key, dropout_key):
   z = jax.random.normal(z_key, (batch_size, latent_dim(config)))
 
   def loss_fn(g_params):
-    fake, g_stats = generate(config, g_params, state.batch_stats[G], z, train=True)
-    logits, _ = discriminate(config, state.params[D], state.batch_stats.get(D), fake,
-                             dropout_key)
-    return objectives.gan_g_loss(config.gan.loss, logits), g_stats
+    fake, g_stats = generate(config, g_params, state.batch_stats[G], z, train=True,
+                             labels=labels)
+    out, _ = discriminate(config, state.params[D], state.batch_stats.get(D), fake,
+                          dropout_key, labels=labels)
+    logits, class_logits = split_logits(config, out)
+    loss = objectives.gan_g_loss(config.gan.loss, logits)
+    extra = {}
+    if class_logits is not None:
+      extra['g_class_loss'] = objectives.class_cross_entropy(class_logits, labels)
+      loss += aux_weight(config) * extra['g_class_loss']
+    return loss, (g_stats, extra)
 
-  (loss, g_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params[G])
+  (loss, (g_stats, extra)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params[G])
   params, opt_state = state_lib.update(optimizers(config)[G], grads,
                                        state.opt_state[G], state.params[G])
   ema_params = state.ema_params
@@ -263,23 +326,25 @@ def g_update(config, state, batch_size, z_key, dropout_key):
                        opt_state={**state.opt_state, G: opt_state},
                        batch_stats={**state.batch_stats, G: g_stats},
                        ema_params=ema_params), {
-                           'g_loss': loss, 'g_grad_norm': state_lib.global_norm(grads)}
+                           'g_loss': loss, 'g_grad_norm': state_lib.global_norm(grads),
+                           **extra}
 
 
 def train_step(config, state, batch):
   """`config.gan.d_steps` D updates, then one G update; step += 1."""
   real = batch['image'] * 2.0 - 1.0
+  labels = batch['label'] if conditional.num_classes(config) else None
   d_key = state_lib.step_key(state, _D)
   # A Python loop, unrolled by jit: XLA:CPU runs these convolutions ~15x
   # slower inside a while loop (lax.scan / fori_loop) than straight-line.
   d_metrics = []
   for i in range(config.gan.d_steps):
-    state, metrics = d_update(config, state, real, jax.random.fold_in(d_key, i))
+    state, metrics = d_update(config, state, real, jax.random.fold_in(d_key, i), labels)
     d_metrics.append(metrics)
   d_metrics = jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *d_metrics)  # Mean over D updates.
   state, g_metrics = g_update(config, state, real.shape[0],
                               state_lib.step_key(state, _G_Z),
-                              state_lib.step_key(state, _G_DROPOUT))
+                              state_lib.step_key(state, _G_DROPOUT), labels)
   return state.replace(step=state.step + 1), {**d_metrics, **g_metrics}
 
 
@@ -289,10 +354,13 @@ def eval_step(config, state, batch):
   (`d_fake`); D without dropout. Probabilities or raw scores, as in training."""
   mask = batch['mask']
   x = batch['image'] * 2.0 - 1.0
+  labels = batch['label'] if conditional.num_classes(config) else None
   fake = decode(config, state, jax.random.normal(
-      jax.random.fold_in(state.key, _EVAL), (x.shape[0], latent_dim(config))))
-  logits, _ = discriminate(config, state.params[D], state.batch_stats.get(D),
-                           jnp.concatenate([x, fake * 2.0 - 1.0]))
+      jax.random.fold_in(state.key, _EVAL), (x.shape[0], latent_dim(config))), labels)
+  both = None if labels is None else jnp.concatenate([labels, labels])
+  out, _ = discriminate(config, state.params[D], state.batch_stats.get(D),
+                        jnp.concatenate([x, fake * 2.0 - 1.0]), labels=both)
+  logits, _ = split_logits(config, out)
   n = x.shape[0]
   return {'d_real': jnp.sum(mask * scores(config, logits[:n])),
           'd_fake': jnp.sum(mask * scores(config, logits[n:]))}
@@ -308,19 +376,28 @@ def generator_params(config, state):
   return state.ema_params[G] if config.gan.ema_decay > 0 else state.params[G]
 
 
-def decode(config, state, z):
+def decode(config, state, z, labels=None):
   """z (B, Z) -> images (B, H, W, C) in [0, 1]; G in inference mode
-  (BatchNorm running averages), EMA weights where enabled."""
+  (BatchNorm running averages), EMA weights where enabled. A conditional G
+  needs `labels` ((B,) or an int)."""
+  labels = conditional.need_labels(config, labels, 'decode')
+  if labels is not None:
+    labels = jnp.broadcast_to(labels, z.shape[:1])
   images = generate(config, generator_params(config, state), state.batch_stats[G], z,
-                    train=False)
+                    train=False, labels=labels)
   return jnp.clip((images + 1.0) * 0.5, 0.0, 1.0)
 
 
-def sample(config, state, key, n):
-  """n samples, images (n, H, W, C) in [0, 1]."""
-  return decode(config, state, jax.random.normal(key, (n, latent_dim(config))))
+def sample(config, state, key, n, labels=None):
+  """n samples, images (n, H, W, C) in [0, 1]; a conditional G's of `labels`
+  (an int or (n,)), drawn uniformly when None."""
+  return decode(config, state, jax.random.normal(key, (n, latent_dim(config))),
+                conditional.labels_for(config, key, n, labels))
 
 
-def grid_panels(config, state, key, images):
-  """Samples from the fixed grid latents beside real test images."""
-  return [sample(config, state, key, images.shape[0]), images]
+def grid_panels(config, state, key, images, labels=None):  # pylint: disable=unused-argument
+  """Samples from the fixed grid latents beside real test images (a
+  conditional G draws classes 0, 1, … in turn)."""
+  n = images.shape[0]
+  k = conditional.num_classes(config)
+  return [sample(config, state, key, n, jnp.arange(n) % k if k else None), images]

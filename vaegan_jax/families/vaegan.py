@@ -42,6 +42,11 @@ Networks: the VAE encoder (models/vae.py), the DCGAN generator as decoder
 and models/vaegan.py's discriminator. Training metrics: the four terms, each
 network's loss, gradient and parameter norms, `recon_mse` (pixels in [0, 1])
 and D's mean probabilities `d_real` / `d_fake`.
+
+With config.model.conditional both halves are conditioned on the batch's
+label y: the CVAE encoder q(z|x, y), the DCGAN decoder with a label embedding
+at its input, and the projection head on the discriminator (models/
+vaegan.py). Reconstructions, prior samples and real images all carry y.
 """
 
 import jax
@@ -50,6 +55,7 @@ import jax.numpy as jnp
 from vaegan_jax import input_pipeline
 from vaegan_jax import objectives
 from vaegan_jax import state as state_lib
+from vaegan_jax.families import conditional
 from vaegan_jax.errors import UserError
 from vaegan_jax.models import gan as gan_models
 from vaegan_jax.models import vae as vae_models
@@ -82,6 +88,7 @@ def check_config(config):
     raise UserError(f'config.vaegan.gamma must be >= 0, not {v.gamma}.')
   if v.feature_std <= 0:
     raise UserError(f'config.vaegan.feature_std must be > 0, not {v.feature_std}.')
+  conditional.num_classes(config)  # A dataset without labels: one clear error.
 
 
 def compute_dtype(config):
@@ -91,14 +98,16 @@ def compute_dtype(config):
 def models(config):
   """(encoder, decoder, discriminator) Flax modules for `config`."""
   m, dtype = config.model, compute_dtype(config)
+  k = conditional.num_classes(config)
   encoder = vae_models.Encoder(latent_dim=m.latent_dim, width=m.enc_width,
-                               hidden=m.enc_hidden, dtype=dtype, conv_impl=m.conv_impl)
+                               hidden=m.enc_hidden, dtype=dtype, conv_impl=m.conv_impl,
+                               num_classes=k)
   decoder = gan_models.Generator(image_shape=input_pipeline.image_shape(config),
                                  width_mult=m.dec_width_mult, dtype=dtype,
-                                 conv_impl=m.conv_impl)
+                                 conv_impl=m.conv_impl, num_classes=k)
   discriminator = vaegan_models.Discriminator(width=m.dis_width, kernel=m.dis_kernel,
                                               dropout=m.dis_dropout, dtype=dtype,
-                                              conv_impl=m.conv_impl)
+                                              conv_impl=m.conv_impl, num_classes=k)
   return encoder, decoder, discriminator
 
 
@@ -115,10 +124,11 @@ def init_state(config, key) -> state_lib.TrainState:
   k_enc, k_dec, k_dis = jax.random.split(jax.random.fold_in(key, 1), 3)
   x = jnp.zeros((1, *input_pipeline.image_shape(config)), jnp.float32)
   z = jnp.zeros((1, config.model.latent_dim), jnp.float32)
-  dec_vars = decoder.init(k_dec, z)
-  params = {'encoder': encoder.init(k_enc, x)['params'],
+  y = jnp.zeros((1,), jnp.int32) if conditional.num_classes(config) else None
+  dec_vars = decoder.init(k_dec, z, labels=y)
+  params = {'encoder': encoder.init(k_enc, x, y)['params'],
             'decoder': dec_vars['params'],
-            'discriminator': discriminator.init(k_dis, x)['params']}
+            'discriminator': discriminator.init(k_dis, x, labels=y)['params']}
   batch_stats = {'decoder': dec_vars['batch_stats']}
   opt_state = {n: tx.init(params[n]) for n, tx in optimizers(config).items()}
   return state_lib.TrainState(
@@ -142,7 +152,7 @@ def feature_nll(config, real_features, fake_features):
   return 0.5 * jnp.sum(jnp.square(d), axis=-1) / config.vaegan.feature_std**2
 
 
-def forward(config, params, batch_stats, x, key):
+def forward(config, params, batch_stats, x, key, labels=None):
   """One training forward pass of all three networks (BatchNorm in train mode).
 
   Args:
@@ -151,6 +161,7 @@ def forward(config, params, batch_stats, x, key):
     batch_stats: {'decoder': BatchNorm statistics}.
     x: (B, H, W, C) images in [0, 1].
     key: PRNG key of this step.
+    labels: (B,) labels of x; used (and needed) by a conditional model only.
 
   Returns:
     (terms, aux): terms = {'kl', 'feature_recon', 'd_loss', 'g_loss'}, scalar
@@ -159,7 +170,9 @@ def forward(config, params, batch_stats, x, key):
   """
   encoder, decoder, discriminator = models(config)
   n = x.shape[0]
-  mean, logvar = encoder.apply({'params': params['encoder']}, x)
+  labels = conditional.need_labels(config, labels, 'train')
+  rep2 = lambda k: None if labels is None else jnp.tile(labels, k)  # pylint: disable=unnecessary-lambda-assignment
+  mean, logvar = encoder.apply({'params': params['encoder']}, x, labels)
   z = objectives.reparameterize(jax.random.fold_in(key, _EPS), mean, logvar)
   z_p = jax.random.normal(jax.random.fold_in(key, _Z), z.shape, z.dtype)
   # Reconstructions and prior samples share one decoder batch (one set of
@@ -167,10 +180,10 @@ def forward(config, params, batch_stats, x, key):
   # discriminator batch.
   out, dec_vars = decoder.apply(
       {'params': params['decoder'], 'batch_stats': batch_stats['decoder']},
-      jnp.concatenate([z, z_p]), train=True, mutable=['batch_stats'])
+      jnp.concatenate([z, z_p]), train=True, labels=rep2(2), mutable=['batch_stats'])
   logits, features = discriminator.apply(
       {'params': params['discriminator']}, jnp.concatenate([to_model_range(x), out]),
-      train=True, rngs={'dropout': jax.random.fold_in(key, _DROPOUT)})
+      train=True, labels=rep2(3), rngs={'dropout': jax.random.fold_in(key, _DROPOUT)})
   real_logits, fake_logits = logits[:n], logits[n:]
   kind = config.vaegan.gan_loss
   terms = {
@@ -189,7 +202,7 @@ def network_loss(config, name, terms):
   return sum(w * terms[t] for t, w in network_losses(config)[name].items())
 
 
-def network_grads(config, params, batch_stats, x, key):
+def network_grads(config, params, batch_stats, x, key, labels=None):
   """Each network's gradient of its own loss w.r.t. its own params only.
 
   One forward pass; for each network, the VJP with its loss weights as the
@@ -200,7 +213,7 @@ def network_grads(config, params, batch_stats, x, key):
     `forward`.
   """
   terms, vjp_fn, aux = jax.vjp(
-      lambda p: forward(config, p, batch_stats, x, key), params, has_aux=True)
+      lambda p: forward(config, p, batch_stats, x, key, labels), params, has_aux=True)
   grads = {}
   for name, weights in network_losses(config).items():
     cotangent = {t: jnp.asarray(weights.get(t, 0.0), v.dtype) for t, v in terms.items()}
@@ -211,7 +224,7 @@ def network_grads(config, params, batch_stats, x, key):
 def train_step(config, state, batch):
   x = batch['image']
   grads, terms, aux = network_grads(config, state.params, state.batch_stats, x,
-                                    state_lib.step_key(state, _FORWARD))
+                                    state_lib.step_key(state, _FORWARD), batch.get('label'))
   params, opt_state = {}, {}
   for name, tx in optimizers(config).items():
     params[name], opt_state[name] = state_lib.update(
@@ -235,45 +248,57 @@ def eval_step(config, state, batch):
   `recon_mse` is the per-image mean squared pixel error in [0, 1].
   """
   x, mask = batch['image'], batch['mask']
+  labels = batch.get('label') if conditional.num_classes(config) else None
   _, _, discriminator = models(config)
-  mean, logvar = encode(config, state, x)
-  recon = decode(config, state, mean)
+  mean, logvar = encode(config, state, x, labels)
+  recon = decode(config, state, mean, labels)
   dis = lambda images: discriminator.apply(  # pylint: disable=unnecessary-lambda-assignment
-      {'params': state.params['discriminator']}, to_model_range(images))[1]
+      {'params': state.params['discriminator']}, to_model_range(images), labels=labels)[1]
   mse = jnp.mean(jnp.square(recon - x).reshape(x.shape[0], -1), axis=-1)
   return {'kl': jnp.sum(mask * objectives.gaussian_kl(mean, logvar)),
           'recon_mse': jnp.sum(mask * mse),
           'feature_recon': jnp.sum(mask * feature_nll(config, dis(x), dis(recon)))}
 
 
-def encode(config, state, x):
-  """x (B, H, W, C) in [0, 1] -> (mean, logvar), each (B, Z)."""
+def encode(config, state, x, labels=None):
+  """x (B, H, W, C) in [0, 1] (labels (B,) if conditional) -> (mean, logvar), each (B, Z)."""
   encoder, _, _ = models(config)
-  return encoder.apply({'params': state.params['encoder']}, x)
+  labels = conditional.need_labels(config, labels, 'encode')
+  return encoder.apply({'params': state.params['encoder']}, x, labels)
 
 
-def decode(config, state, z):
-  """z (B, Z) -> images (B, H, W, C) in [0, 1]; BatchNorm on running averages."""
+def decode(config, state, z, labels=None):
+  """z (B, Z) -> images (B, H, W, C) in [0, 1]; BatchNorm on running averages.
+  A conditional decoder needs `labels` ((B,) or an int)."""
   _, decoder, _ = models(config)
+  labels = conditional.need_labels(config, labels, 'decode')
+  if labels is not None:
+    labels = jnp.broadcast_to(labels, z.shape[:1])
   return to_images(decoder.apply({'params': state.params['decoder'],
-                                  'batch_stats': state.batch_stats['decoder']}, z))
+                                  'batch_stats': state.batch_stats['decoder']}, z,
+                                 labels=labels))
 
 
-def reconstruct(config, state, x):
-  """Decoded posterior mean: x -> images in [0, 1]."""
-  return decode(config, state, encode(config, state, x)[0])
+def reconstruct(config, state, x, labels=None):
+  """Decoded posterior mean: x -> images in [0, 1] (with `labels` if conditional)."""
+  return decode(config, state, encode(config, state, x, labels)[0], labels)
 
 
 def latent_dim(config):
   return config.model.latent_dim
 
 
-def sample(config, state, key, n):
-  """n prior samples, images (n, H, W, C) in [0, 1]."""
-  return decode(config, state, jax.random.normal(key, (n, latent_dim(config))))
+def sample(config, state, key, n, labels=None):
+  """n prior samples, images (n, H, W, C) in [0, 1]; a conditional model's of
+  `labels` (an int or (n,)), drawn uniformly when None."""
+  return decode(config, state, jax.random.normal(key, (n, latent_dim(config))),
+                conditional.labels_for(config, key, n, labels))
 
 
-def grid_panels(config, state, key, images):
-  """Prior samples | test images | their reconstructions."""
+def grid_panels(config, state, key, images, labels=None):
+  """Prior samples | test images | their reconstructions (a conditional model
+  samples classes 0, 1, … in turn and reconstructs with `labels`)."""
   n = images.shape[0]
-  return [sample(config, state, key, n), images, reconstruct(config, state, images)]
+  k = conditional.num_classes(config)
+  return [sample(config, state, key, n, jnp.arange(n) % k if k else None), images,
+          reconstruct(config, state, images, labels)]

@@ -17,12 +17,14 @@ Keys:
   fid, kid, kid_std, precision, recall, density, coverage, classifier_score,
   modes_covered, class_kl        generated samples vs the reference images
   recon_mse, psnr                families with an encoder (`reconstruct`)
-  elbo, nll_nats, bits_per_dim   the VAE (IWAE with k = iwae_k; k = 0 skips)
+  elbo, nll_nats, bits_per_dim   the VAE (IWAE with k = iwae_k; k = 0 skips;
+                                 not computed for the conditional VAE)
   fid_inception, kid_inception, kid_inception_std, is_inception,
   is_inception_std, precision_inception, recall_inception,
   density_inception, coverage_inception
                                  with an `inception_net` (the literature's
                                  feature space; `inception_metrics`)
+  cond_accuracy, intra_fid       class-conditional models (`conditional_metrics`)
 
 Samples are drawn with `family.sample` in jitted batches split over the
 'data' axis of the mesh (like training batches), featurised in the same
@@ -39,6 +41,7 @@ import numpy as np
 
 from vaegan_jax import input_pipeline
 from vaegan_jax import sharding
+from vaegan_jax.families import conditional
 from vaegan_jax.metrics import distances
 from vaegan_jax.metrics import feature_net as feature_net_lib
 from vaegan_jax.metrics import inception as inception_lib
@@ -126,6 +129,39 @@ def inception_metrics(real_pool3, fake_pool3, fake_logits_unbiased) -> dict:
   return out
 
 
+def conditional_metrics(real_feats, real_labels, fake_feats, fake_probs, fake_labels,
+                        num_classes: int) -> dict:
+  """How well samples follow their requested class.
+
+  cond_accuracy: the fraction of generated images that the feature network
+    classifies as the class they were generated for (chance: 1 / K).
+  cond_accuracy/<k>: the same per requested class k.
+  intra_fid: FID between the generated and the reference images of each class,
+    averaged over the classes (Miyato & Koyama 2018, §5); with few samples
+    per class it is biased upwards, like any FID.
+
+  Args:
+    real_feats, real_labels: reference features (N, D) and their labels (N,).
+    fake_feats, fake_probs, fake_labels: features (M, D), probabilities
+      (M, K) and requested labels (M,) of the generated images.
+    num_classes: K.
+  """
+  pred = np.argmax(fake_probs, axis=-1)
+  out = {'cond_accuracy': float(np.mean(pred == fake_labels))}
+  fids = []
+  for k in range(num_classes):
+    fake_k, real_k = fake_labels == k, real_labels == k
+    if not fake_k.any():
+      continue
+    out[f'cond_accuracy/{k}'] = float(np.mean(pred[fake_k] == k))
+    if fake_k.sum() >= 2 and real_k.sum() >= 2:
+      fids.append(float(distances.frechet_distance(
+          *distances.feature_stats(real_feats[real_k]),
+          *distances.feature_stats(fake_feats[fake_k]))))
+  out['intra_fid'] = float(np.mean(fids)) if fids else float('nan')
+  return out
+
+
 def has_encoder(family) -> bool:
   return hasattr(family, 'reconstruct')
 
@@ -147,7 +183,8 @@ class Evaluator:
                net: feature_net_lib.FeatureNetwork | None = None,
                reference_images: np.ndarray | None = None,
                iwae_k: int | None = None, batch_size: int | None = None,
-               inception_net=None, inception_reference: np.ndarray | None = None):
+               inception_net=None, inception_reference: np.ndarray | None = None,
+               test_labels: np.ndarray | None = None):
     """Args:
       config: the run's config.
       family: the family module (`families.get(config.model.family)`).
@@ -165,12 +202,23 @@ class Evaluator:
         returns `inception_metrics` of the same samples (quantised to uint8)
         against `inception_reference`.
       inception_reference: pool3 features of the reference images, (N, 2048).
+      test_labels: int32 (N,) labels of `test_images`: the class-conditional
+        reconstructions use them, and the intra-class FID compares each
+        class with the reference images of that class (the reference set must
+        then be `test_images`).
     """
     self.config, self.family = config, family
     self.mesh = mesh or sharding.make_mesh()
     self.data_sharding = sharding.data_sharding(self.mesh)
     eval_cfg = config.get('eval', {}) or {}
     self.iwae_k = int(eval_cfg.get('iwae_k', 100) if iwae_k is None else iwae_k)
+    self.num_conditional_classes = conditional.num_classes(config)
+    if self.num_conditional_classes:
+      self.iwae_k = 0  # The IWAE code bounds log p(x), not the CVAE's log p(x|y).
+      if test_labels is None or reference_images is not None:
+        raise ValueError('A class-conditional model is evaluated with the labels of '
+                         'its test images (test_labels) as the reference set.')
+    self.test_labels = None if test_labels is None else np.asarray(test_labels, np.int32)
     train_bs = int(config.train.batch_size)
     self.batch_size = batch_size or train_bs * math.ceil(_MIN_BATCH / train_bs)
     if self.batch_size % self.mesh.devices.size:
@@ -193,8 +241,14 @@ class Evaluator:
     self._sample = jax.jit(lambda state, key: family.sample(config, state, key, b),
                            out_shardings=self.data_sharding)
     if has_encoder(family):
-      self._reconstruct = jax.jit(lambda state, x: family.reconstruct(config, state, x),
-                                  out_shardings=self.data_sharding)
+      self._reconstruct = jax.jit(
+          lambda state, x, y: (family.reconstruct(config, state, x) if y is None
+                               else family.reconstruct(config, state, x, y)),
+          out_shardings=self.data_sharding)
+    if self.num_conditional_classes:
+      self._sample_class = jax.jit(
+          lambda state, key, y: family.sample(config, state, key, b, y),
+          out_shardings=self.data_sharding)
     if has_likelihood(family) and self.iwae_k > 0:
       self._likelihood_fn = likelihood.make_batch_fn(config, self.iwae_k, self.mesh)
 
@@ -234,17 +288,43 @@ class Evaluator:
     """recon_mse (per pixel) and psnr (dB, mean over images) on the test split."""
     mse_sum = psnr_sum = 0.0
     count = 0
-    labels = np.zeros((len(self.test_images),), np.int32)
+    labels = (self.test_labels if self.test_labels is not None
+              else np.zeros((len(self.test_images),), np.int32))
     for batch, valid in input_pipeline.eval_batches(
         self.test_images, labels, self.batch_size, self.data_sharding):
       x = batch['image']
-      recon = self._reconstruct(state, x)
+      recon = self._reconstruct(state, x, batch['label'] if self.num_conditional_classes
+                                else None)
       # Full batches share one compilation; only the padded last one differs.
       x, recon = (x, recon) if valid == len(x) else (x[:valid], recon[:valid])
       mse_sum += float(distances.mse(x, recon)) * valid
       psnr_sum += float(distances.psnr(x, recon)) * valid
       count += valid
     return {'recon_mse': mse_sum / count, 'psnr': psnr_sum / count}
+
+  def class_sample_features(self, state, num_samples: int, key=None):
+    """Features, probabilities and requested labels of `num_samples` samples of
+    a conditional model, classes 0, 1, …, K-1 in equal shares (cycled).
+
+    Returns:
+      (features (M, D), probs (M, K), labels (M,)), numpy.
+    """
+    if key is None:
+      key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), _SAMPLE_KEY)
+    k = self.num_conditional_classes
+    labels = np.arange(num_samples) % k
+    padded = np.resize(labels, math.ceil(num_samples / self.batch_size) * self.batch_size)
+    feats, probs = [], []
+    for i in range(len(padded) // self.batch_size):
+      y = jax.device_put(padded[i * self.batch_size:(i + 1) * self.batch_size].astype(np.int32),
+                         self.data_sharding)
+      images = self._sample_class(state, jax.random.fold_in(key, i), y)
+      f, p = self.net(images)
+      feats.append(f)
+      probs.append(p)
+    feats, probs = jax.device_get((feats, probs))
+    return (np.concatenate(feats)[:num_samples], np.concatenate(probs)[:num_samples],
+            labels)
 
   def __call__(self, state, num_samples: int, key=None) -> dict:
     """The flat metric dict (Python floats) of `state`; see the module doc."""
@@ -255,6 +335,10 @@ class Evaluator:
     if incep:
       out.update(inception_metrics(self.inception_reference, incep[0]['pool3'],
                                    incep[0]['logits_unbiased']))
+    if self.num_conditional_classes:
+      feats, probs, labels = self.class_sample_features(state, num_samples, key)
+      out.update(conditional_metrics(self.real_feats, self.test_labels, feats, probs,
+                                     labels, self.num_conditional_classes))
     if has_encoder(self.family):
       out.update(self.reconstruction(state))
     if has_likelihood(self.family) and self.iwae_k > 0:
@@ -274,7 +358,7 @@ def evaluate(config, family, state, test_images, num_samples: int, mesh=None,
   return out
 
 
-def training_evaluator(config, family, test_images, mesh):
+def training_evaluator(config, family, test_images, mesh, test_labels=None):
   """The Evaluator for training-time evals, or None when they are off.
 
   Off when `config.eval.generative_metrics` is False, when the dataset has no
@@ -300,4 +384,4 @@ def training_evaluator(config, family, test_images, mesh):
           f'cached), or let `python -m vaegan_jax.evaluate` do so.', flush=True)
     return None
   return Evaluator(config, family, test_images, mesh, net=net,
-                   iwae_k=int(eval_cfg.get('train_iwae_k', 10)))
+                   iwae_k=int(eval_cfg.get('train_iwae_k', 10)), test_labels=test_labels)

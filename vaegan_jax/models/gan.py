@@ -14,6 +14,14 @@ downsampling in D: G 512-256-128 / 1024-512-256-128, D 64-128-256 /
 LeakyReLU and dropout in D). `PLANS` holds the three, scaled by the width
 multipliers. Keras defaults are kept where the tutorial relies on them:
 LeakyReLU slope 0.3, BatchNorm momentum 0.99 and epsilon 1e-3.
+
+Class conditioning (`num_classes` K > 0; K = 0 builds exactly the networks
+above): G concatenates a learned label embedding (`conditioning.
+LabelEmbedding`, `label_dim` wide) to z at its input; D replaces its
+Dense(1) head by the projection head ψ(φ(x)) + yᵀVφ(x) of Miyato & Koyama
+2018 (`conditioning.ProjectionHead`, φ = the flattened last conv features).
+With `aux_classifier`, D also returns ACGAN class logits (Odena et al. 2017)
+from a Dense(K) on φ.
 """
 
 import dataclasses
@@ -25,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from vaegan_jax.errors import UserError
+from vaegan_jax.models import conditioning
 from vaegan_jax.models import layers
 
 
@@ -104,10 +113,15 @@ class Generator(nn.Module):
   leaky_slope: float = 0.3
   dtype: Any = jnp.float32
   conv_impl: str = 'auto'
+  num_classes: int = 0
+  label_dim: int = 32
 
   @nn.compact
-  def __call__(self, z, train: bool = False):
+  def __call__(self, z, train: bool = False, labels=None):
     p = plan(self.image_shape)
+    if self.num_classes:
+      z = jnp.concatenate([z.astype(self.dtype), conditioning.LabelEmbedding(
+          self.num_classes, self.label_dim, dtype=self.dtype, name='label_embed')(labels)], -1)
     channels = self.image_shape[2]
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.99,  # pylint: disable=unnecessary-lambda-assignment
                                 epsilon=1e-3, dtype=self.dtype)
@@ -147,9 +161,12 @@ class Discriminator(nn.Module):
   spectral_norm: bool = False
   dtype: Any = jnp.float32
   conv_impl: str = 'auto'
+  num_classes: int = 0
+  aux_classifier: bool = False
 
   @nn.compact
-  def __call__(self, x, train: bool = False, update_stats: bool = False):
+  def __call__(self, x, train: bool = False, update_stats: bool = False, labels=None):
+    """logits (B,); with `aux_classifier`, (logits, class logits (B, K))."""
     p = plan(self.image_shape)
 
     def apply(layer, h):
@@ -165,4 +182,13 @@ class Discriminator(nn.Module):
       x = nn.leaky_relu(x, self.leaky_slope)
       x = Dropout(self.dropout)(x, deterministic=not train)
     x = x.reshape(x.shape[0], -1)
-    return apply(nn.Dense(1, dtype=self.dtype, kernel_init=lecun_normal), x)[:, 0].astype(jnp.float32)
+    if not self.num_classes:
+      return apply(nn.Dense(1, dtype=self.dtype, kernel_init=lecun_normal), x)[:, 0].astype(jnp.float32)
+    logits = conditioning.ProjectionHead(
+        self.num_classes, spectral_norm=self.spectral_norm, dtype=self.dtype,
+        kernel_init=lecun_normal, name='projection')(x, labels, update_stats=update_stats)
+    if not self.aux_classifier:
+      return logits
+    class_logits = apply(nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=lecun_normal,
+                                  name='aux_classifier'), x)
+    return logits, class_logits.astype(jnp.float32)

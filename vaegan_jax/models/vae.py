@@ -11,6 +11,11 @@ The decoder's first Dense is left out when its `hidden` is 0. With k = 3,
 width 32, encoder hidden 16 and decoder hidden 0 this is the Keras VAE
 example (keras.io/examples/generative/vae; its last stride-1 ConvTranspose
 is the same function as the Conv here).
+
+Class conditioning (CVAE, Sohn et al. 2015): with `num_classes` K > 0 the
+encoder concatenates a one-hot label to its flattened conv features (before
+Dense(hidden)) and the decoder concatenates it to z, so q(z|x, y) and
+p(x|z, y). K = 0 (the default) builds exactly the unconditional networks.
 """
 
 from typing import Any
@@ -18,21 +23,24 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vaegan_jax.models import conditioning
 from vaegan_jax.models import layers
 from vaegan_jax.models.common import base_size, num_stages
 
 
 class Encoder(nn.Module):
-  """x (B, H, W, C) in [0, 1] -> (mean, logvar), each (B, latent_dim)."""
+  """x (B, H, W, C) in [0, 1] (and labels (B,) when num_classes > 0)
+  -> (mean, logvar), each (B, latent_dim)."""
   latent_dim: int = 32
   width: int = 32
   hidden: int = 256
   dtype: Any = jnp.float32
   conv_impl: str = 'auto'
   kernel_size: int = 4
+  num_classes: int = 0
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, labels=None):
     x = x.astype(self.dtype)
     for i in range(num_stages(x.shape[1])):
       k = self.kernel_size
@@ -40,6 +48,8 @@ class Encoder(nn.Module):
                       dtype=self.dtype, impl=self.conv_impl)(x)
       x = nn.relu(x)
     x = x.reshape(x.shape[0], -1)
+    if self.num_classes:
+      x = jnp.concatenate([x, conditioning.one_hot(labels, self.num_classes, x.dtype)], -1)
     x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x))
     out = nn.Dense(2 * self.latent_dim, dtype=self.dtype)(x).astype(jnp.float32)
     mean, logvar = jnp.split(out, 2, axis=-1)
@@ -47,7 +57,8 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-  """z (B, latent_dim) -> per-pixel parameters (B, H, W, C), float32.
+  """z (B, latent_dim) (and labels (B,) when num_classes > 0) -> per-pixel
+  parameters (B, H, W, C), float32.
 
   With `learn_scale`, also holds a scalar param 'log_scale' (Gaussian
   likelihood with a learned, shared standard deviation). `hidden` 0 leaves
@@ -60,13 +71,16 @@ class Decoder(nn.Module):
   dtype: Any = jnp.float32
   conv_impl: str = 'auto'
   kernel_size: int = 4
+  num_classes: int = 0
 
   @nn.compact
-  def __call__(self, z):
+  def __call__(self, z, labels=None):
     height, _, channels = self.image_shape
     stages, base = num_stages(height), base_size(height)
     top = self.width * 2**(stages - 1)
     x = z.astype(self.dtype)
+    if self.num_classes:
+      x = jnp.concatenate([x, conditioning.one_hot(labels, self.num_classes, x.dtype)], -1)
     if self.hidden:
       x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x))
     x = nn.relu(nn.Dense(base * base * top, dtype=self.dtype)(x))

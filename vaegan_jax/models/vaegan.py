@@ -20,6 +20,10 @@ Dense layer: with them, D beat the decoder within 100 steps on MNIST-5k
 (D(x) 0.995, D(x̃) 0.03) and prior samples never improved. The layout is the
 TensorFlow DCGAN tutorial's discriminator that `models.gan` uses, with
 dropout only at the head.
+
+With `num_classes` K > 0 the Dense(1) head becomes the projection head of
+Miyato & Koyama 2018 (`conditioning.ProjectionHead`) on the dropped-out
+features; Dis_l is unchanged. K = 0 builds exactly the network above.
 """
 
 from typing import Any
@@ -27,6 +31,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vaegan_jax.models import conditioning
 from vaegan_jax.models import layers
 from vaegan_jax.models.common import num_stages
 
@@ -42,14 +47,20 @@ class Discriminator(nn.Module):
   dropout: float = 0.3
   dtype: Any = jnp.float32
   conv_impl: str = 'auto'
+  num_classes: int = 0
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, labels=None):
     x = x.astype(self.dtype)
     for i in range(num_stages(x.shape[1])):
       features = layers.Conv(self.width * 2**i, (self.kernel, self.kernel), strides=(2, 2),
                              padding='SAME', dtype=self.dtype, impl=self.conv_impl)(x)
       x = nn.leaky_relu(features, self.leaky_slope)
     x = nn.Dropout(self.dropout, deterministic=not train)(x.reshape(x.shape[0], -1))
-    logits = nn.Dense(1, dtype=self.dtype)(x)[:, 0]
+    if self.num_classes:
+      logits = conditioning.ProjectionHead(
+          self.num_classes, dtype=self.dtype, kernel_init=nn.linear.default_kernel_init,
+          name='projection')(x, labels)
+    else:
+      logits = nn.Dense(1, dtype=self.dtype)(x)[:, 0]
     return logits.astype(jnp.float32), features.astype(jnp.float32)

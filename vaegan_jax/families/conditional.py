@@ -1,0 +1,68 @@
+"""Class conditioning shared by the families (`config.model.conditional`).
+
+A conditional model takes the batch's 'label' (int32 (B,)) in its train and
+eval steps, and an optional `labels` argument in sample / decode / encode /
+reconstruct; the unconditional models ignore that argument. The layers live
+in `vaegan_jax.models.conditioning`.
+
+Configs made before conditioning existed have no `model.conditional` key; it
+reads as False.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from vaegan_jax import input_pipeline
+from vaegan_jax.errors import UserError
+
+_LABEL_KEY = 0x1ABE1  # Purpose of the key of sampled labels (folded into the z key).
+
+
+def is_conditional(config) -> bool:
+  return bool(config.model.get('conditional', False))
+
+
+def num_classes(config) -> int:
+  """K of a conditional config, 0 of an unconditional one.
+
+  Raises:
+    UserError: conditional=True on a dataset without class labels.
+  """
+  if not is_conditional(config):
+    return 0
+  name = config.data.name
+  k = int(input_pipeline.get_spec(name).num_classes)
+  if k <= 0:
+    raise UserError(f'config.model.conditional=True needs class labels and {name} has '
+                    'none; set model.conditional=False or pick a labelled dataset.')
+  return k
+
+
+def sample_labels(key, n: int, k: int):
+  """n labels drawn uniformly from [0, k), from a purpose of `key`."""
+  return jax.random.randint(jax.random.fold_in(key, _LABEL_KEY), (n,), 0, k, jnp.int32)
+
+
+def labels_for(config, key, n: int, labels=None):
+  """The labels (n,) int32 of n samples, or None for an unconditional config.
+
+  Args:
+    labels: None (drawn uniformly from `key`), an int (all n of that class)
+      or an int array (n,).
+  """
+  k = num_classes(config)
+  if not k:
+    return None
+  if labels is None:
+    return sample_labels(key, n, k)
+  return jnp.broadcast_to(jnp.asarray(labels, jnp.int32), (n,))
+
+
+def need_labels(config, labels, what: str):
+  """`labels` as int32, or a ValueError if a conditional model got none."""
+  if not num_classes(config):
+    return None
+  if labels is None:
+    raise ValueError(f'The class-conditional {config.model.family} model needs labels '
+                     f'to {what}.')
+  return jnp.asarray(labels, jnp.int32)
