@@ -25,6 +25,7 @@ import sys
 
 from absl import flags
 
+from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -112,7 +113,7 @@ def run(workdir: str, num_samples: int = 10000, step: str | int | None = None,
         out: str = '', iwae_k: int = -1, data_dir: str = '', echo=print) -> dict:
   """Evaluates a checkpoint of `workdir`; returns (and optionally writes) the dict."""
   if num_samples < 10:
-    raise UserError(f'--num_samples={num_samples} is too small; use at least 10 '
+    raise UsageError(f'--num_samples={num_samples} is too small; use at least 10 '
                     '(FID and KID need many; 10000 is the usual count).')
   import time  # pylint: disable=g-import-not-at-top
   from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -148,9 +149,9 @@ def run(workdir: str, num_samples: int = 10000, step: str | int | None = None,
 
 def main(argv):
   if len(argv) > 1:
-    raise UserError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    raise UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS.workdir:
-    raise UserError('--workdir is required.')
+    raise UsageError('--workdir is required.')
   result = run(FLAGS.workdir, FLAGS.num_samples, FLAGS.step, FLAGS.out, FLAGS.iwae_k,
                FLAGS.data_dir, echo=lambda m: print(m, file=sys.stderr, flush=True))
   print(json.dumps(result, indent=2, sort_keys=True), flush=True)

@@ -47,6 +47,7 @@ and D's mean probabilities `d_real` / `d_fake`.
 import jax
 import jax.numpy as jnp
 
+from vaegan_jax import families
 from vaegan_jax import input_pipeline
 from vaegan_jax import objectives
 from vaegan_jax import state as state_lib
@@ -85,7 +86,7 @@ def check_config(config):
 
 
 def compute_dtype(config):
-  return jnp.dtype(config.train.get('compute_dtype', 'float32'))
+  return families.compute_dtype(config)
 
 
 def models(config):
