@@ -203,7 +203,11 @@ class Dataset:
   def check(self, v):
     if not isinstance(v, str):
       return f'has the wrong type ({type(v).__name__})'
-    return None if self._error(v) is None else 'is not allowed'
+    error = self._error(v)
+    if error is None:
+      return None
+    # get_spec's own reason where it is more than "unknown" (e.g. a folder: dataset).
+    return 'is not allowed' + ('' if error.startswith('Unknown dataset') else f' ({error})')
 
   def refused(self):
     return [('type', 3), ('unknown', 'no_such_dataset')]
