@@ -54,7 +54,7 @@ from vaegan_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-p
 from vaegan_jax import families  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
-from vaegan_jax.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax.errors import UsageError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 
@@ -263,7 +263,7 @@ def measure(config, reference='keras', jax_impls=(), steps=30, warmup=3, rounds=
             keras_xla=True, torch_compile=True, log=print, name='', peak_tflops=0.0) -> list:
   """Times the frameworks on `config`; returns one result dict per framework."""
   if steps < 1 or warmup < 0 or rounds < 1:
-    raise UserError('--steps and --rounds must be at least 1, --warmup at least 0.')
+    raise UsageError('--steps and --rounds must be at least 1, --warmup at least 0.')
   input_pipeline.get_spec(config.data.name)
   sharding.check_batch_size(config.train.batch_size)
   load_start = os.getloadavg()[0]
@@ -326,9 +326,9 @@ def summary(results) -> str:
 
 def main(argv):
   if len(argv) > 1:
-    raise UserError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    raise UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if FLAGS.config is None:
-    raise UserError('--config is required, e.g. --config=configs/bench/dcgan28.py.')
+    raise UsageError('--config is required, e.g. --config=configs/bench/dcgan28.py.')
   config = FLAGS.config
   config.train.batch_size = FLAGS.batch
   if FLAGS.data_dir:

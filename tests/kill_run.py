@@ -4,7 +4,9 @@
 
 POINT: 'step' (killed when the input pipeline hands out batch STEP, before any
 later save), 'after_save' (right after the save of step STEP has finished),
-'during_save' (right after the asynchronous save of STEP has started).
+'during_save' (right after the asynchronous save of STEP has started), or
+'worker_fault' (not killed: the input pipeline's worker raises when it makes
+batch STEP, and prints `fault injected at <time.time()>` first).
 """
 
 import os
@@ -23,7 +25,17 @@ def main():
   from vaegan_jax import checkpoint, input_pipeline, main as main_lib  # pylint: disable=g-import-not-at-top
   from vaegan_jax import cli  # pylint: disable=g-import-not-at-top
 
-  if point == 'step':
+  if point == 'worker_fault':
+    import time  # pylint: disable=g-import-not-at-top
+
+    def faulty(self, s):
+      if s == step:
+        print(f'fault injected at {time.time()}', flush=True)
+        raise RuntimeError(f'injected fault at batch {s}')
+      return original_host_batch(self, s)
+    original_host_batch = input_pipeline.TrainIterator.host_batch
+    input_pipeline.TrainIterator.host_batch = faulty
+  elif point == 'step':
     original_next = input_pipeline.TrainIterator.__next__
 
     def next_or_die(self):

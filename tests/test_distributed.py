@@ -148,7 +148,7 @@ def test_inconsistent_multihost_flags_are_one_error_line(tmp_path):
       [sys.executable, '-m', 'vaegan_jax.main', '--config=configs/vae.py:smoke',
        f'--workdir={tmp_path}', '--num_processes=2'],
       cwd=ROOT, capture_output=True, text=True, timeout=120, env=env_with_devices(1))
-  assert result.returncode == 1
+  assert result.returncode == 2  # Bad usage.
   assert [l for l in result.stderr.splitlines() if l.startswith('error:')] == [
       'error: --coordinator_address, --num_processes and --process_id go together: '
       'give all three, or none for auto-detection.']
@@ -159,6 +159,6 @@ def test_batch_not_divisible_by_devices_is_one_error_line(tmp_path):
       [sys.executable, '-m', 'vaegan_jax.main', '--config=configs/vae.py:smoke',
        f'--workdir={tmp_path}', '--config.train.batch_size=30'],
       cwd=ROOT, capture_output=True, text=True, timeout=120, env=env_with_devices(4))
-  assert result.returncode == 1
+  assert result.returncode == 2  # Bad usage.
   assert 'error: config.train.batch_size=30 is not divisible by the number of devices (4)' \
       in result.stderr

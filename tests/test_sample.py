@@ -385,19 +385,21 @@ def test_vaegan_modes(family_workdirs, data_dir, tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# The CLI's errors: one line, exit status 1.
+# The CLI's errors: one line, exit status 2 (bad flags) or 1 (failed run).
 # ---------------------------------------------------------------------------
 
 
-def _assert_one_error(proc, pattern):
-  assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+def _assert_one_error(proc, pattern, code=1):
+  """One `error:` line; exit 2 for bad usage (flags), 1 for a failed run."""
+  assert proc.returncode == code, (proc.returncode, proc.stderr[-2000:])
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr[-2000:]
   assert pattern in lines[0], lines[0]
 
 
 def test_cli_errors(vae_workdir, tmp_path):
-  _assert_one_error(_cli(f'--workdir={vae_workdir}', '--mode=dream'), "Unknown --mode='dream'")
+  _assert_one_error(_cli(f'--workdir={vae_workdir}', '--mode=dream'), "Unknown --mode='dream'",
+                    code=2)
   _assert_one_error(_cli(f'--workdir={vae_workdir}', '--step=7'),
                     'available steps: 10, 20')
   _assert_one_error(_cli(f'--workdir={tmp_path}'), 'No config.json')

@@ -73,7 +73,7 @@ def test_gan_beside_keras(data_dir):
 def test_bad_flag_is_one_line(data_dir):
   proc = _run(['--config=configs/bench/convvae28.py:tiny', '--batch=8',
                '--reference=none', '--steps=0'], data_dir)
-  assert proc.returncode == 1
+  assert proc.returncode == 2  # Bad usage.
   assert proc.stderr.strip().splitlines()[-1].startswith('error: ')
 
 

@@ -120,7 +120,7 @@ def test_cli_rejects_a_misspelt_config_key(tmp_path):
 def test_cli_rejects_an_unknown_dataset_with_one_line(tmp_path):
   result = run_main('--config=configs/vae.py:smoke', f'--workdir={tmp_path}',
                     '--config.data.name=mnist_typo')
-  assert result.returncode == 1
+  assert result.returncode == 2  # Bad usage: refused by vaegan_jax/validation.py.
   errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
   assert len(errors) == 1 and 'mnist5k' in errors[0]
   assert 'Traceback' not in result.stderr

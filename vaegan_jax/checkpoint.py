@@ -6,6 +6,8 @@ abstract state with shardings for the current mesh lets a checkpoint written
 on N devices be read on any other number of devices.
 """
 
+import errno
+import glob
 import math
 import os
 import shutil
@@ -144,14 +146,115 @@ def restore_or_init(mngr, init_fn, abstract_state, shardings):
   return state, True
 
 
+class CheckpointWriteError(UserError):
+  """A checkpoint could not be written (disk full, permissions, ...)."""
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, force: bool = False) -> bool:
-  """Saves asynchronously; returns whether a save was started."""
-  return mngr.save(step, args=ocp.args.StandardSave(state), force=force)
+  """Saves asynchronously; returns whether a save was started.
+
+  Raises:
+    CheckpointWriteError: this save, or the asynchronous one before it,
+      failed; temporary directories are removed and the message names the
+      last good checkpoint.
+  """
+  try:
+    return mngr.save(step, args=ocp.args.StandardSave(state), force=force)
+  except Exception as e:  # pylint: disable=broad-except
+    raise write_failed(mngr, e) from e
+
+
+def finish(mngr: ocp.CheckpointManager):
+  """Waits for asynchronous saves and closes `mngr`; a failed save raises a
+  `CheckpointWriteError` (see `save`)."""
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-except
+    raise write_failed(mngr, e) from e
+  finally:
+    try:
+      mngr.close()
+    except Exception:  # pylint: disable=broad-except
+      pass  # Already reported by the wait above.
+
+
+def remove_temporaries(directory: str) -> list[str]:
+  """Deletes Orbax's unfinished `<step>.orbax-checkpoint-tmp*` directories."""
+  removed = []
+  if jax.process_index() != 0:
+    return removed
+  for path in glob.glob(os.path.join(glob.escape(directory), '*.orbax-checkpoint-tmp*')):
+    shutil.rmtree(path, ignore_errors=True)
+    removed.append(path)
+  return removed
+
+
+def finalized_steps(directory: str) -> list[int]:
+  """Steps with a finished checkpoint directory (numeric names), ascending."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory)
+                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def write_failed(mngr, error: BaseException) -> CheckpointWriteError:
+  """The one-line error for a failed save, after cleaning up its leftovers."""
+  directory = str(mngr.directory)
+  try:  # Let other saves in flight finish before their directories are judged.
+    mngr.wait_until_finished()
+  except Exception:  # pylint: disable=broad-except
+    pass  # The same failure again, or another one: still reported as `error`.
+  remove_temporaries(directory)
+  steps = finalized_steps(directory)
+  reason = ' '.join(f'{type(error).__name__}: {error}'.split())[:200]
+  disk = isinstance(error, OSError) and error.errno == errno.ENOSPC or (
+      'RESOURCE_EXHAUSTED' in reason or 'No space left' in reason)
+  last = (f'the last good checkpoint is step {steps[-1]} in {directory}' if steps
+          else f'no checkpoint was written to {directory}')
+  fix = 'free disk space' if disk else 'fix the cause'
+  return CheckpointWriteError(
+      f'Writing a checkpoint failed ({reason}); {last}. Training stopped; {fix} '
+      f'and rerun the same command to resume' + (f' from step {steps[-1]}.' if steps else '.'))
+
+
+def last_good_step(workdir: str) -> int | None:
+  steps = finalized_steps(checkpoint_dir(workdir))
+  return steps[-1] if steps else None
+
+
+# ---------------------------------------------------------------------------
+# Room for the next checkpoint (run_config.check_workdir checks the rest).
+# ---------------------------------------------------------------------------
+
+
+def state_bytes(abstract_state) -> int:
+  """Bytes of every array of the (abstract) train state."""
+  return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
+
+
+def check_free_space(workdir: str, abstract_state, margin: float = 1.25,
+                     slack: int = 1 << 18):
+  """A UserError if `workdir` lacks room for one more checkpoint.
+
+  The estimate is the state's size times `margin` plus `slack` bytes for
+  Orbax's metadata files.
+  """
+  need = int(state_bytes(abstract_state) * margin) + slack
+  free = shutil.disk_usage(workdir).free
+  if free < need:
+    raise UserError(
+        f'--workdir={workdir} has {free / 2**20:.1f} MiB free, and a checkpoint of '
+        f'this model needs about {need / 2**20:.1f} MiB; free space or choose '
+        'another --workdir.')
+  return need
 
 
 # ---------------------------------------------------------------------------
 # The best checkpoint by an eval metric, in WORKDIR/checkpoints_best.
 # ---------------------------------------------------------------------------
+
+
+BEST_MODES = ('min', 'max')  # config.eval.best_mode.
 
 
 def best_checkpoint_dir(workdir: str) -> str:
@@ -165,7 +268,7 @@ def best_manager(workdir: str, metric: str = 'fid', mode: str = 'min',
   "Best" is the lowest (`mode='min'`) or highest (`'max'`) value of `metric`
   in the metrics saved with each checkpoint (see `save_if_best`).
   """
-  if mode not in ('min', 'max'):
+  if mode not in BEST_MODES:
     raise UserError(f"config.eval.best_mode={mode!r} must be 'min' or 'max'.")
   options = ocp.CheckpointManagerOptions(
       max_to_keep=1, best_fn=lambda m: m[metric], best_mode=mode,
@@ -198,11 +301,17 @@ def save_if_best(mngr: ocp.CheckpointManager, step: int, state, metrics: dict,
   value = metrics[metric]
   if not math.isfinite(value) or step in mngr.all_steps():
     return False
-  mngr.wait_until_finished()  # The kept step's metrics are readable once saved.
+  try:
+    mngr.wait_until_finished()  # The kept step's metrics are readable once saved.
+  except Exception as e:  # pylint: disable=broad-except
+    raise write_failed(mngr, e) from e
   best = mngr.best_step()
   if best is not None:
     kept = (mngr.metrics(best) or {}).get(metric)
     if kept is not None and (value >= kept if mode == 'min' else value <= kept):
       return False
-  return mngr.save(step, args=ocp.args.StandardSave(state), force=True,
-                   metrics={k: v for k, v in metrics.items() if math.isfinite(v)})
+  try:
+    return mngr.save(step, args=ocp.args.StandardSave(state), force=True,
+                     metrics={k: v for k, v in metrics.items() if math.isfinite(v)})
+  except Exception as e:  # pylint: disable=broad-except
+    raise write_failed(mngr, e) from e

@@ -1,56 +1,135 @@
-"""What every command-line entry point shares: flag parsing and error exits
-that print one line instead of a traceback."""
+"""What every command-line entry point shares: flag parsing and one-line errors.
 
+Every failure ends with one line on stderr, `error: <what is wrong and what
+to do>`, and an exit status:
+  2  bad usage: an unknown or unparsable flag, config key or config value
+     (`errors.UsageError`, `validation.ConfigError`); nothing was started;
+  1  the run failed: missing data or checkpoint, a NaN, a full disk, a
+     crashed worker thread, or an unexpected exception (a bug: its type and
+     message are on the line);
+  130  interrupted with Ctrl-C (the trainer says which checkpoint it kept).
+The traceback is printed above the line with `--verbosity=1` (or higher) or
+when the environment variable VAEGAN_JAX_TRACEBACK=1 is set, for bug reports.
+"""
+
+import logging as py_logging
+import os
 import sys
+import traceback
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
+from vaegan_jax.errors import WorkerError
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+TRACEBACK_ENV = 'VAEGAN_JAX_TRACEBACK'
 
 
-def _fail(message: str):
-  print(f'error: {message}', file=sys.stderr, flush=True)
-  sys.exit(1)
-
-
-def _one_line(text: str, limit: int = 400) -> str:
+def one_line(text, limit: int = 600) -> str:
   text = ' '.join(str(text).replace('\\n', ' ').split())
   return text if len(text) <= limit else text[:limit] + ' ...'
 
 
+def _fail(message: str, code: int = EXIT_USAGE):
+  print(f'error: {one_line(message)}', file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def want_traceback() -> bool:
+  """Whether to print tracebacks: --verbosity>=1 or VAEGAN_JAX_TRACEBACK=1."""
+  if os.environ.get(TRACEBACK_ENV, '') not in ('', '0'):
+    return True
+  try:
+    return flags.FLAGS['verbosity'].present and flags.FLAGS.verbosity >= 1
+  except (KeyError, flags.UnparsedFlagAccessError):
+    return False
+
+
+def config_source() -> str:
+  """The --config flag's value (file[:variant]) where this CLI has one."""
+  if 'config' not in flags.FLAGS:
+    return ''
+  try:
+    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+    return config_flags.get_config_filename(flags.FLAGS['config']) or ''
+  except Exception:  # pylint: disable=broad-except
+    return str(flags.FLAGS['config'].serialize()).partition('=')[2]
+
+
 def parse_flags(argv):
-  """absl flag parsing where a bad flag or config override is one line."""
+  """absl flag parsing where a bad flag or config override is one line, exit 2."""
   try:
     argv = flags.FLAGS(argv)
   except flags.Error as e:
     lines = [l for l in str(e).splitlines() if l.strip()]
     if any('Traceback' in l for l in lines):  # An exception inside a config file.
       lines = [lines[0], lines[-1]]
-    _fail(_one_line(' '.join(lines)))
+    _fail(' '.join(lines))
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     # ml_collections reports a misspelt --config.key as a KeyError/AttributeError
     # whose text already holds "Did you mean ...".
     text = str(e).replace('\\n', ' ').replace('\\', '').replace("'", '')
-    _fail(f'bad flag or config override: unknown key {_one_line(text)}')
+    _fail(f'bad flag or config override: unknown key {one_line(text)}')
   if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
     try:  # config_flags defers a missing config file's error to first use.
       flags.FLAGS.config.to_dict()
     except OSError as e:
-      _fail(f'cannot load the config file: {_one_line(str(e).splitlines()[-1])}')
+      _fail(f'cannot load the config file: {one_line(str(e).splitlines()[-1])}')
   return argv
 
 
+def error_line(exc: BaseException) -> tuple[str, int]:
+  """(the one line without 'error: ', exit status) for an exception."""
+  if isinstance(exc, UserError):
+    if getattr(exc, 'source', None) == '':  # A ConfigError: name the config file.
+      exc.source = config_source()
+    code = EXIT_USAGE if isinstance(exc, UsageError) else EXIT_FAILURE
+    return one_line(str(exc)), getattr(exc, 'exit_code', code)
+  if isinstance(exc, app.UsageError):
+    return one_line(str(exc)), EXIT_USAGE
+  hint = '' if want_traceback() else (
+      f' (traceback: rerun with --verbosity=1 or {TRACEBACK_ENV}=1)')
+  if isinstance(exc, WorkerError):
+    return one_line(str(exc), 400) + hint, EXIT_FAILURE
+  text = one_line(f'{type(exc).__name__}: {exc}', 400)
+  return f'unexpected {text}{hint}', EXIT_FAILURE
+
+
+def _drop_orbax_errors(record) -> bool:
+  return not (record.levelno >= py_logging.ERROR
+              and '/orbax/' in record.pathname.replace('\\', '/'))
+
+
 def run(main):
-  """app.run(main) with one-line errors for flags and `UserError`s."""
+  """app.run(main) where every failure is one `error:` line (see module doc)."""
 
   def wrapped(argv):
     if not flags.FLAGS['verbosity'].present:  # Keep library INFO chatter quiet.
       logging.set_verbosity(logging.WARNING)
+    if not want_traceback():  # Orbax logs a failed save's traceback, which the
+      logging.get_absl_handler().addFilter(_drop_orbax_errors)  # error line reports.
     try:
       main(argv)
-    except UserError as e:
-      _fail(str(e))
+    except KeyboardInterrupt:
+      if want_traceback():
+        traceback.print_exc()
+      print('error: interrupted (Ctrl-C).', file=sys.stderr, flush=True)
+      os._exit(EXIT_INTERRUPTED)  # pylint: disable=protected-access
+    except SystemExit:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      if want_traceback():
+        traceback.print_exc()
+      line, code = error_line(e)
+      print(f'error: {line}', file=sys.stderr, flush=True)
+      # Worker threads (Orbax, prefetch) must not keep the process alive.
+      sys.stdout.flush()
+      os._exit(code)  # pylint: disable=protected-access
 
   app.run(wrapped, flags_parser=parse_flags)

@@ -9,7 +9,7 @@ import os
 from absl import flags
 import jax
 
-from vaegan_jax.errors import UserError
+from vaegan_jax.errors import UsageError
 
 
 def define_flags():
@@ -32,11 +32,11 @@ def initialize():
   given = [f.coordinator_address is not None, f.num_processes is not None,
            f.process_id is not None]
   if any(given) and not all(given):
-    raise UserError('--coordinator_address, --num_processes and --process_id go '
+    raise UsageError('--coordinator_address, --num_processes and --process_id go '
                     'together: give all three, or none for auto-detection.')
   if all(given):
     if not 0 <= f.process_id < f.num_processes:
-      raise UserError(f'--process_id={f.process_id} is not in [0, {f.num_processes}).')
+      raise UsageError(f'--process_id={f.process_id} is not in [0, {f.num_processes}).')
     jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
   elif f.distributed or _cluster_detected():
     jax.distributed.initialize()

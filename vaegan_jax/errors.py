@@ -1,9 +1,19 @@
-"""The one exception type for mistakes a user can fix.
+"""The exception types for mistakes a user can fix.
 
-Entry points catch `UserError`, print its one-line message and exit with
-status 1, so bad input never ends in a traceback wall.
+Entry points (`cli.run`) catch them and print one line, `error: <message>`:
+a `UsageError` (a bad flag, config key or value: the command itself is wrong)
+exits with status 2, any other `UserError` (missing data or checkpoint, a
+NaN, a full disk: the command was fine, the run failed) with status 1.
 """
 
 
 class UserError(Exception):
-  """A problem with the user's input: a config key, a dataset, a path, a flag."""
+  """A problem with the user's input or environment: a dataset, a path, a disk."""
+
+
+class UsageError(UserError):
+  """The command line or the config is wrong; nothing was started."""
+
+
+class WorkerError(RuntimeError):
+  """A worker thread (input prefetch, ...) died; raised in the main thread."""

@@ -34,6 +34,7 @@ import sys
 
 from absl import flags
 
+from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -139,7 +140,7 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
     raise UserError(f"--features={features!r} must be 'own' or 'inception'.")
   num_samples = num_samples or (50000 if features == 'inception' else 10000)
   if num_samples < 10:
-    raise UserError(f'--num_samples={num_samples} is too small; use at least 10 '
+    raise UsageError(f'--num_samples={num_samples} is too small; use at least 10 '
                     '(FID and KID need many; 10000 is the usual count).')
   import time  # pylint: disable=g-import-not-at-top
   from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
@@ -189,9 +190,9 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
 
 def main(argv):
   if len(argv) > 1:
-    raise UserError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    raise UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS.workdir:
-    raise UserError('--workdir is required.')
+    raise UsageError('--workdir is required.')
   result = run(FLAGS.workdir, FLAGS.num_samples, FLAGS.step, FLAGS.out, FLAGS.iwae_k,
                FLAGS.data_dir, echo=lambda m: print(m, file=sys.stderr, flush=True),
                features=FLAGS.features, inception_weights=FLAGS.inception_weights,

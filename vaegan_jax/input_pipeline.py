@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from vaegan_jax.errors import UserError
+from vaegan_jax.errors import WorkerError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,20 +258,36 @@ class TrainIterator:
 
   def _produce(self, step):
     while not self._stop.is_set():
-      batch = self.host_batch(step)
+      try:
+        batch = self.host_batch(step)
+      except BaseException as e:  # pylint: disable=broad-except
+        batch = e  # Handed to the main thread, which raises it (no hang).
       while not self._stop.is_set():
         try:
           self._queue.put(batch, timeout=0.1)
           break
         except queue.Full:
           pass
+      if isinstance(batch, BaseException):
+        return
       step += 1
 
   def __iter__(self) -> Iterator[dict]:
     return self
 
   def __next__(self) -> dict:
-    batch = self._queue.get()
+    while True:
+      try:
+        batch = self._queue.get(timeout=1.0)
+        break
+      except queue.Empty:
+        if not self._thread.is_alive():
+          raise WorkerError('The input pipeline thread stopped without a batch.') from None
+    if isinstance(batch, BaseException):
+      if isinstance(batch, UserError):
+        raise batch
+      raise WorkerError(f'The input pipeline thread failed at step {self.step}: '
+                        f'{type(batch).__name__}: {batch}') from batch
     self.step += 1
     return make_global_batch(batch, self.sharding)
 

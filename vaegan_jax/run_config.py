@@ -8,15 +8,36 @@ training length, logging and evaluation keys may.
 
 import json
 import os
+import tempfile
 
 import jax
 import ml_collections
 
+from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
 
 CONFIG_FILE = 'config.json'
 _FROZEN_SECTIONS = ('model', 'data')
 _FREE_KEYS = ('data.data_dir',)
+
+
+def check_workdir(workdir: str):
+  """Creates `workdir`; a UserError if it is a file or cannot be written."""
+  path = os.path.abspath(workdir)
+  probe = path
+  while probe and not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if os.path.exists(probe) and not os.path.isdir(probe):
+    raise UsageError(f'--workdir={workdir}: {probe} is a file, not a directory; '
+                     'choose another --workdir.')
+  try:
+    os.makedirs(path, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.write_test_', dir=path)
+    os.close(fd)
+    os.remove(tmp)
+  except OSError as e:
+    raise UserError(f'--workdir={workdir} is not writable ({e.strerror or e}); '
+                    'choose a directory you can write to.') from None
 
 
 def _flatten(d, prefix=''):

@@ -27,6 +27,7 @@ from absl import app
 from absl import flags
 
 from vaegan_jax import cli
+from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
 
 MODES = ('samples', 'interpolate', 'reconstruct', 'denoise', 'inpaint', 'class_grid')
@@ -78,24 +79,24 @@ def check_args(mode, num, noise, noise_level, mask, inpaint_method, inpaint_step
   if label is not None and mode == 'class_grid':
     raise UserError('--label is not used by --mode=class_grid, which draws every class.')
   if mode not in MODES:
-    raise UserError(f'Unknown --mode={mode!r}; choose one of {", ".join(MODES)}.')
+    raise UsageError(f'Unknown --mode={mode!r}; choose one of {", ".join(MODES)}.')
   if num < 1:
-    raise UserError(f'--num={num} must be at least 1.')
+    raise UsageError(f'--num={num} must be at least 1.')
   if mode == 'interpolate' and num < 2:
-    raise UserError('--mode=interpolate needs --num of at least 2.')
+    raise UsageError('--mode=interpolate needs --num of at least 2.')
   if images and mode not in INPUT_MODES:
-    raise UserError(f'--images is used by {", ".join(INPUT_MODES)}, not by --mode={mode}.')
+    raise UsageError(f'--images is used by {", ".join(INPUT_MODES)}, not by --mode={mode}.')
   if noise not in NOISE_KINDS:
-    raise UserError(f'Unknown --noise={noise!r}; choose one of {", ".join(NOISE_KINDS)}.')
+    raise UsageError(f'Unknown --noise={noise!r}; choose one of {", ".join(NOISE_KINDS)}.')
   if noise_level < 0 or (noise == 'salt_pepper' and noise_level > 1):
-    raise UserError(f'--noise_level={noise_level} must be >= 0 (and <= 1 for salt_pepper).')
+    raise UsageError(f'--noise_level={noise_level} must be >= 0 (and <= 1 for salt_pepper).')
   if mask not in MASK_KINDS:
-    raise UserError(f'Unknown --mask={mask!r}; choose one of {", ".join(MASK_KINDS)}.')
+    raise UsageError(f'Unknown --mask={mask!r}; choose one of {", ".join(MASK_KINDS)}.')
   if inpaint_method not in INPAINT_METHODS:
-    raise UserError(f'Unknown --inpaint_method={inpaint_method!r}; choose one of '
+    raise UsageError(f'Unknown --inpaint_method={inpaint_method!r}; choose one of '
                     f'{", ".join(INPAINT_METHODS)}.')
   if inpaint_steps < 1 or restarts < 1:
-    raise UserError('--inpaint_steps and --restarts must be at least 1.')
+    raise UsageError('--inpaint_steps and --restarts must be at least 1.')
 
 
 @functools.lru_cache(maxsize=2)
@@ -280,7 +281,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS.workdir:
-    raise UserError('--workdir is required: the directory of a training run.')
+    raise UsageError('--workdir is required: the directory of a training run.')
   run(FLAGS.workdir, mode=FLAGS.mode, num=FLAGS.num, seed=FLAGS.seed, out=FLAGS.out,
       step=FLAGS.step, images=FLAGS.images, data_dir=FLAGS.data_dir, noise=FLAGS.noise,
       noise_level=FLAGS.noise_level, mask=FLAGS.mask,

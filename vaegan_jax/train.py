@@ -21,6 +21,7 @@ from vaegan_jax import images as images_lib
 from vaegan_jax import input_pipeline
 from vaegan_jax import run_config
 from vaegan_jax import sharding
+from vaegan_jax import validation
 from vaegan_jax.families import conditional
 from vaegan_jax.metrics import generative
 from vaegan_jax.errors import UserError
@@ -31,6 +32,11 @@ _GRID_KEY = 0x5A3F1E    # Fixed purpose: the same latents in every grid.
 
 class NonFiniteError(UserError):
   """Training produced a NaN or Inf."""
+
+
+class Interrupted(UserError):
+  """Ctrl-C: the run stopped; the message names the checkpoint kept."""
+  exit_code = 130
 
 
 def _is_main():
@@ -112,11 +118,10 @@ def train_and_evaluate(config, workdir: str):
     The final TrainState.
   """
   # ----------------------------------------------------------------- setup
+  validation.validate(config)  # Every key, range and cross-field rule, first.
   family = families.get(config.model.family)
-  input_pipeline.get_spec(config.data.name)
   conditional.num_classes(config)  # conditional=True without labels: fail before any data is read.
-  sharding.check_batch_size(config.train.batch_size)
-  os.makedirs(workdir, exist_ok=True)
+  run_config.check_workdir(workdir)
   run_config.check_and_save(config, workdir)
   mesh = sharding.make_mesh()
   data = input_pipeline.Data(config)
@@ -125,6 +130,7 @@ def train_and_evaluate(config, workdir: str):
   root_key = jax.random.PRNGKey(config.seed)
   init_fn = functools.partial(family.init_state, config)
   abstract_state = jax.eval_shape(init_fn, root_key)
+  checkpoint.check_free_space(workdir, abstract_state)
   state_sharding = sharding.state_sharding(mesh, abstract_state)
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
   state, restored = checkpoint.restore_or_init(
@@ -218,13 +224,29 @@ def train_and_evaluate(config, workdir: str):
       if periodic:  # Keep grids, evals and saves out of the throughput numbers.
         jax.block_until_ready(state)
         t_last, steps_last = time.time(), step
-  finally:
-    it.close()
-    mngr.wait_until_finished()
-    mngr.close()
-    if best_mngr:
-      best_mngr.wait_until_finished()
-      best_mngr.close()
+  except BaseException as e:
+    # Stop the workers and finish (or clean up) the saves in flight without
+    # hiding `e`; a failed save is reported by the manager's error instead.
+    managers = [m for m in (mngr, best_mngr) if m]
+    for close in [it.close] + [functools.partial(checkpoint.finish, m) for m in managers]:
+      try:
+        close()
+      except checkpoint.CheckpointWriteError as write_error:
+        if not isinstance(e, checkpoint.CheckpointWriteError):
+          e = write_error
+      except Exception:  # pylint: disable=broad-except
+        logging.exception('Error while shutting down after %r.', e)
+    if isinstance(e, KeyboardInterrupt):
+      last = checkpoint.last_good_step(workdir)
+      kept = (f'the last good checkpoint is step {last} in {checkpoint.checkpoint_dir(workdir)}; '
+              'rerun the same command to resume from it' if last is not None
+              else 'no checkpoint was written yet')
+      raise Interrupted(f'Interrupted (Ctrl-C) at step {step}; {kept}.') from None
+    raise e
+  it.close()
+  checkpoint.finish(mngr)
+  if best_mngr:
+    checkpoint.finish(best_mngr)
   if step == start_step:
     print(f'Nothing to do: the checkpoint is at step {step} and '
           f'config.train.num_steps={num_steps}.', flush=True)

@@ -39,6 +39,7 @@ from vaegan_jax import families
 from vaegan_jax import input_pipeline
 from vaegan_jax import run_config
 from vaegan_jax import sharding
+from vaegan_jax import validation
 from vaegan_jax import train
 from vaegan_jax.errors import UserError
 from vaegan_jax.metrics import generative
@@ -159,6 +160,7 @@ def train_and_evaluate(configs, workdirs, echo=print):
   _check_same_config(configs)
   config = configs[0]
   seeds = [int(c.seed) for c in configs]
+  validation.validate(config)
   family = families.get(config.model.family)
   input_pipeline.get_spec(config.data.name)
   sharding.check_batch_size(config.train.batch_size)

@@ -15,6 +15,16 @@ from vaegan_jax.errors import UserError
 
 FAMILIES = ('vae', 'gan', 'vaegan')
 
+# config.train.compute_dtype -> the dtype of activations and matmuls (params,
+# optimiser states and losses stay float32).
+COMPUTE_DTYPES = {'float32': 'float32', 'bfloat16': 'bfloat16'}
+
+
+def compute_dtype(config):
+  """The jnp dtype named by config.train.compute_dtype (default float32)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return jnp.dtype(COMPUTE_DTYPES[config.train.get('compute_dtype', 'float32')])
+
 
 def get(name: str):
   """Returns the family module `vaegan_jax.families.<name>`."""

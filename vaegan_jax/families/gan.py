@@ -28,6 +28,7 @@ exists and the step is unchanged.
 import jax
 import jax.numpy as jnp
 
+from vaegan_jax import families
 from vaegan_jax import input_pipeline
 from vaegan_jax import objectives
 from vaegan_jax import state as state_lib
@@ -49,7 +50,7 @@ G, D = 'generator', 'discriminator'
 
 
 def compute_dtype(config):
-  return jnp.dtype(config.train.get('compute_dtype', 'float32'))
+  return families.compute_dtype(config)
 
 
 def check_config(config):

@@ -16,6 +16,7 @@ The batch's 'label' is used in training and evaluation; sample / decode take
 import jax
 import jax.numpy as jnp
 
+from vaegan_jax import families
 from vaegan_jax import input_pipeline
 from vaegan_jax import objectives
 from vaegan_jax import state as state_lib
@@ -23,13 +24,14 @@ from vaegan_jax.families import conditional
 from vaegan_jax.models import vae as vae_models
 
 CONSOLE_METRICS = ("loss", "elbo", "recon", "kl")
+LIKELIHOODS = ('bernoulli', 'gaussian')  # config.vae.likelihood; see log_likelihood.
 
 # Purposes for step keys (state_lib.step_key).
 _Z = 0
 
 
 def compute_dtype(config):
-  return jnp.dtype(config.train.get('compute_dtype', 'float32'))
+  return families.compute_dtype(config)
 
 
 def models(config):

@@ -52,6 +52,7 @@ vaegan.py). Reconstructions, prior samples and real images all carry y.
 import jax
 import jax.numpy as jnp
 
+from vaegan_jax import families
 from vaegan_jax import input_pipeline
 from vaegan_jax import objectives
 from vaegan_jax import state as state_lib
@@ -92,7 +93,7 @@ def check_config(config):
 
 
 def compute_dtype(config):
-  return jnp.dtype(config.train.get('compute_dtype', 'float32'))
+  return families.compute_dtype(config)
 
 
 def models(config):
