@@ -10,6 +10,7 @@ import glob
 import importlib.util
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -42,14 +43,17 @@ def _config_files():
 def _variants(path):
   """(name, config) for the default and every variant a config file accepts.
 
-  Variant names are tried from the dataset registry and the usual ones; a
-  config file refuses an unknown one with ValueError.
+  Variant names are tried from the dataset registry, the usual ones and every
+  quoted word in the file (so `arg == 'conditional'` or a dict of literature
+  variants is found); a config file refuses an unknown one with ValueError.
   """
   spec = importlib.util.spec_from_file_location(f'cfg_{abs(hash(path))}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   out = [(f'{os.path.relpath(path, ROOT)}', module.get_config())]
-  for arg in ('smoke', 'tiny', *getattr(input_pipeline, 'DATASETS', {})):
+  words = re.findall(r"'(\w+)'", open(path).read())
+  candidates = dict.fromkeys(('smoke', 'tiny', *getattr(input_pipeline, 'DATASETS', {}), *words))
+  for arg in candidates:
     try:
       out.append((f'{os.path.relpath(path, ROOT)}:{arg}', module.get_config(arg)))
     except ValueError:

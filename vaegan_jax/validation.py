@@ -242,6 +242,11 @@ def _conv_impls():
   return layers.IMPLS
 
 
+def _gan_archs():
+  from vaegan_jax.families import gan  # pylint: disable=g-import-not-at-top
+  return gan.ARCHS
+
+
 def _best_modes():
   from vaegan_jax import checkpoint  # pylint: disable=g-import-not-at-top
   return checkpoint.BEST_MODES
@@ -274,6 +279,10 @@ RULES = {
     'model.enc_hidden': POSITIVE,
     'model.dis_width': POSITIVE,
     'model.dis_kernel': POSITIVE,
+    'model.arch': OneOf(_gan_archs),      # GAN networks (families/gan.py ARCHS).
+    'model.g_conv_dim': POSITIVE,         # arch='resnet' widths.
+    'model.d_conv_dim': POSITIVE,
+    'model.conditional': Bool(),          # Needs a labelled dataset (cross rule below).
     # data
     'data.name': Dataset(),
     'data.data_dir': Str(),
@@ -305,6 +314,7 @@ RULES = {
     'gan.gp_weight': NONNEG,
     'gan.r1_gamma': NONNEG,
     'gan.ema_decay': PROBABILITY,
+    'gan.aux_weight': NONNEG,             # ACGAN class loss; > 0 needs model.conditional.
     # vaegan
     'vaegan.gamma': NONNEG,
     'vaegan.feature_std': RATE,
@@ -319,6 +329,7 @@ RULES = {
     'optim.*.warmup_steps': COUNT,
     'optim.*.decay_steps': COUNT,         # 0 = constant learning rate.
     'optim.*.grad_clip': NONNEG,          # 0 = off.
+    'optim.*.l2': NONNEG,                 # Coupled L2 weight decay; 0 = off.
 }
 
 
@@ -416,9 +427,26 @@ def _best_mode_with_metric(config, flat):
     raise ConfigError('eval.best_mode', None, 'is missing', "'min' or 'max'")
 
 
+def _aux_needs_conditional(config, flat):
+  del config
+  if flat.get('gan.aux_weight', 0) > 0 and not flat.get('model.conditional'):
+    raise ConfigError('gan.aux_weight', flat['gan.aux_weight'],
+                      'needs model.conditional=True (the ACGAN class loss)',
+                      '0 for an unconditional GAN')
+
+
+def _conditional_arch(config, flat):
+  del config
+  if flat.get('model.conditional') and flat.get('model.arch', 'tutorial') != 'tutorial':
+    raise ConfigError('model.arch', flat['model.arch'], 'has no class-conditional version',
+                      "'tutorial' with model.conditional=True")
+
+
 CROSS_RULES = [
     _image_size_fits_architecture,
     _conditional_needs_labels,
+    _aux_needs_conditional,
+    _conditional_arch,
     _warmup_within_decay,
     _best_mode_with_metric,
 ]
