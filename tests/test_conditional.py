@@ -237,9 +237,12 @@ def test_dataset_without_labels_is_one_error():
        '--config.data.name=celeb_a', '--workdir=/nonexistent/never_created'],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   errors = [l for l in proc.stderr.splitlines() if l.startswith('error:')]
-  assert proc.returncode == 1 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
-  assert errors == ['error: config.model.conditional=True needs class labels and celeb_a '
-                    'has none; set model.conditional=False or pick a labelled dataset.']
+  # Refused by the config validation, before any work: bad usage, exit 2.
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  assert errors == ["error: config.model.conditional=True needs class labels and dataset "
+                    "'celeb_a' has none; allowed: False for this dataset, or a labelled "
+                    "dataset (config file configs/vae.py:conditional)."]
+  assert not os.path.exists('/nonexistent/never_created')
 
 
 # ---------------------------------------------------------------------------
