@@ -3,10 +3,12 @@ import time
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
+from mock_data import mock_tfds
 from vaegan_jax import input_pipeline
 from vaegan_jax import sharding
+from vaegan_jax.data import pipeline
+from vaegan_jax.data import sources
 from vaegan_jax.datasets import mnist5k
 from vaegan_jax.errors import UserError
 
@@ -64,10 +66,13 @@ def test_eval_batches_cover_the_split_once_with_a_mask():
   np.testing.assert_array_equal(np.asarray(batches[-1][0]['mask']), [1, 1, 0, 0])
 
 
-def test_mock_three_channel_dataset_loads():
-  with tfds.testing.mock_data(num_examples=20):
+def test_mock_three_channel_datasets_load_at_their_spec_shape():
+  with mock_tfds(num_examples=20):
     x, y = input_pipeline.load_split('cifar10', 'train')
-  assert x.shape == (20, 32, 32, 3) and y.shape == (20,)
+    faces, no_labels = input_pipeline.load_split('celeb_a', 'test', max_examples=3)
+  assert x.shape == (20, 32, 32, 3) and y.shape == (20,) and y.dtype == np.int32
+  assert faces.shape == (3, 64, 64, 3)  # 218x178 centre-cropped and resized.
+  np.testing.assert_array_equal(no_labels, [-1, -1, -1])
 
 
 def test_unknown_dataset_lists_known_ones():
@@ -76,7 +81,7 @@ def test_unknown_dataset_lists_known_ones():
 
 
 def test_offline_unprepared_dataset_fails_fast(tmp_path, monkeypatch):
-  monkeypatch.setattr(input_pipeline, '_download_host_reachable', lambda *a: False)
+  monkeypatch.setattr(sources, '_download_host_reachable', lambda *a: False)
   t = time.time()
   with pytest.raises(UserError, match="not prepared.*tfds build fashion_mnist"):
     input_pipeline.load_split('fashion_mnist', 'train', str(tmp_path))
@@ -85,7 +90,7 @@ def test_offline_unprepared_dataset_fails_fast(tmp_path, monkeypatch):
 
 def test_download_probe_answers_within_its_timeout():
   t = time.time()
-  input_pipeline._download_host_reachable(timeout_s=1.0)  # pylint: disable=protected-access
+  sources._download_host_reachable(timeout_s=1.0)  # pylint: disable=protected-access
   assert time.time() - t < 3
 
 

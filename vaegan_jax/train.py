@@ -11,7 +11,6 @@ import os
 import time
 
 from absl import logging
-from clu import metric_writers
 import jax
 import numpy as np
 
@@ -21,6 +20,7 @@ from vaegan_jax import images as images_lib
 from vaegan_jax import input_pipeline
 from vaegan_jax import run_config
 from vaegan_jax import sharding
+from vaegan_jax import summaries
 from vaegan_jax.metrics import generative
 from vaegan_jax.errors import UserError
 
@@ -37,12 +37,11 @@ def _is_main():
 
 
 class MetricsLog:
-  """metrics.jsonl (one JSON object per logged step) plus CLU writers."""
+  """metrics.jsonl (one JSON object per logged step) plus TensorBoard scalars."""
 
   def __init__(self, workdir):
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self.writer = metric_writers.create_default_writer(
-        workdir, just_logging=not _is_main(), asynchronous=False)
+    self.writer = summaries.ScalarWriter(workdir if _is_main() else None)
 
   def write(self, step: int, scalars: dict):
     scalars = {k: float(v) for k, v in scalars.items()}
@@ -111,7 +110,7 @@ def train_and_evaluate(config, workdir: str):
   """
   # ----------------------------------------------------------------- setup
   family = families.get(config.model.family)
-  input_pipeline.get_spec(config.data.name)
+  input_pipeline.image_shape(config)  # Unknown name, bad folder: one line, now.
   sharding.check_batch_size(config.train.batch_size)
   os.makedirs(workdir, exist_ok=True)
   run_config.check_and_save(config, workdir)
