@@ -1,13 +1,19 @@
-"""Folder datasets: discovery, labels, split, decoding, bad files, bad paths."""
+"""Folder datasets: discovery, labels, split, decoding, bad files, bad paths,
+and a training run on one."""
 
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
 import pytest
 
+from conftest import ROOT, load_config
 from vaegan_jax import input_pipeline
 from vaegan_jax import sharding
+from vaegan_jax import train
 from vaegan_jax.data import sources
 from vaegan_jax.errors import UserError
 
@@ -139,3 +145,34 @@ def test_folder_training_batches_are_deterministic_and_resumable(folder):
   np.testing.assert_array_equal(run(0, 6), full)
   np.testing.assert_array_equal(run(2, 4), full[2:])
   assert full.shape == (6, 4, 16, 16, 3) and full.max() <= 1.0
+
+
+def test_gan_trains_on_a_folder_at_image_size_32(tmp_path, capsys):
+  sources.scan_folder.cache_clear()
+  root = make_folder(tmp_path / 'pics')
+  config = load_config('gan', 'smoke')
+  config.data.name = f'folder:{root}'
+  config.data.image_size = 32
+  config.train.batch_size = 4
+  config.train.num_steps = 2
+  config.train.log_every_steps = 1
+  state = train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert int(state.step) == 2
+  assert state.params['discriminator']['Conv_0']['kernel'].shape[2] == 3
+  rows = [json.loads(l) for l in open(tmp_path / 'run' / 'metrics.jsonl')]
+  assert [r['step'] for r in rows if 'd_loss' in r] == [1, 2]
+  assert 'no generative metrics for folder:' in capsys.readouterr().out
+
+
+def test_cli_missing_folder_is_one_line_before_anything_starts(tmp_path):
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, '-m', 'vaegan_jax.main', '--config=configs/gan.py:smoke',
+       f'--workdir={workdir}', f'--config.data.name=folder:{tmp_path}/missing'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert result.returncode == 1
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert errors == [f'error: folder:{tmp_path}/missing: no such folder '
+                    f'({tmp_path}/missing).'], result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr and not workdir.exists()

@@ -126,7 +126,8 @@ def run(workdir: str, num_samples: int = 10000, step: str | int | None = None,
        f'with {num_samples} samples.')
   name = config.data.name
   data_dir = data_dir or config.data.get('data_dir') or None
-  test_images, _ = input_pipeline.load_split(name, 'test', data_dir)
+  test_images, _ = input_pipeline.load_split(name, 'test', data_dir,
+                                             image_size=config.data.get('image_size'))
   evaluator = generative.Evaluator(config, family, test_images, mesh,
                                    iwae_k=None if iwae_k < 0 else iwae_k)
   metrics = evaluator(state, num_samples)

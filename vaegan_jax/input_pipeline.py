@@ -14,6 +14,7 @@ from vaegan_jax.data.sources import DEFAULT_EMBEDDED_DATA_DIR
 from vaegan_jax.data.sources import DatasetSpec
 from vaegan_jax.data.sources import EMBEDDED
 from vaegan_jax.data.sources import get_spec
+from vaegan_jax.data.sources import is_folder
 from vaegan_jax.data.sources import open_source
 from vaegan_jax.data.sources import resolve_data_dir
 from vaegan_jax.data.pipeline import Data
