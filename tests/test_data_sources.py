@@ -12,6 +12,7 @@ import pytest
 
 from conftest import ROOT, load_config
 from vaegan_jax import input_pipeline
+from vaegan_jax import run_config
 from vaegan_jax import sharding
 from vaegan_jax import train
 from vaegan_jax.data import sources
@@ -176,3 +177,13 @@ def test_cli_missing_folder_is_one_line_before_anything_starts(tmp_path):
   assert errors == [f'error: folder:{tmp_path}/missing: no such folder '
                     f'({tmp_path}/missing).'], result.stderr[-2000:]
   assert 'Traceback' not in result.stderr and not workdir.exists()
+
+
+def test_image_size_is_frozen_for_folders_only():
+  old = {'seed': 0, 'data': {'name': 'mnist5k', 'data_dir': ''}}  # Before the key existed.
+  assert run_config.drift(old, {'seed': 0, 'data': {'name': 'mnist5k', 'data_dir': '',
+                                                   'image_size': 64}}) == []
+  folder = {'seed': 0, 'data': {'name': 'folder:/x', 'image_size': 64}}
+  assert run_config.drift(folder, {'seed': 0, 'data': {'name': 'folder:/x',
+                                                      'image_size': 32}}) == [
+                                                          'data.image_size: 64 -> 32']
