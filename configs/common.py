@@ -12,7 +12,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.model.conv_impl = 'auto'  # 'auto' (fast on CPU) | 'xla' | 'fast'.
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = 'mnist5k'     # mnist5k (embedded) | mnist | fashion_mnist | cifar10 | svhn_cropped | celeb_a.
+  config.data.name = 'mnist5k'     # mnist5k (embedded) | mnist | fashion_mnist | cifar10 | svhn_cropped | celeb_a | folder:PATH (PNG/JPEG/WebP, recursive).
+  config.data.image_size = 64      # folder:PATH only: side of the centre-cropped square images (32 | 64 | 128); TFDS sets keep their own size.
   config.data.data_dir = ''        # '' = ~/.cache/vaegan_jax/tensorflow_datasets for mnist5k, TFDS's default otherwise.
 
   config.train = ml_collections.ConfigDict()

@@ -16,7 +16,10 @@ import os, sys, time
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL','3')
 import numpy as np, jax, jax.numpy as jnp
 from jax import lax
-import tensorflow as tf
+try:
+  import tensorflow as tf
+except ImportError:
+  sys.exit('conv_primitives.py compares with TensorFlow: pip install -r requirements-tf.txt')
 B = int(os.environ.get('B', 256))
 DN = ('NHWC','HWIO','NHWC')
 def conv(x, k, s=1, pad='SAME', lhs_dil=(1,1)):

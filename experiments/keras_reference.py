@@ -24,12 +24,24 @@ import os
 os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
-from keras import layers  # pylint: disable=g-import-not-at-top,wrong-import-position
-import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
-
 from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TF_MISSING = ('The Keras reference needs TensorFlow: pip install -r requirements-tf.txt '
+              '(or pass --reference=none).')
+keras = layers = tf = None  # Imported by `import_tf()`: TensorFlow is optional.
+
+
+def import_tf():
+  """Imports keras and TensorFlow into this module; UserError if missing."""
+  global keras, layers, tf  # pylint: disable=global-statement
+  if tf is None:
+    try:
+      import keras as keras_  # pylint: disable=g-import-not-at-top
+      import tensorflow as tf_  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise UserError(TF_MISSING) from None
+    keras, layers, tf = keras_, keras_.layers, tf_
 
 
 def _scale(width, mult):
@@ -192,6 +204,7 @@ def build_vae(config, jit_compile: bool):
 
 def build(config, jit_compile: bool = False):
   """The Keras step for `config`'s workload (GAN -> dcgan28, VAE -> convvae28)."""
+  import_tf()
   tf.config.set_visible_devices([], 'GPU')
   if config.model.family == 'gan':
     return build_gan(config, jit_compile)

@@ -7,7 +7,7 @@
 Builds the step exactly as vaegan_jax/train.py does (family.init_state,
 jax.jit(partial(family.train_step, config), donate_argnums=0) with the same
 shardings) and feeds it from the real input pipeline
-(input_pipeline.TrainIterator over config.data.name). Every framework gets its
+(input_pipeline.TrainIterator streaming config.data.name's train source). Every framework gets its
 own iterator over the same batches. After `--warmup` steps, the frameworks run
 `--steps` steps each, interleaved in `--rounds` rounds, so that load from
 other processes on a shared machine hits all of them alike. Each step is timed
@@ -65,8 +65,9 @@ def define_flags():
       'config', None, 'A config file, e.g. configs/bench/dcgan28.py.', lock_config=False)
   flags.DEFINE_integer('batch', 256, 'Global batch size (overrides config.train.batch_size).')
   flags.DEFINE_enum('reference', 'keras', ['keras', 'torch', 'all', 'none'],
-                    'Frameworks to time beside the project: keras, torch (if '
-                    'importable), all (both) or none.')
+                    'Frameworks to time beside the project: keras (needs '
+                    'requirements-tf.txt), torch (if importable), all (those '
+                    'importable) or none.')
   flags.DEFINE_bool('keras_xla', True, 'Also time Keras with tf.function(jit_compile=True).')
   flags.DEFINE_bool('torch_compile', True, 'Also time torch.compile (with --reference=torch).')
   flags.DEFINE_list('jax_impls', [], 'conv_impl values to time for the project, e.g. '
@@ -267,11 +268,22 @@ def measure(config, reference='keras', jax_impls=(), steps=30, warmup=3, rounds=
   input_pipeline.get_spec(config.data.name)
   sharding.check_batch_size(config.train.batch_size)
   load_start = os.getloadavg()[0]
-  images, labels = input_pipeline.load_split(config.data.name, 'train',
-                                             config.data.data_dir)
+  # Streamed from the random-access source, as training reads it (labels=None).
+  images, labels = input_pipeline.open_source(
+      config.data.name, 'train', config.data.data_dir or None,
+      config.data.get('image_size')), None
 
   makers = [functools.partial(JaxRunner, config, images, labels, impl or None)
             for impl in (jax_impls or [''])]
+  if reference in ('keras', 'all'):
+    import keras_reference  # pylint: disable=g-import-not-at-top
+    try:
+      keras_reference.import_tf()
+    except UserError:
+      if reference == 'keras':
+        raise
+      log(keras_reference.TF_MISSING.replace('needs', 'is skipped: it needs'))
+      reference = 'torch'
   if reference in ('keras', 'all'):
     makers.append(functools.partial(KerasRunner, config, images, labels, False))
     if keras_xla:

@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import tensorflow_datasets as tfds
 
 from conftest import load_config
+from mock_data import mock_tfds
 from vaegan_jax import checkpoint
 from vaegan_jax import objectives
 from vaegan_jax import sharding
@@ -310,7 +310,7 @@ def test_smoke_run_on_mock_data(tmp_path, name, size, spectral_norm):
   if 'eval' in config:
     config.eval.generative_metrics = False  # Tested with the metrics; this is the family.
   workdir = str(tmp_path / name)
-  with tfds.testing.mock_data(num_examples=8):
+  with mock_tfds(num_examples=8):
     state = train.train_and_evaluate(config, workdir)
   assert int(state.step) == 2
   assert os.listdir(os.path.join(workdir, 'samples')) == ['step_0000002.png']

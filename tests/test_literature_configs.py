@@ -4,7 +4,7 @@ Parameter counts equal those of the source implementations, derived by hand
 from the source files (PyTorch counts BatchNorm weight + bias as parameters,
 running statistics and spectral-norm vectors as buffers; flax the same:
 'params' against 'batch_stats'). Each config builds, initialises and trains
-2 steps on tfds.testing.mock_data of its dataset's exact shapes, at its real
+2 steps on mock TFDS data (tests/mock_data.py) of its dataset's exact shapes, at its real
 widths and a tiny batch.
 """
 
@@ -14,9 +14,8 @@ import os
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
-
 from conftest import load_config
+from mock_data import mock_tfds
 from vaegan_jax import families
 from vaegan_jax import train
 
@@ -113,7 +112,7 @@ def test_two_steps_on_mock_data(tmp_path, name, arg, batch):
   if 'train_iwae_k' in config.eval:
     config.eval.train_iwae_k = 0
   workdir = str(tmp_path / arg)
-  with tfds.testing.mock_data(num_examples=batch * 2):
+  with mock_tfds(num_examples=batch * 2):
     state = train.train_and_evaluate(config, workdir)
   assert int(state.step) == 2
   family = families.get(config.model.family)

@@ -59,15 +59,35 @@ def test_cli_prints_json_lines(data_dir):
   assert 'img/s' in proc.stderr
 
 
-def test_gan_beside_keras(data_dir):
-  config = _config('dcgan28', 'tiny')
+# The Keras path exists only where requirements-tf.txt is installed, so this
+# test is defined only there (not skipped elsewhere: absent). Without
+# TensorFlow, tests/test_no_tensorflow.py checks the one-line message instead.
+if importlib.util.find_spec('tensorflow') is not None:
+
+  def test_gan_beside_keras(data_dir):
+    config = _config('dcgan28', 'tiny')
+    config.data.data_dir = data_dir
+    results = throughput.measure(config, reference='keras', jax_impls=['xla'], steps=2,
+                                 warmup=1, rounds=2, keras_xla=False, log=lambda _: None)
+    assert [r['framework'] for r in results] == ['vaegan_jax[conv_impl=xla]', 'keras']
+    for r in results:
+      _check_line(r)
+    assert 'vs keras' in throughput.summary(results)
+
+
+def test_reference_all_without_tensorflow_times_the_others(data_dir, monkeypatch):
+  def missing():
+    raise UserError(keras_reference.TF_MISSING)
+  monkeypatch.setattr(keras_reference, 'import_tf', missing)
+  config = _config('convvae28', 'tiny')
   config.data.data_dir = data_dir
-  results = throughput.measure(config, reference='keras', jax_impls=['xla'], steps=2,
-                               warmup=1, rounds=2, keras_xla=False, log=lambda _: None)
-  assert [r['framework'] for r in results] == ['vaegan_jax[conv_impl=xla]', 'keras']
-  for r in results:
-    _check_line(r)
-  assert 'vs keras' in throughput.summary(results)
+  messages = []
+  results = throughput.measure(config, reference='all', jax_impls=['xla'], steps=1,
+                               warmup=0, rounds=1, torch_compile=False, log=messages.append)
+  assert 'keras' not in [r['framework'] for r in results]
+  assert any('requirements-tf.txt' in m for m in messages)
+  with pytest.raises(UserError, match='requirements-tf.txt'):
+    throughput.measure(config, reference='keras', steps=1, warmup=0, rounds=1)
 
 
 def test_bad_flag_is_one_line(data_dir):

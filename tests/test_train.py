@@ -9,9 +9,9 @@ import sys
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from conftest import ROOT, load_config
+from mock_data import mock_tfds
 from vaegan_jax import checkpoint
 from vaegan_jax import families
 from vaegan_jax import run_config
@@ -88,7 +88,7 @@ def test_three_channel_smoke_run_on_mock_data(tmp_path):
   config.data.name = 'cifar10'
   config.train.num_steps = 4
   config.train.batch_size = 8
-  with tfds.testing.mock_data(num_examples=24):
+  with mock_tfds(num_examples=24):
     state = train.train_and_evaluate(config, str(tmp_path))
   assert state.params['decoder']['Conv_0']['kernel'].shape[-1] == 3
   rows = read_jsonl(str(tmp_path / 'metrics.jsonl'))

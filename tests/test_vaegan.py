@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from conftest import load_config
+from mock_data import mock_tfds
 from vaegan_jax import state as state_lib
 from vaegan_jax import train
 from vaegan_jax.errors import UserError
@@ -217,7 +217,7 @@ def test_smoke_run_on_mock_data(tmp_path, name, channels):
   config.train.eval_every_steps = 4
   config.train.checkpoint_every_steps = 4
   config.eval.generative_metrics = False
-  with tfds.testing.mock_data(num_examples=16):
+  with mock_tfds(num_examples=16):
     state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 4
   assert state.params['encoder']['Conv_0']['kernel'].shape[2] == channels

@@ -156,11 +156,13 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
        f'with {num_samples} samples.')
   name = config.data.name
   data_dir = data_dir or config.data.get('data_dir') or None
-  test_images, test_labels = input_pipeline.load_split(name, 'test', data_dir)
+  test_images, test_labels = input_pipeline.load_split(
+      name, 'test', data_dir, image_size=config.data.get('image_size'))
   incep_ref = None
   if incep is not None:
     incep_ref = inception.reference_features(
-        incep, name, reference, lambda: input_pipeline.load_split(name, reference, data_dir)[0],
+        incep, name, reference, lambda: input_pipeline.load_split(
+            name, reference, data_dir, image_size=config.data.get('image_size'))[0],
         num_reference or None, echo=echo)
   evaluator = generative.Evaluator(
       config, family, test_images, mesh, iwae_k=None if iwae_k < 0 else iwae_k,

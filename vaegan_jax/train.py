@@ -11,7 +11,6 @@ import os
 import time
 
 from absl import logging
-from clu import metric_writers
 import jax
 import numpy as np
 
@@ -23,6 +22,7 @@ from vaegan_jax import run_config
 from vaegan_jax import sharding
 from vaegan_jax import validation
 from vaegan_jax.families import conditional
+from vaegan_jax import summaries
 from vaegan_jax.metrics import generative
 from vaegan_jax.errors import UserError
 
@@ -44,12 +44,11 @@ def _is_main():
 
 
 class MetricsLog:
-  """metrics.jsonl (one JSON object per logged step) plus CLU writers."""
+  """metrics.jsonl (one JSON object per logged step) plus TensorBoard scalars."""
 
   def __init__(self, workdir):
     self.path = os.path.join(workdir, 'metrics.jsonl')
-    self.writer = metric_writers.create_default_writer(
-        workdir, just_logging=not _is_main(), asynchronous=False)
+    self.writer = summaries.ScalarWriter(workdir if _is_main() else None)
 
   def write(self, step: int, scalars: dict):
     scalars = {k: float(v) for k, v in scalars.items()}

@@ -368,10 +368,18 @@ def cache_path(dataset: str, cache_dir: str | None = None) -> str:
   return os.path.join(cache_dir or DEFAULT_CACHE_DIR, f'{dataset}.msgpack')
 
 
+def _check_dataset(dataset: str):
+  """UserError for unknown datasets and for folder:PATH (no feature net yet)."""
+  if input_pipeline.is_folder(dataset):
+    raise UserError(f'No feature network (FID, KID, precision/recall) for {dataset}: '
+                    'they exist only for the TFDS datasets so far.')
+  input_pipeline.get_spec(dataset)
+
+
 def find(dataset: str, cache_dir: str | None = None,
          weights_dir: str = WEIGHTS_DIR) -> FeatureNetwork | None:
   """The shipped or cached (checksum-verified) network of `dataset`, or None."""
-  input_pipeline.get_spec(dataset)
+  _check_dataset(dataset)
   for path in (shipped_path(dataset, weights_dir), cache_path(dataset, cache_dir)):
     if os.path.exists(path):
       return load(path)

@@ -372,6 +372,10 @@ def training_evaluator(config, family, test_images, mesh, test_labels=None):
   eval_cfg = config.get('eval', {}) or {}
   if not eval_cfg or not eval_cfg.get('generative_metrics', True):
     return None
+  if input_pipeline.is_folder(config.data.name):
+    print(f'note: no generative metrics for {config.data.name}: feature networks '
+          'exist only for the TFDS datasets so far.', flush=True)
+    return None
   if not input_pipeline.get_spec(config.data.name).num_classes:
     print(f'note: no generative metrics for {config.data.name}: it has no class labels '
           "to train the project's feature network on.", flush=True)

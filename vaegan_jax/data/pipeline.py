@@ -1,0 +1,266 @@
+"""Random-access source -> grain -> per-process host batches -> global `jax.Array`s.
+
+The training order is a pure function of `(seed, step)`: epoch `e` visits the
+examples in the permutation drawn from `np.random.default_rng([seed, e])`, and
+the global batch of step `s` holds positions `[s*B, (s+1)*B)` of that endless
+sequence (`global_batch_indices`). So a run resumed at step `s` sees exactly
+the batches an uninterrupted run would, whatever the number of devices or
+processes: each process takes its contiguous slice of the global batch
+(`process_slice`), and `jax.make_array_from_process_local_data` assembles the
+global array.
+
+The training stream is a grain `MapDataset` over step numbers whose element
+`s` is this process's part of batch `s`: `read_batch` gathers and decodes its
+rows from the source in grain's reader threads, a few batches ahead (bounded
+memory: `prefetch` batches, whatever the dataset size). An exception raised
+there is re-raised by `TrainIterator.__next__`.
+
+Images reach the models as float32 in [0, 1], shape (B, H, W, C); labels are
+int32 (B,), -1 where the dataset has none.
+"""
+
+import functools
+import os
+from typing import Iterator
+
+import grain
+import jax
+import numpy as np
+
+from vaegan_jax.data import sources
+from vaegan_jax.errors import UserError
+from vaegan_jax.errors import WorkerError
+
+_MAX_STEPS = 2**62  # The endless stream's nominal length.
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+  """uint8 images -> float32 in [0, 1]."""
+  return images.astype(np.float32) / np.float32(255.0)
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The visiting order of `epoch`: int64 (num_examples,), cached (an epoch
+  spans many steps, and drawing it is O(num_examples))."""
+  perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  perm.flags.writeable = False
+  return perm
+
+
+def global_batch_indices(num_examples: int, batch_size: int, seed: int,
+                         step: int) -> np.ndarray:
+  """Dataset indices of the global batch of `step`: a pure function.
+
+  Returns:
+    int64 array (batch_size,).
+  """
+  start = step * batch_size
+  positions = np.arange(start, start + batch_size)
+  epochs = positions // num_examples
+  out = np.empty(batch_size, dtype=np.int64)
+  for epoch in np.unique(epochs):
+    perm = epoch_permutation(int(num_examples), int(seed), int(epoch))
+    mask = epochs == epoch
+    out[mask] = perm[positions[mask] % num_examples]
+  return out
+
+
+def process_slice(batch_size: int) -> slice:
+  """This process's rows of a global batch."""
+  per_process = batch_size // jax.process_count()
+  start = jax.process_index() * per_process
+  return slice(start, start + per_process)
+
+
+def make_global_batch(local_batch: dict, sharding) -> dict:
+  """Per-process numpy arrays -> global `jax.Array`s sharded by `sharding`."""
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+def read_batch(source, indices: np.ndarray) -> dict:
+  """The per-batch transform: rows `indices` of `source`, decoded.
+
+  Runs in grain's reader threads; tests patch it to inject failures.
+
+  Returns:
+    {'image': float32 (n, H, W, C) in [0, 1], 'label': int32 (n,)}.
+  """
+  images, labels = source.read(indices)
+  return {'image': to_float(images), 'label': np.asarray(labels, np.int32)}
+
+
+def as_source(images_or_source, labels=None):
+  """A source from (uint8 images, labels) arrays, or the source itself."""
+  if hasattr(images_or_source, 'read'):
+    return images_or_source
+  return sources.ArraySource(images_or_source, labels)
+
+
+class _StepBatch:
+  """grain map: step -> this process's rows of that step's global batch."""
+
+  def __init__(self, source, batch_size, seed, rows):
+    self.source, self.batch_size, self.seed, self.rows = source, batch_size, seed, rows
+
+  def __call__(self, step):
+    idx = global_batch_indices(len(self.source), self.batch_size, self.seed,
+                               int(step))[self.rows]
+    return read_batch(self.source, idx)
+
+
+def default_num_threads() -> int:
+  return max(1, min(4, os.cpu_count() or 1))
+
+
+class TrainIterator:
+  """Endless training batches, resumable at any step, read ahead by grain.
+
+  `TrainIterator(images, labels, batch_size, seed, sharding, start_step)` with
+  in-memory arrays, or `TrainIterator(source, None, ...)` with any source of
+  `vaegan_jax.data.sources`. Yields dicts {'image': float32 (B, H, W, C) in
+  [0, 1], 'label': int32 (B,)} of global arrays sharded by `sharding`, B the
+  global batch size.
+  """
+
+  def __init__(self, images, labels, batch_size: int, seed: int, sharding,
+               start_step: int = 0, prefetch: int = 2, num_threads: int | None = None):
+    self.source = as_source(images, labels)
+    if len(self.source) < 1:
+      raise UserError('The training split is empty.')
+    self.batch_size, self.seed, self.sharding = batch_size, seed, sharding
+    self.step = start_step
+    self._rows = process_slice(batch_size)
+    self._fn = _StepBatch(self.source, batch_size, seed, self._rows)
+    threads = default_num_threads() if num_threads is None else num_threads
+    # Each element is a whole batch: the buffer bounds host memory.
+    options = grain.ReadOptions(num_threads=max(1, min(threads, prefetch)),
+                                prefetch_buffer_size=max(1, prefetch))
+    # grain's reader threads call `host_batch` (a subclass or a test may
+    # replace it; an exception there surfaces in `__next__`).
+    dataset = grain.MapDataset.range(start_step, _MAX_STEPS).map(self.host_batch)
+    self._it = iter(dataset.to_iter_dataset(options))
+
+  def host_batch(self, step: int) -> dict:
+    """This process's part of the batch of `step`, as numpy arrays."""
+    return self._fn(step)
+
+  def __iter__(self) -> Iterator[dict]:
+    return self
+
+  def __next__(self) -> dict:
+    try:
+      batch = next(self._it)
+    except UserError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise WorkerError(f'The input pipeline thread failed at step {self.step}: '
+                        f'{type(e).__name__}: {e}') from e
+    self.step += 1
+    return make_global_batch(batch, self.sharding)
+
+  def close(self):
+    close = getattr(self._it, 'close', None)
+    if close is not None:
+      close()
+
+
+def eval_batches(images, labels, batch_size: int, sharding):
+  """The whole split in order, in global batches; the last one zero-padded.
+
+  Yields:
+    (batch, num_valid): batch as in `TrainIterator`, plus 'mask' float32 (B,)
+    that is 1 for real rows and 0 for padding; num_valid the real row count.
+  """
+  rows = process_slice(batch_size)
+  for start in range(0, len(images), batch_size):
+    idx = np.arange(start, start + batch_size)
+    valid = idx < len(images)
+    idx = np.where(valid, idx, 0)[rows]
+    batch = {'image': to_float(images[idx]), 'label': labels[idx],
+             'mask': valid[rows].astype(np.float32)}
+    yield make_global_batch(batch, sharding), int(valid.sum())
+
+
+def read_all(source, max_examples: int | None = None, chunk: int = 1024):
+  """The first `max_examples` (all by default) examples of a source, in order.
+
+  Returns:
+    images: uint8 (N, H, W, C); labels: int32 (N,).
+  """
+  n = len(source) if not max_examples else min(len(source), max_examples)
+  if n == 0:
+    return (np.zeros((0, *source.spec.image_shape), np.uint8), np.zeros(0, np.int32))
+  parts = [source.read(np.arange(s, min(s + chunk, n))) for s in range(0, n, chunk)]
+  return (np.concatenate([p[0] for p in parts]).astype(np.uint8),
+          np.concatenate([p[1] for p in parts]).astype(np.int32))
+
+
+def config_image_size(config):
+  return (config.data.get('image_size') if hasattr(config.data, 'get') else None) or None
+
+
+def image_shape(config) -> tuple:
+  """(H, W, C) of the images of `config.data.name`; reads no pixels."""
+  return sources.get_spec(config.data.name, config_image_size(config)).image_shape
+
+
+def load_split(name: str, split: str, data_dir: str | None = None,
+               max_examples: int | None = None, image_size: int | None = None):
+  """Reads a (small) split into host memory.
+
+  Args:
+    name: a dataset name from `DATASETS`, or 'folder:PATH'.
+    split: 'train' or 'test', or any TFDS split string.
+    data_dir: where TFDS keeps prepared data; see `resolve_data_dir`.
+    max_examples: read at most this many examples (in file order).
+    image_size: folder datasets only (default 64).
+
+  Returns:
+    images: uint8 array (N, H, W, C).
+    labels: int32 array (N,), -1 where the dataset has no class labels.
+  """
+  source = sources.open_source(name, split, data_dir, image_size)
+  images, labels = read_all(source, max_examples)
+  if not len(images):
+    raise UserError(f'Split {split!r} of dataset {name!r} is empty.')
+  return images, labels
+
+
+class Data:
+  """One dataset: the train split streamed, the test split in memory."""
+
+  def __init__(self, config, max_test_examples: int | None = None):
+    size = config_image_size(config)
+    self.config = config
+    self.spec = sources.get_spec(config.data.name, size)
+    self.train_source = sources.open_source(config.data.name, 'train',
+                                            config.data.data_dir or None, size)
+    self.test_images, self.test_labels = load_split(
+        config.data.name, 'test', config.data.data_dir or None, max_test_examples, size)
+    self._train = None
+
+  def _train_arrays(self):
+    if self._train is None:
+      self._train = read_all(self.train_source)
+    return self._train
+
+  @property
+  def train_images(self):
+    """The whole train split in memory (small datasets only, e.g. vmap_seeds)."""
+    return self._train_arrays()[0]
+
+  @property
+  def train_labels(self):
+    return self._train_arrays()[1]
+
+  def train_iterator(self, sharding, start_step: int) -> TrainIterator:
+    return TrainIterator(self.train_source, None, self.config.train.batch_size,
+                         self.config.seed, sharding, start_step)
+
+
+def create(config, mesh=None, max_test_examples: int | None = None) -> Data:
+  """The data of `config` (DESIGN.md's `input_pipeline.create`)."""
+  del mesh  # Batches are sharded by the caller's sharding.
+  return Data(config, max_test_examples)
