@@ -29,8 +29,8 @@ difference):
 `configs/gan.py:conditional`: class-conditional DCGAN (label embedding at G's
 input, projection discriminator; `--config.gan.aux_weight=1.0` adds the ACGAN
 loss). Measured, a shortened run only (`--config.train.num_steps=400`, one
-evaluation at the end, 1000 samples) on the 2 cores shared with four other
-developers' jobs (load average 5-10): 5 min 51 s; FID 10.5, cond_accuracy
+evaluation at the end, 1000 samples) on a heavily loaded 2-core CPU
+(load average 5-10): 5 min 51 s; FID 10.5, cond_accuracy
 0.71 (chance 0.10), intra_fid 21.6. The default 3000 steps were not measured.
 """
 

@@ -16,8 +16,8 @@ Variants: `configs/vae.py:smoke` (a few seconds), `:cifar10`, `:celeb_a`
 the sources and every difference; README "Reproducing published results").
 
 `configs/vae.py:conditional`: the CVAE (label into encoder and decoder).
-Measured, shortened runs only, on the 2 cores shared with other developers'
-jobs (load average 5-10), 1000 samples per evaluation: 1000 steps took 5 min
+Measured, shortened runs only, on a heavily loaded 2-core CPU
+(load average 5-10), 1000 samples per evaluation: 1000 steps took 5 min
 54 s (400 steps) + 4 min 10 s (600 more, resumed); at steps 400 / 800 / 1000
 test ELBO -121.1 / -112.2 / -110.5 (a bound on log p(x|y)), FID 29.1 / 23.0 /
 18.8, cond_accuracy 0.21 / 0.29 / 0.33 (chance 0.10), intra_fid 46.7 / 38.0 /

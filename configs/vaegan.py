@@ -20,7 +20,7 @@ project's networks allow it (its header lists the sources and every difference).
 `configs/vaegan.py:conditional`: CVAE encoder, label-embedding decoder and
 projection discriminator. Measured, a shortened run only
 (`--config.train.num_steps=400`, one evaluation at the end, 1000 samples) on
-the 2 cores shared with other developers' jobs (load average 8-10): 3 min
+a heavily loaded 2-core CPU (load average 8-10): 3 min
 00 s; FID 9.1, cond_accuracy 0.60 (chance 0.10), intra_fid 28.6, PSNR 12.3 dB.
 The default 5000 steps were not measured.
 """
