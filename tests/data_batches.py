@@ -46,11 +46,8 @@ def batches(config, start, n):
 def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  args = [a for a in argv[1:] if not a.startswith('--')]
-  flags = dict(a[2:].split('=', 1) for a in argv[1:] if a.startswith('--'))
-  if 'coordinator_address' in flags:
-    jax.distributed.initialize(flags['coordinator_address'], int(flags['num_processes']),
-                               int(flags['process_id']))
+  from train_families import child_args  # pylint: disable=g-import-not-at-top
+  args = child_args(argv)
   name, data_dir, size, start, n, out = args
   images, labels = batches(config_for(name, data_dir, size), int(start), int(n))
   if jax.process_index() == 0:

@@ -20,6 +20,18 @@ NUM_STEPS = 5
 GLOBAL_BATCH = 16
 
 
+def child_args(argv):
+  """The positional arguments of a device-test child; joins the multi-process
+  job first when --coordinator_address/--num_processes/--process_id are given."""
+  import jax  # pylint: disable=g-import-not-at-top
+  args = [a for a in argv[1:] if not a.startswith('--')]
+  flags = dict(a[2:].split('=', 1) for a in argv[1:] if a.startswith('--'))
+  if 'coordinator_address' in flags:
+    jax.distributed.initialize(flags['coordinator_address'], int(flags['num_processes']),
+                               int(flags['process_id']))
+  return args
+
+
 def tiny_config(family, data_dir, compute_dtype='float32'):
   import importlib  # pylint: disable=g-import-not-at-top
   config = importlib.import_module(family).get_config('smoke')
@@ -50,11 +62,7 @@ def grid(config, state):
 def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  args = [a for a in argv[1:] if not a.startswith('--')]
-  flags = dict(a[2:].split('=', 1) for a in argv[1:] if a.startswith('--'))
-  if 'coordinator_address' in flags:
-    jax.distributed.initialize(flags['coordinator_address'], int(flags['num_processes']),
-                               int(flags['process_id']))
+  args = child_args(argv)
   from vaegan_jax import train  # pylint: disable=g-import-not-at-top
   root, data_dir, names = args[0], args[1], args[2:]
   for family in names:
