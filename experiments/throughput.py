@@ -54,7 +54,7 @@ from vaegan_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-p
 from vaegan_jax import families  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
-from vaegan_jax.errors import UsageError  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax.errors import UsageError, UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 

@@ -172,10 +172,14 @@ def test_cli_missing_folder_is_one_line_before_anything_starts(tmp_path):
        f'--workdir={workdir}', f'--config.data.name=folder:{tmp_path}/missing'],
       cwd=ROOT, capture_output=True, text=True, timeout=120,
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
-  assert result.returncode == 1
+  # Refused by the config validation, before anything starts: bad usage, exit 2.
+  assert result.returncode == 2, result.stderr[-2000:]
   errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
-  assert errors == [f'error: folder:{tmp_path}/missing: no such folder '
-                    f'({tmp_path}/missing).'], result.stderr[-2000:]
+  assert len(errors) == 1, result.stderr[-2000:]
+  assert errors[0].startswith(f"error: config.data.name='folder:{tmp_path}/missing' is not "
+                              f"allowed (folder:{tmp_path}/missing: no such folder "
+                              f"({tmp_path}/missing).)"), errors[0]
+  assert '(config file configs/gan.py:smoke)' in errors[0]
   assert 'Traceback' not in result.stderr and not workdir.exists()
 
 

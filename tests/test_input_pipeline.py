@@ -19,6 +19,7 @@ from vaegan_jax.data import pipeline
 from vaegan_jax.data import sources
 from vaegan_jax.datasets import mnist5k
 from vaegan_jax.errors import UserError
+from vaegan_jax.errors import WorkerError
 
 
 def test_embedded_split_sizes_and_labels(data_dir):
@@ -133,7 +134,7 @@ def test_exception_in_a_reader_thread_reaches_next_within_seconds(monkeypatch):
   for _ in range(3):
     next(it)
   t = time.time()
-  with pytest.raises(OSError, match='disk went away'):
+  with pytest.raises(WorkerError, match='failed at step 3: OSError: disk went away'):
     next(it)
   assert time.time() - t < 5
   it.close()

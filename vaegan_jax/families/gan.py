@@ -135,8 +135,8 @@ def init_state(config, key) -> state_lib.TrainState:
   z = jnp.zeros((1, latent_dim(config)), jnp.float32)
   x = jnp.zeros((1, *input_pipeline.image_shape(config)), jnp.float32)
   y = jnp.zeros((1,), jnp.int32) if conditional.num_classes(config) else None
-  g_vars = generator.init(k_g, z, labels=y)
-  d_vars = discriminator.init(k_d, x, labels=y)
+  g_vars = generator.init(k_g, z, **_labels_kw(y))
+  d_vars = discriminator.init(k_d, x, **_labels_kw(y))
   params = {G: g_vars['params'], D: d_vars['params']}
   batch_stats = {G: g_vars['batch_stats']}
   if 'batch_stats' in d_vars:  # Spectral-norm power iteration vectors.
