@@ -119,7 +119,7 @@ def _literature_schedule(config, num_steps):
 
 
 def cifar10_dcgan(config):
-  """StudioGAN's CIFAR-10 DCGAN (FID 48.3 in StudioGAN's benchmark, as issue 16 quotes it).
+  """StudioGAN's CIFAR-10 DCGAN (FID 48.3 in StudioGAN's benchmark table).
 
   Source: POSTECH-CVLab/PyTorch-StudioGAN src/configs/CIFAR10/DCGAN.yaml
   (backbone deep_conv, d_updates_per_step 2, total_steps 200000) on top of
@@ -169,9 +169,10 @@ def cifar10_sngan(config):
     batch         64; D steps per G step 5; 50000 G steps; no EMA
   Differences that cannot be avoided (or were chosen):
     - StudioGAN's own SNGAN.yaml is class-conditional (cBN in G, projection
-      D), uses Adam betas (0.5, 0.999) and 100000 steps, and its FID (9.0, as
-      issue 16 quotes it) is for that conditional model; class conditioning
-      is another issue's work. This config is the unconditional setting.
+      D), uses Adam betas (0.5, 0.999) and 100000 steps, and its FID (9.0 in
+      StudioGAN's table) is for that conditional model; `model.conditional`
+      is built for the tutorial DCGAN only. This config is the unconditional
+      setting.
     - Miyato's chainer code decays the learning rate linearly to 0; optax's
       schedules here are constant or warm-up + cosine, so it stays constant.
     - One real batch per step is reused by the 5 D steps (Miyato draws one

@@ -16,14 +16,13 @@ Variants: `configs/vae.py:smoke` (a few seconds), `:cifar10`, `:celeb_a`
 the sources and every difference; README "Reproducing published results").
 
 `configs/vae.py:conditional`: the CVAE (label into encoder and decoder).
-Measured, shortened runs only, on a heavily loaded 2-core CPU
-(load average 5-10), 1000 samples per evaluation: 1000 steps took 5 min
-54 s (400 steps) + 4 min 10 s (600 more, resumed); at steps 400 / 800 / 1000
-test ELBO -121.1 / -112.2 / -110.5 (a bound on log p(x|y)), FID 29.1 / 23.0 /
-18.8, cond_accuracy 0.21 / 0.29 / 0.33 (chance 0.10), intra_fid 46.7 / 38.0 /
-33.2. With 32 latent dimensions the decoder uses the label only weakly (the
-class is also in z); a 2-D latent reaches 0.82 in 300 steps
-(tests/test_conditional.py). The default 1500 steps were not measured.
+What to expect (the default 1500 steps of 128, measured on a quiet 2-core CPU):
+3 min 52 s including compilation and the three evaluations (1000 samples
+each); at steps 500 / 1000 / 1500 test ELBO -117.8 / -110.5 / -108.0 (a bound
+on log p(x|y)), FID 26.7 / 18.8 / 16.8, cond_accuracy 0.22 / 0.33 / 0.44
+(chance 0.10), intra_fid 44.0 / 33.2 / 27.7. With 32 latent dimensions the
+decoder uses the label only partly (the class is also in z); a 2-D latent
+reaches 0.82 in 300 steps (tests/test_conditional.py).
 """
 
 import os
