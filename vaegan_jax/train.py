@@ -21,7 +21,6 @@ from vaegan_jax import input_pipeline
 from vaegan_jax import run_config
 from vaegan_jax import sharding
 from vaegan_jax import validation
-from vaegan_jax.families import conditional
 from vaegan_jax import summaries
 from vaegan_jax.metrics import generative
 from vaegan_jax.errors import UserError
@@ -119,7 +118,6 @@ def train_and_evaluate(config, workdir: str):
   # ----------------------------------------------------------------- setup
   validation.validate(config)  # Every key, range and cross-field rule, first.
   family = families.get(config.model.family)
-  conditional.num_classes(config)  # conditional=True without labels: fail before any data is read.
   run_config.check_workdir(workdir)
   run_config.check_and_save(config, workdir)
   mesh = sharding.make_mesh()

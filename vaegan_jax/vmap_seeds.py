@@ -160,10 +160,8 @@ def train_and_evaluate(configs, workdirs, echo=print):
   _check_same_config(configs)
   config = configs[0]
   seeds = [int(c.seed) for c in configs]
-  validation.validate(config)
+  validation.validate(config)  # Dataset name, batch over devices, every key.
   family = families.get(config.model.family)
-  input_pipeline.get_spec(config.data.name)
-  sharding.check_batch_size(config.train.batch_size)
   for c, w in zip(configs, workdirs):
     os.makedirs(w, exist_ok=True)
     run_config.check_and_save(c, w)
