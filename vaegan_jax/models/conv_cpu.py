@@ -473,14 +473,19 @@ def choose(dims, batch, c_big, c_small):
   """The formulation of each map for these shapes.
 
   Rules read off the per-primitive table of experiments/conv_primitives.py
-  (README "CPU speed"): XLA:CPU's own strided convolution is as fast as
-  im2col + GEMM (it packs patches block by block, im2col writes them all
-  out first), so `down` stays 'xla'. XLA's input-dilated convolution is
-  slow, so a strided `up` is col2im. The kernel gradient is XLA's
-  (rhs-dilated) convolution except where per-tap GEMMs measured faster: a
-  strided map whose big side has >= 32 channels and small side <= 64, and a
-  unit-step map whose small side has fewer channels than the big one
-  ('swap').
+  (README "CPU speed"), preferring, where timings were close, the
+  formulation that compiles faster (a 'taps' map compiles one GEMM per tap:
+  2-3 s per layer):
+    down   'xla': XLA:CPU's strided convolution packs patches block by block
+           and ran as fast as or faster than im2col + GEMM, which writes all
+           patches out first.
+    up     'col2im' when strided (XLA's input-dilated convolution ran
+           1.2-2x slower), else 'xla'.
+    wgrad  strided: 'im2col' when C_big >= 32 and C_small <= 64 (the
+           decoders' ConvTransposes and the VAE encoder's second Conv, where
+           XLA's kernel gradient ran 1.3-2x slower), else 'xla'; unit steps:
+           'swap' when C_small <= C_big / 8 (the VAE's 32 -> 1 output conv),
+           else 'xla'.
 
   Args:
     dims: tuple of `Dim`.
@@ -492,13 +497,11 @@ def choose(dims, batch, c_big, c_small):
     A `Plan`.
   """
   del batch
-  strided = any(d.step > 1 for d in dims)
-  up_how = 'col2im' if strided else 'xla'
-  if strided:
-    wgrad_how = 'taps' if c_big >= 32 and c_small <= 64 else 'xla'
-  else:
-    wgrad_how = 'swap' if c_small < c_big else 'xla'
-  return Plan(down='xla', up=up_how, wgrad=wgrad_how)
+  if any(d.step > 1 for d in dims):
+    wgrad_how = 'im2col' if c_big >= 32 and c_small <= 64 else 'xla'
+    return Plan(down='xla', up='col2im', wgrad=wgrad_how)
+  wgrad_how = 'swap' if 8 * c_small <= c_big else 'xla'
+  return Plan(down='xla', up='xla', wgrad=wgrad_how)
 
 
 def valid_plans(dims):
