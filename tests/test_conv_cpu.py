@@ -178,7 +178,7 @@ def _config_convs():
   try:
     for name in ('vae', 'gan', 'vaegan', 'bench.dcgan28', 'bench.convvae28'):
       config = load_config(name)
-      config.model.conv_impl = 'fast'
+      config.model.conv_impl = 'gemm'
       family = families.get(config.model.family)
       jax.eval_shape(functools.partial(family.init_state, config),
                      jax.random.key(0))

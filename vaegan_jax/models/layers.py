@@ -7,24 +7,74 @@ features) and 'bias' (features,), same initialisers, same RNG use. Params and
 checkpoints move freely between these layers and flax's, CPU and TPU.
 
   impl='xla'   exactly the `lax.conv_general_dilated` call flax makes.
-  impl='fast'  the convolution and its gradients as GEMMs, strided slices and
-               XLA's strided convolution, picked per layer shape
-               (`conv_cpu.choose`); equal to 'xla' up to float rounding.
+  impl='fast'  the same forward convolution (bit-identical outputs); a custom
+               VJP changes how the gradients are computed (below).
+  impl='gemm'  every convolution and gradient through `conv_cpu` (below):
+               faster on CPU, equal to 'xla' up to float rounding.
   impl='auto'  'fast' on the CPU backend, 'xla' elsewhere (GPU/TPU keep
                their own convolution kernels).
 
-Why: XLA:CPU runs an input-dilated convolution (every strided ConvTranspose
-forward, the input gradient of every strided Conv) far below its matmul
-speed, and the kernel gradient of an input-dilated convolution as a naive
-loop (seconds for one dcgan28 layer). `conv_cpu` writes those as col2im and
-per-tap GEMMs and keeps XLA's strided convolution where it is as fast; every
-gradient, and every gradient of a gradient (WGAN-GP, R1), runs through the
-same maps. Forward-mode autodiff (`jax.jvp`, `jax.hessian`) is not defined
-through impl='fast'; use impl='xla' for that. Per-primitive and per-layer
-timings: README "CPU speed", `experiments/conv_primitives.py`,
-`experiments/layer_timing.py`.
+Why: XLA:CPU runs the kernel gradient of an input-dilated convolution (every
+strided ConvTranspose) as a convolution with window reversal, which it cannot
+hand to its Eigen/YNNPACK kernels, so it runs as a naive loop: 7 s for a
+7->14 ConvT (k5, 256->64 channels, batch 256, idle machine) whose forward
+pass takes 0.08 s.
+Second derivatives through a strided Conv (WGAN-GP, R1 through D) hit the same
+path. No XLA_FLAGS setting tried changed this (thunk runtime off, Eigen
+threading off, oneDNN, XNNPACK, YNN fusion off).
+
+How ('fast'): for y = conv(x, K) with unit window stride, input dilation d and
+padding (lo, hi), tap t of the kernel gradient is
+
+  dK[t] = sum_{b, i} x[b, i] * dy_pad[b, d * i + lo - t]      (slice dy), or
+  dK[t] = sum_{b, o} dy[b, o] * x_pad[b, o + t]   if d == 1   (slice x):
+
+one GEMM over batch and space per tap, on a strided slice (taps are stacked
+into one GEMM while the sliced operand has < 32 channels). Strided Convs keep
+XLA's kernel gradient, which is fast. The input gradient is jax's own
+transposed convolution, routed through the same rule so that its derivatives
+are fast too. Forward-mode autodiff (`jax.jvp`, `jax.hessian`) is not defined
+through impl='fast'; use impl='xla' for that.
+
+Timing, ms for forward + grads w.r.t. input and params (median; 2 shared CPU
+cores, XLA:CPU, batch 256, float32; `python experiments/layer_timing.py
+--second_order`; [GP] = d/dparams of ||dy/dx||^2):
+
+  layer (dcgan28 G/D, convvae28; K* = vae.py's k4)   xla      fast  speed-up
+  G1 ConvT 256->128 k5 s1 7->7                    1981.2    1712.6     1.2x
+  G2 ConvT 128->64  k5 s2 7->14                  39140.3     756.0    51.8x
+  G3 ConvT 64->1    k5 s2 14->28                    99.9     101.3     1.0x
+  D1 Conv  1->64    k5 s2 28->14                    69.9      59.0     1.2x
+  D2 Conv  64->128  k5 s2 14->7                    697.8     708.8     1.0x
+  V1 Conv  1->32    k3 s2 28->14                    22.7      21.2     1.1x
+  V2 Conv  32->64   k3 s2 14->7                     93.6      75.9     1.2x
+  V3 ConvT 64->64   k3 s2 7->14                   9783.2     227.6    43.0x
+  V4 ConvT 64->32   k3 s2 14->28                 13747.9     556.0    24.7x
+  V5 ConvT 32->1    k3 s1 28->28                   290.7     186.8     1.6x
+  K3 ConvT 64->64   k4 s2 7->14                  14590.8     326.4    44.7x
+  K4 ConvT 64->32   k4 s2 14->28                 18319.7     782.1    23.4x
+  K5 Conv  32->1    k3 s1 28->28                   229.8     128.0     1.8x
+  D2 Conv  64->128  k5 s2 14->7 [GP]             36700.9     693.2    52.9x
+  V2 Conv  32->64   k3 s2 14->7 [GP]               774.1      92.0     8.4x
+
+  (Taken while other jobs kept the load near 18: absolute times are several
+  times an idle machine's; the two impls were timed alternately, so the
+  ratios hold.)
+
+impl='gemm' goes further: the forward pass and both gradients as GEMMs,
+strided slices and XLA's strided convolution, picked per layer shape
+(`conv_cpu.choose`), so that the ConvTranspose forward and the strided-Conv
+input gradient (input-dilated convolutions, which XLA:CPU runs far below its
+matmul speed) become col2im GEMMs too; every gradient of a gradient runs
+through the same maps. It is opt-in (`model.conv_impl='gemm'`): its outputs
+differ from 'xla' / 'fast' in the last bits (the sums run in another order),
+so a default run with it does not reproduce the numbers the README records
+for the defaults. Per-primitive and whole-step timings: README "CPU speed",
+`experiments/conv_primitives.py`, `experiments/throughput.py`.
 """
 
+import functools
+import itertools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -35,7 +85,10 @@ import jax.numpy as jnp
 
 from vaegan_jax.models import conv_cpu
 
-IMPLS = ('auto', 'xla', 'fast')
+IMPLS = ('auto', 'xla', 'fast', 'gemm')
+# Taps of the kernel gradient are stacked into one GEMM while the sliced
+# operand has few channels: all taps at 1 channel, one tap per GEMM at >= 32.
+_TAP_STACK_CHANNELS = 32
 
 
 def resolve_impl(impl: str) -> str:
@@ -48,7 +101,7 @@ def resolve_impl(impl: str) -> str:
 
 
 # ---------------------------------------------------------------------------
-# XLA's convolution, as flax issues it.
+# XLA's convolution, as flax issues it, and impl='fast''s custom gradient.
 # ---------------------------------------------------------------------------
 
 
@@ -76,6 +129,116 @@ def _xla_conv(x, kernel, strides, padding, lhs_dilation, precision):
   return lax.conv_general_dilated(
       x, kernel, strides, padding, lhs_dilation=lhs_dilation,
       dimension_numbers=_dimension_numbers(x.ndim), precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _fast_conv(x, kernel, strides, padding, lhs_dilation, precision):
+  """`_xla_conv` with a GEMM-based kernel gradient (see module docstring)."""
+  return _xla_conv(x, kernel, strides, padding, lhs_dilation, precision)
+
+
+def _fast_conv_fwd(x, kernel, strides, padding, lhs_dilation, precision):
+  y = _xla_conv(x, kernel, strides, padding, lhs_dilation, precision)
+  return y, (x, kernel)
+
+
+def _fast_conv_bwd(strides, padding, lhs_dilation, precision, res, dy):
+  x, kernel = res
+  dx = _input_grad(x.shape, kernel, dy, strides, padding, lhs_dilation,
+                   precision)
+  if any(s > 1 for s in strides):
+    # A strided conv's kernel gradient is an (rhs-dilated) convolution that
+    # XLA:CPU runs well; GEMMs over strided slices of x were a little slower.
+    _, vjp_kernel = jax.vjp(
+        lambda k: _xla_conv(x, k, strides, padding, lhs_dilation, precision),
+        kernel)
+    dk, = vjp_kernel(dy)
+  else:
+    dk = _kernel_grad(x, dy, kernel.shape[:-2], padding, lhs_dilation,
+                      precision)
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+_fast_conv.defvjp(_fast_conv_fwd, _fast_conv_bwd)
+
+
+def _input_grad(x_shape, kernel, dy, strides, padding, lhs_dilation,
+                precision):
+  """dL/dx: the transposed convolution jax's own rule issues, made fast too.
+
+  Mirrors `_conv_general_dilated_transpose_lhs` in jax: a convolution of dy
+  with the spatially flipped, in/out-swapped kernel, with strides and input
+  dilation exchanged.
+  """
+  ksize = kernel.shape[:-2]
+  n_in = x_shape[1:-1]
+  n_out = dy.shape[1:-1]
+  t_padding = []
+  for n, k, s, d, q, (lo, _) in zip(n_in, ksize, strides, lhs_dilation,
+                                     n_out, padding):
+    before = k - 1 - lo
+    after = ((n - 1) * d + 1) + k - 1 - ((q - 1) * s + 1) - before
+    t_padding.append((before, after))
+  spatial = tuple(range(len(ksize)))
+  t_kernel = jnp.swapaxes(lax.rev(kernel, spatial), -1, -2)
+  return _fast_conv(dy, t_kernel, tuple(lhs_dilation), tuple(t_padding),
+                    tuple(strides), precision)
+
+
+def _kernel_grad(x, dy, ksize, padding, lhs_dilation, precision):
+  """dL/dK of a unit-stride y = _xla_conv(x, K, 1, padding, lhs_dilation).
+
+  With x dilated by d and padded by (lo, hi) in each spatial dim, and tap t:
+    dK[t] = sum_{b, i} x[b, i] * dy_pad[b, d * i + lo - t]   (slice dy), or
+    dK[t] = sum_{b, o} dy[b, o] * x_pad[b, o + t]  if d == 1  (slice x),
+  one GEMM contracting batch and space per tap (per stack of taps when the
+  sliced operand has few channels). The operand with fewer channels is sliced.
+
+  Args:
+    x: (N, *in_spatial, C_in).
+    dy: (N, *out_spatial, C_out).
+    ksize: kernel spatial shape.
+    padding, lhs_dilation, precision: as for `_xla_conv`.
+
+  Returns:
+    (*ksize, C_in, C_out).
+  """
+  nsp = len(ksize)
+  slice_x = (tuple(lhs_dilation) == (1,) * nsp
+             and x.shape[-1] <= dy.shape[-1])
+  if slice_x:
+    full, steps, counts = dy, (1,) * nsp, dy.shape[1:-1]
+    pads = padding
+    starts = lambda taps: taps
+  else:
+    full, steps, counts = x, tuple(lhs_dilation), x.shape[1:-1]
+    pads = [(max(0, k - 1 - lo), max(0, d * (n - 1) + lo - (q - 1)))
+            for n, q, k, d, (lo, _) in zip(x.shape[1:-1], dy.shape[1:-1],
+                                            ksize, lhs_dilation, padding)]
+    starts = lambda taps: [lo - t + a for t, (lo, _), (a, _) in
+                           zip(taps, padding, pads)]
+  operand = x if slice_x else dy
+  sliced = lax.pad(operand, jnp.zeros((), operand.dtype),
+                   [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)])
+
+  def tap_slice(taps):
+    start = [0, *starts(taps), 0]
+    limit = [sliced.shape[0],
+             *[b + s * (c - 1) + 1 for b, s, c in zip(start[1:], steps, counts)],
+             sliced.shape[-1]]
+    return lax.slice(sliced, start, limit, (1, *steps, 1))
+
+  taps = list(itertools.product(*map(range, ksize)))
+  group = max(1, _TAP_STACK_CHANNELS // sliced.shape[-1])
+  contract = tuple(range(nsp + 1))
+  parts = []
+  for i in range(0, len(taps), group):
+    stacked = jnp.stack([tap_slice(t) for t in taps[i:i + group]], axis=-2)
+    parts.append(lax.dot_general(  # (C_full, taps in group, C_sliced)
+        full, stacked, ((contract, contract), ((), ())), precision=precision))
+  prod = jnp.concatenate(parts, axis=1)
+  dk = jnp.transpose(prod, (1, 2, 0) if slice_x else (1, 0, 2))  # (T, Ci, Co)
+  return dk.reshape(tuple(ksize) + dk.shape[1:])
 
 
 # ---------------------------------------------------------------------------
@@ -140,7 +303,7 @@ def _apply_conv(module, inputs, transpose: bool):
   if isinstance(precision, list):
     precision = tuple(precision)
 
-  conv = conv_cpu.conv if impl == 'fast' else _xla_conv
+  conv = {'xla': _xla_conv, 'fast': _fast_conv, 'gemm': conv_cpu.conv}[impl]
   y = conv(inputs, kernel, window_strides, padding, lhs_dilation, precision)
   if bias is not None:
     y += bias.reshape((1,) * (y.ndim - 1) + (-1,))
@@ -162,7 +325,7 @@ class Conv(nn.Module):
     param_dtype: dtype of the parameters.
     precision: `lax.Precision` of the convolution and its gradient GEMMs.
     kernel_init, bias_init: initialisers (flax's defaults).
-    impl: 'auto', 'xla' or 'fast' (module docstring).
+    impl: 'auto', 'xla', 'fast' or 'gemm' (module docstring).
 
   Input (*batch, *spatial, C_in) -> output (*batch, *out_spatial, C_out);
   params 'kernel' (*kernel_size, C_in, C_out) and 'bias' (C_out,).
@@ -201,7 +364,7 @@ class ConvTranspose(nn.Module):
     param_dtype: dtype of the parameters.
     precision: `lax.Precision` of the convolution and its gradient GEMMs.
     kernel_init, bias_init: initialisers (flax's defaults).
-    impl: 'auto', 'xla' or 'fast' (module docstring).
+    impl: 'auto', 'xla', 'fast' or 'gemm' (module docstring).
 
   Input (*batch, *spatial, C_in) -> output (*batch, *out_spatial, C_out);
   params 'kernel' (*kernel_size, C_in, C_out) and 'bias' (C_out,).
