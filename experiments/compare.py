@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from vaegan_jax import progress  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -536,10 +537,10 @@ def run_study(study, out: str, report_only: bool = False, echo=print) -> dict:
     return results
   with compilation_cache(os.path.join(out, 'runs', 'jax_cache')):
     if not report_only:
-      for family in entries(study):
+      for family in progress.iterate(entries(study), 'study: train, evaluate', unit='run'):
         timer.run('train', family, train_family, study, out, family, echo)
         timer.run('evaluate', family, evaluate_family, study, out, family, echo)
-      for family in entries(study):
+      for family in progress.iterate(entries(study), 'study: speed', unit='run'):
         timer.run('speed', family, measure_speed, study, out, family, echo)
     results = collect(study, out)
     grids = timer.run('grids', 'all', write_grids, study, out, echo)
