@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from vaegan_jax import checkpoint
+from vaegan_jax import console
 from vaegan_jax import families
 from vaegan_jax import images as images_lib
 from vaegan_jax import input_pipeline
@@ -120,6 +121,9 @@ def train_and_evaluate(config, workdir: str):
   family = families.get(config.model.family)
   run_config.check_workdir(workdir)
   run_config.check_and_save(config, workdir)
+  print(f'Training the {config.model.family} model on {config.data.name} for '
+        f'{config.train.num_steps} steps of {config.train.batch_size} images; '
+        f'workdir {workdir}', flush=True)
   mesh = sharding.make_mesh()
   data = input_pipeline.Data(config)
 
@@ -210,8 +214,7 @@ def train_and_evaluate(config, workdir: str):
           checkpoint.save_if_best(best_mngr, step, state, scalars, best_metric,
                                   config.eval.best_mode)
         log.write(step, scalars)
-        print(f'eval at step {step}: ' +
-              ' '.join(f'{k} {v:.4g}' for k, v in scalars.items()), flush=True)
+        print(console.eval_block(step, scalars, family.EVAL_CONSOLE_METRICS), flush=True)
 
       periodic = (step % tc.sample_every_steps == 0 or step % tc.eval_every_steps == 0
                   or step % tc.checkpoint_every_steps == 0)
