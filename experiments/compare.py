@@ -452,22 +452,22 @@ def write_grids(study, out: str, echo=print) -> dict:
   """
   import jax  # pylint: disable=g-import-not-at-top
   import vaegan_jax  # pylint: disable=g-import-not-at-top
-  from vaegan_jax import images as images_lib  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import viz  # pylint: disable=g-import-not-at-top
   from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   echo('Drawing the sample and reconstruction grids.')
   test_images, test_labels = input_pipeline.load_split(study.dataset, 'test',
                                                        study.data_dir or None)
   inputs = input_pipeline.to_float(test_images[:36])
-  grids = {'samples': {}, 'reconstructions': {'inputs': images_lib.make_grid(inputs)}}
+  grids = {'samples': {}, 'reconstructions': {'inputs': viz.make_grid(inputs)}}
   for family in entries(study):
     grids['samples'][family] = []
     for s in range(study.seeds):
       model = vaegan_jax.load(run_dir(out, family, s), study.num_steps)
       x = model.sample(jax.random.PRNGKey(GRID_KEY), 36,  # Conditional: classes 0, 1, ...
                        (jax.numpy.arange(36) % model.num_classes) if model.num_classes else None)
-      grids['samples'][family].append(images_lib.make_grid(jax.device_get(x)))
+      grids['samples'][family].append(viz.make_grid(jax.device_get(x)))
       if s == 0 and model.has_encoder:
-        grids['reconstructions'][family] = images_lib.make_grid(
+        grids['reconstructions'][family] = viz.make_grid(
             jax.device_get(model.reconstruct(
                 inputs, test_labels[:36] if model.num_classes else None)))
   return grids
