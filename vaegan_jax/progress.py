@@ -13,7 +13,7 @@ so short waits stay silent, and it erases itself when done (the command's own
 lines say what happened). While a bar is shown, lines printed to stdout and
 absl log records first clear it, so they never share its line. Nested bars
 show as one line, the outer bar's position in front of the inner bar
-(`compare: 2/6 evaluate vae > IWAE k=100: 40% ...`).
+(`study: train, evaluate 2/3 > IWAE bound, k=100:  40% ...`).
 """
 
 import contextlib
