@@ -276,19 +276,22 @@ def _flat(a, keep):
   return a.reshape((-1,) + a.shape[a.ndim - keep:])
 
 
+def dimension_numbers(ndim: int) -> lax.ConvDimensionNumbers:
+  """Channels-last (N, *spatial, C) inputs, (*spatial, I, O) kernels."""
+  lhs = (0, ndim - 1) + tuple(range(1, ndim - 1))
+  rhs = (ndim - 1, ndim - 2) + tuple(range(ndim - 2))
+  return lax.ConvDimensionNumbers(lhs, rhs, lhs)
+
+
 def _xla_down(big, w, dims, precision):
   """down as XLA's strided convolution."""
   ksize = tuple(d.k for d in dims)
   kernel = w.reshape(ksize + w.shape[1:])
   padding = [(-d.base, d.step * (d.n_small - 1) + d.base + d.k - d.n_big)
              for d in dims]
-  nd = big.ndim
-  lhs = (0, nd - 1) + tuple(range(1, nd - 1))
-  rhs = (nd - 1, nd - 2) + tuple(range(nd - 2))
   return lax.conv_general_dilated(
       big, kernel, tuple(d.step for d in dims), padding,
-      dimension_numbers=lax.ConvDimensionNumbers(lhs, rhs, lhs),
-      precision=precision)
+      dimension_numbers=dimension_numbers(big.ndim), precision=precision)
 
 
 def _down_impl(big, w, dims, precision, how):

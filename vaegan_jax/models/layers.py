@@ -105,13 +105,6 @@ def resolve_impl(impl: str) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _dimension_numbers(ndim: int) -> lax.ConvDimensionNumbers:
-  """Channels-last (N, *spatial, C) inputs, (*spatial, I, O) kernels."""
-  lhs = (0, ndim - 1) + tuple(range(1, ndim - 1))
-  rhs = (ndim - 1, ndim - 2) + tuple(range(ndim - 2))
-  return lax.ConvDimensionNumbers(lhs, rhs, lhs)
-
-
 def _xla_conv(x, kernel, strides, padding, lhs_dilation, precision):
   """The convolution exactly as flax's Conv / ConvTranspose issue it.
 
@@ -128,7 +121,7 @@ def _xla_conv(x, kernel, strides, padding, lhs_dilation, precision):
   """
   return lax.conv_general_dilated(
       x, kernel, strides, padding, lhs_dilation=lhs_dilation,
-      dimension_numbers=_dimension_numbers(x.ndim), precision=precision)
+      dimension_numbers=conv_cpu.dimension_numbers(x.ndim), precision=precision)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
