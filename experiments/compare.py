@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from vaegan_jax import progress  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -451,22 +452,22 @@ def write_grids(study, out: str, echo=print) -> dict:
   """
   import jax  # pylint: disable=g-import-not-at-top
   import vaegan_jax  # pylint: disable=g-import-not-at-top
-  from vaegan_jax import images as images_lib  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import viz  # pylint: disable=g-import-not-at-top
   from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   echo('Drawing the sample and reconstruction grids.')
   test_images, test_labels = input_pipeline.load_split(study.dataset, 'test',
                                                        study.data_dir or None)
   inputs = input_pipeline.to_float(test_images[:36])
-  grids = {'samples': {}, 'reconstructions': {'inputs': images_lib.make_grid(inputs)}}
+  grids = {'samples': {}, 'reconstructions': {'inputs': viz.make_grid(inputs)}}
   for family in entries(study):
     grids['samples'][family] = []
     for s in range(study.seeds):
       model = vaegan_jax.load(run_dir(out, family, s), study.num_steps)
       x = model.sample(jax.random.PRNGKey(GRID_KEY), 36,  # Conditional: classes 0, 1, ...
                        (jax.numpy.arange(36) % model.num_classes) if model.num_classes else None)
-      grids['samples'][family].append(images_lib.make_grid(jax.device_get(x)))
+      grids['samples'][family].append(viz.make_grid(jax.device_get(x)))
       if s == 0 and model.has_encoder:
-        grids['reconstructions'][family] = images_lib.make_grid(
+        grids['reconstructions'][family] = viz.make_grid(
             jax.device_get(model.reconstruct(
                 inputs, test_labels[:36] if model.num_classes else None)))
   return grids
@@ -536,10 +537,10 @@ def run_study(study, out: str, report_only: bool = False, echo=print) -> dict:
     return results
   with compilation_cache(os.path.join(out, 'runs', 'jax_cache')):
     if not report_only:
-      for family in entries(study):
+      for family in progress.iterate(entries(study), 'study: train, evaluate', unit='run'):
         timer.run('train', family, train_family, study, out, family, echo)
         timer.run('evaluate', family, evaluate_family, study, out, family, echo)
-      for family in entries(study):
+      for family in progress.iterate(entries(study), 'study: speed', unit='run'):
         timer.run('speed', family, measure_speed, study, out, family, echo)
     results = collect(study, out)
     grids = timer.run('grids', 'all', write_grids, study, out, echo)

@@ -1,93 +1,210 @@
-"""Each conv of dcgan28 / convvae28 split into its three primitives, XLA:CPU vs TF.
+"""Each conv of dcgan28 / convvae28 split into its three primitives: every
+formulation of models/conv_cpu.py beside TensorFlow's oneDNN kernels.
 
-  python experiments/conv_primitives.py            # all rows, ~minutes on 2 cores
-  python experiments/conv_primitives.py V3,V4      # some rows; B=64 env for batch
+  python experiments/conv_primitives.py                 # all rows, minutes on 2 cores
+  python experiments/conv_primitives.py --only V3,G2 --batch 64
+  python experiments/conv_primitives.py --ceiling       # only the matmul ceiling
 
-Per layer at its real shapes (batch 256), median ms of: the forward conv, its
-input gradient (dx) and its kernel gradient (dk), as jax.jit of the plain
-`lax.conv_general_dilated` formulation flax uses (what XLA:CPU does with
-each), then 'alt': the same result by explicit zero insertion and a stride-1
-conv (ConvT forward; strided Conv dx), then the TensorFlow (oneDNN) kernels
-Keras runs: conv2d, Conv2DBackpropInput, Conv2DBackpropFilter
-(conv2d_transpose and its gradients for ConvT). Shows where a Flax step on
-CPU loses to Keras's tf.function step layer by layer.
+Per layer at its real shapes (batch 256), the median ms of the forward conv,
+its input gradient (dx) and its kernel gradient (dk). conv_cpu writes every
+conv as three maps between a "big" and a "small" array (its docstring):
+down (Conv forward, ConvTranspose dx), up (ConvTranspose forward, Conv dx)
+and wgrad (dk), each in several formulations (im2col, col2im, per-tap GEMMs,
+XLA's own convolution: conv_cpu.FORMULATIONS). Every formulation of the
+primitive's map is timed, then TensorFlow's kernels as Keras runs them
+(conv2d, Conv2DBackpropInput, Conv2DBackpropFilter; conv2d_transpose and its
+gradients for a ConvTranspose) when TensorFlow is importable
+(requirements-tf.txt). All of one primitive's candidates are timed in
+alternation, so load from other processes hits them alike.
+
+Also printed: the float32 matmul ceiling of this machine measured in the same
+run (GFLOP/s of a 2048^3 jax matmul, best of the repeats), each time as % of
+that ceiling (2 * N * small pixels * taps * C_in * C_out FLOPs), the
+formulation `conv_cpu.choose` picks (*), and the chosen time over TF's.
 """
-import os, sys, time
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL','3')
-import numpy as np, jax, jax.numpy as jnp
-from jax import lax
+
+import argparse
+import math
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jax import lax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from vaegan_jax.models import conv_cpu, layers  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 try:
-  import tensorflow as tf
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 except ImportError:
-  sys.exit('conv_primitives.py compares with TensorFlow: pip install -r requirements-tf.txt')
-B = int(os.environ.get('B', 256))
-DN = ('NHWC','HWIO','NHWC')
-def conv(x, k, s=1, pad='SAME', lhs_dil=(1,1)):
-  return lax.conv_general_dilated(x, k, (s,s), pad, lhs_dilation=lhs_dil, dimension_numbers=DN)
-def tpad(k, s):
-  total = k + s - 2
-  lo = k - 1 if s > k - 1 else -(-total // 2)
-  return (lo, total - lo)
-def convT(x, k, s):
-  p = tpad(k.shape[0], s)
-  return conv(x, k, 1, [p, p], (s, s))
-def convT_zeros(x, k, s):
-  # explicit zero insertion then stride-1 conv
-  p = tpad(k.shape[0], s)
-  xz = lax.pad(x, jnp.zeros((), x.dtype), [(0,0,0), (p[0], p[1], s-1), (p[0], p[1], s-1), (0,0,0)])
-  return conv(xz, k, 1, 'VALID')
-def timeit(f, *a, n=5):
-  f = jax.jit(f); jax.block_until_ready(f(*a)); ts=[]
-  for _ in range(n):
-    t=time.perf_counter(); jax.block_until_ready(f(*a)); ts.append(time.perf_counter()-t)
-  return 1e3*np.median(ts)
-def ttf(f, *a, n=5):
-  f = tf.function(f); f(*a); ts=[]
-  for _ in range(n):
-    t=time.perf_counter(); f(*a).numpy(); ts.append(time.perf_counter()-t)
-  return 1e3*np.median(ts)
-rng = np.random.default_rng(0)
-rows = [('V2 Conv 32->64 k3 s2 14', 'C', 14, 32, 64, 3, 2),
-        ('V3 ConvT 64->64 k3 s2 7', 'T', 7, 64, 64, 3, 2),
-        ('V4 ConvT 64->32 k3 s2 14', 'T', 14, 64, 32, 3, 2),
-        ('V5 Conv 32->1 k3 s1 28', 'C', 28, 32, 1, 3, 1),
-        ('V1 Conv 1->32 k3 s2 28', 'C', 28, 1, 32, 3, 2),
-        ('G1 ConvT 256->128 k5 s1 7', 'T', 7, 256, 128, 5, 1),
-        ('G2 ConvT 128->64 k5 s2 7', 'T', 7, 128, 64, 5, 2),
-        ('G3 ConvT 64->1 k5 s2 14', 'T', 14, 64, 1, 5, 2),
-        ('D1 Conv 1->64 k5 s2 28', 'C', 28, 1, 64, 5, 2),
-        ('D2 Conv 64->128 k5 s2 14', 'C', 14, 64, 128, 5, 2)]
-only = sys.argv[1].split(',') if len(sys.argv) > 1 else None
-print(f'B={B}  ms: fwd / dx / dk  (jax xla) | alt | tf', flush=True)
-for name, kind, h, ci, co, k, s in rows:
-  if only and name.split()[0] not in only: continue
-  x = jnp.asarray(rng.standard_normal((B,h,h,ci), np.float32))
-  K = jnp.asarray(rng.standard_normal((k,k,ci,co), np.float32)*0.1)
-  f = (lambda x,K: conv(x,K,s)) if kind=='C' else (lambda x,K: convT(x,K,s))
-  y = jax.eval_shape(f, x, K); dy = jnp.asarray(rng.standard_normal(y.shape, np.float32))
-  fwd = timeit(f, x, K)
-  dx = timeit(lambda x,K,dy: jax.vjp(lambda x: f(x,K), x)[1](dy)[0], x, K, dy)
-  dk = timeit(lambda x,K,dy: jax.vjp(lambda K: f(x,K), K)[1](dy)[0], x, K, dy)
-  alt = ''
-  if kind == 'T' and s > 1:
-    alt = f'zeros-fwd {timeit(lambda x,K: convT_zeros(x,K,s), x, K):.1f}'
-  if kind == 'C' and s > 1:
-    # dx of strided conv == convT of dy with flipped kernel: time zero-insertion form
-    Kt = jnp.swapaxes(K[::-1, ::-1], 2, 3)
-    p = k - 1 - lax.padtype_to_pads((h,h),(k,k),(s,s),'SAME')[0][0]
-    def dx_zero(dy, Kt):
-      hi = h + k - 1 - p - ((dy.shape[1]-1)*s + 1)
-      dz = lax.pad(dy, jnp.zeros((), dy.dtype), [(0,0,0),(p,hi,s-1),(p,hi,s-1),(0,0,0)])
-      return conv(dz, Kt, 1, 'VALID')
-    alt = f'zeros-dx {timeit(dx_zero, dy, Kt):.1f}'
-  xt, Kt_, dyt = tf.constant(np.asarray(x)), tf.constant(np.asarray(K)), tf.constant(np.asarray(dy))
+  tf = None
+
+# id and description, 'C'onv or 'T'ranspose, input size, C_in, C_out, kernel, stride.
+ROWS = [
+    ('V1 Conv 1->32 k3 s2 28->14', 'C', 28, 1, 32, 3, 2),
+    ('V2 Conv 32->64 k3 s2 14->7', 'C', 14, 32, 64, 3, 2),
+    ('V3 ConvT 64->64 k3 s2 7->14', 'T', 7, 64, 64, 3, 2),
+    ('V4 ConvT 64->32 k3 s2 14->28', 'T', 14, 64, 32, 3, 2),
+    ('V5 Conv 32->1 k3 s1 28->28', 'C', 28, 32, 1, 3, 1),
+    ('G1 ConvT 256->128 k5 s1 7->7', 'T', 7, 256, 128, 5, 1),
+    ('G2 ConvT 128->64 k5 s2 7->14', 'T', 7, 128, 64, 5, 2),
+    ('G3 ConvT 64->1 k5 s2 14->28', 'T', 14, 64, 1, 5, 2),
+    ('D1 Conv 1->64 k5 s2 28->14', 'C', 28, 1, 64, 5, 2),
+    ('D2 Conv 64->128 k5 s2 14->7', 'C', 14, 64, 128, 5, 2),
+]
+
+
+def timed(calls, repeats):
+  """Median ms of each zero-argument call, the calls timed alternately."""
+  for call in calls.values():
+    call()  # Compile and warm up.
+  times = {name: [] for name in calls}
+  for _ in range(repeats):
+    for name, call in calls.items():
+      start = time.perf_counter()
+      call()
+      times[name].append(time.perf_counter() - start)
+  return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
+
+
+def jax_call(fn, *args):
+  fn = jax.jit(fn)
+  return lambda: jax.block_until_ready(fn(*args))
+
+
+def tf_call(fn, *args):
+  fn = tf.function(fn)
+  return lambda: fn(*args).numpy()
+
+
+def ceiling_gflops(repeats):
+  """float32 GFLOP/s of a 2048^3 matmul under jax.jit (best of the repeats)."""
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((2048, 2048)),
+                  jnp.float32)
+  mm = jax.jit(lambda a, b: a @ b)
+  jax.block_until_ready(mm(a, a))
+  best = min(_seconds(lambda: jax.block_until_ready(mm(a, a)))
+             for _ in range(repeats))
+  return 2 * 2048**3 / best / 1e9
+
+
+def _seconds(call):
+  start = time.perf_counter()
+  call()
+  return time.perf_counter() - start
+
+
+def tf_primitives(kind, x, kernel, dy, s):
+  """TensorFlow's forward, dx and dk of the layer, as zero-argument calls."""
+  b, h, _, ci = x.shape
+  k, co = kernel.shape[0], kernel.shape[-1]
+  xt, dyt = tf.constant(np.asarray(x)), tf.constant(np.asarray(dy))
   if kind == 'C':
-    tfwd = ttf(lambda a,b: tf.nn.conv2d(a,b,s,'SAME'), xt, Kt_)
-    tdx = ttf(lambda b,g: tf.raw_ops.Conv2DBackpropInput(input_sizes=tf.constant([B,h,h,ci]), filter=b, out_backprop=g, strides=[1,s,s,1], padding='SAME'), Kt_, dyt)
-    tdk = ttf(lambda a,g: tf.raw_ops.Conv2DBackpropFilter(input=a, filter_sizes=tf.constant([k,k,ci,co]), out_backprop=g, strides=[1,s,s,1], padding='SAME'), xt, dyt)
+    kt = tf.constant(np.asarray(kernel))
+    return {
+        'fwd': tf_call(lambda a, w: tf.nn.conv2d(a, w, s, 'SAME'), xt, kt),
+        'dx': tf_call(lambda w, g: tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=tf.constant([b, h, h, ci]), filter=w, out_backprop=g,
+            strides=[1, s, s, 1], padding='SAME'), kt, dyt),
+        'dk': tf_call(lambda a, g: tf.raw_ops.Conv2DBackpropFilter(
+            input=a, filter_sizes=tf.constant([k, k, ci, co]), out_backprop=g,
+            strides=[1, s, s, 1], padding='SAME'), xt, dyt)}
+  kt = tf.constant(np.swapaxes(np.asarray(kernel), 2, 3))  # (k, k, out, in)
+  return {
+      'fwd': tf_call(lambda a, w: tf.nn.conv2d_transpose(
+          a, w, [b, h * s, h * s, co], s, 'SAME'), xt, kt),
+      'dx': tf_call(lambda w, g: tf.nn.conv2d(g, w, s, 'SAME'), kt, dyt),
+      'dk': tf_call(lambda a, g: tf.raw_ops.Conv2DBackpropFilter(
+          input=g, filter_sizes=tf.constant([k, k, co, ci]), out_backprop=a,
+          strides=[1, s, s, 1], padding='SAME'), xt, dyt)}
+
+
+def layer_rows(row, batch, repeats, ceiling):
+  """Timings of one layer's three primitives: a list of printable lines."""
+  name, kind, h, ci, co, k, s = row
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((batch, h, h, ci)), jnp.float32)
+  kernel = jnp.asarray(0.1 * rng.standard_normal((k, k, ci, co)), jnp.float32)
+  if kind == 'C':
+    strides, dilation = (s, s), (1, 1)
+    padding = lax.padtype_to_pads((h, h), (k, k), strides, 'SAME')
   else:
-    Ktt = tf.constant(np.swapaxes(np.asarray(K),2,3))  # (k,k,out,in) for conv2d_transpose
-    tfwd = ttf(lambda a,b: tf.nn.conv2d_transpose(a,b,[B,h*s,h*s,co],s,'SAME'), xt, Ktt)
-    tdx = ttf(lambda b,g: tf.nn.conv2d(g,b,s,'SAME'), Ktt, dyt)
-    tdk = ttf(lambda a,g: tf.raw_ops.Conv2DBackpropFilter(input=g, filter_sizes=tf.constant([k,k,co,ci]), out_backprop=a, strides=[1,s,s,1], padding='SAME'), xt, dyt)
-  print(f'{name:28s} jax {fwd:8.1f} {dx:8.1f} {dk:8.1f} | {alt:18s} | tf {tfwd:6.1f} {tdx:6.1f} {tdk:6.1f}', flush=True)
+    strides, dilation = (1, 1), (s, s)
+    padding = [layers._transpose_padding(k, s, 'SAME')] * 2  # pylint: disable=protected-access
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  dims, transpose = conv_cpu.conv_dims((h, h), (k, k), strides, padding,
+                                       dilation)
+  c_big, c_small = (co, ci) if transpose else (ci, co)
+  big = jnp.asarray(rng.standard_normal(
+      (batch, *(d.n_big for d in dims), c_big)), jnp.float32)
+  small = jnp.asarray(rng.standard_normal(
+      (batch, *(d.n_small for d in dims), c_small)), jnp.float32)
+  w = jnp.asarray(0.1 * rng.standard_normal((k * k, c_big, c_small)),
+                  jnp.float32)
+  flops = 2 * batch * math.prod(d.n_small for d in dims) * k * k * ci * co
+  plan = conv_cpu.choose(dims, batch, c_big, c_small)
+  maps = {'fwd': 'up' if transpose else 'down',
+          'dx': 'down' if transpose else 'up', 'dk': 'wgrad'}
+  impls = {'down': (conv_cpu._down_impl, big, w),  # pylint: disable=protected-access
+           'up': (conv_cpu._up_impl, small, w),  # pylint: disable=protected-access
+           'wgrad': (conv_cpu._wgrad_impl, big, small)}  # pylint: disable=protected-access
+  dy = big if transpose else small
+  tf_calls = tf_primitives(kind, x, kernel, dy, s) if tf else {}
+  lines = [f'{name}  ({flops / 1e9:.2f} GFLOP per primitive)']
+  for prim, m in maps.items():
+    fn, a, b = impls[m]
+    calls = {}
+    for how in conv_cpu.FORMULATIONS[m]:
+      if how == 'swap' and any(d.step > 1 for d in dims):
+        continue
+      calls[how] = jax_call(
+          lambda a, b, how=how, fn=fn: fn(a, b, dims, None, how), a, b)
+    if prim in tf_calls:
+      calls['TF'] = tf_calls[prim]
+    ms = timed(calls, repeats)
+    chosen = getattr(plan, m)
+    cells = []
+    for how, t in ms.items():
+      mark = '*' if how == chosen else ' '
+      cells.append(f'{how}{mark}{t:8.1f} ({100 * flops / t / 1e6 / ceiling:3.0f}%)')
+    ratio = f'  chosen/TF {ms[chosen] / ms["TF"]:.2f}' if 'TF' in ms else ''
+    lines.append(f'  {prim:3s} {m:5s} ' + '  '.join(cells) + ratio)
+  return lines
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--batch', type=int, default=256)
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--only', default='', help='row ids, e.g. V3,G2')
+  parser.add_argument('--ceiling', action='store_true',
+                      help='print only the matmul ceiling')
+  args = parser.parse_args()
+  load = os.getloadavg()[0]
+  ceiling = ceiling_gflops(args.repeats)
+  print(f'matmul ceiling (float32, 2048^3, jax.jit): {ceiling:.1f} GFLOP/s; '
+        f'load average {load:.2f}', flush=True)
+  if args.ceiling:
+    return
+  if tf is None:
+    print('TensorFlow not importable: no TF column '
+          '(pip install -r requirements-tf.txt)')
+  only = set(filter(None, args.only.split(',')))
+  print(f'batch {args.batch}; ms (median) and % of the ceiling; * = '
+        'conv_cpu.choose\'s pick', flush=True)
+  for row in ROWS:
+    if only and row[0].split()[0] not in only:
+      continue
+    for line in layer_rows(row, args.batch, args.repeats, ceiling):
+      print(line, flush=True)
+  print(f'ceiling again: {ceiling_gflops(args.repeats):.1f} GFLOP/s; load '
+        f'average {os.getloadavg()[0]:.2f}', flush=True)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny configs, a session-wide embedded-data dir."""
 
 import os
+import subprocess
 import sys
 
 import pytest
@@ -40,3 +41,28 @@ def restore_latest(workdir, config):
                              sharding.state_sharding(sharding.make_mesh(), abstract))
   mngr.close()
   return state
+
+
+# Variables that change what a command prints; a first run has none of them.
+CONSOLE_ENV = ('TF_CPP_MIN_LOG_LEVEL', 'CI', 'VAEGAN_JAX_TRACEBACK')
+
+
+def user_env():
+  """os.environ as a new user's shell has it: without CONSOLE_ENV."""
+  return {k: v for k, v in os.environ.items() if k not in CONSOLE_ENV}
+
+
+@pytest.fixture(scope='session')
+def smoke_run(tmp_path_factory):
+  """A new user's first run: `python -m vaegan_jax.main --config=configs/vae.py:smoke`
+  in a subprocess (10 steps, one evaluation), building the embedded dataset
+  into an empty data_dir. Returns (workdir, its stdout and stderr together)."""
+  tmp = tmp_path_factory.mktemp('smoke_run')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'vaegan_jax.main', '--config=configs/vae.py:smoke',
+       f'--workdir={tmp}/run', f'--config.data.data_dir={tmp}/tfds',
+       '--config.train.num_steps=10'],
+      cwd=ROOT, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:]
+  return str(tmp / 'run'), proc.stdout

@@ -21,6 +21,7 @@ from vaegan_jax import families
 from vaegan_jax import input_pipeline
 from vaegan_jax import objectives
 from vaegan_jax import sample
+from vaegan_jax import viz
 from vaegan_jax.errors import UserError
 from vaegan_jax.metrics import feature_net
 from vaegan_jax.metrics import generative
@@ -347,13 +348,19 @@ def test_class_grid_rows_share_latents(cond_workdirs, tmp_path):
   result = sample.run(workdir, mode='class_grid', num=30, out=out, echo=lambda _: None)
   assert result['num'] == 30 and result['num_classes'] == K
   grid = _png(out)
-  assert grid.shape[:2] == (K * 30 + 2, 3 * 30 + 2)  # 10 rows of 3 (28 px + 2 px border).
   model = vaegan_jax.load(workdir)
   z = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(0), sample._CLASS_GRID),  # pylint: disable=protected-access
                         (3, model.latent_dim))
   row7 = np.asarray(model.decode(z, 7))
-  cell = grid[7 * 30 + 2:7 * 30 + 30, 2:30].astype(np.float32) / 255.0
+  # 10 rows of 3, each row labelled with its class: the layout viz draws.
+  rendered = viz.render([viz.Panel(np.zeros((K * 3, 28, 28, 1)), result['titles'][0], ncol=3,
+                                   row_labels=[str(k) for k in range(K)])], result['scale'])
+  assert grid.shape == rendered.image.shape[:2] and grid.shape[1] >= viz.MIN_WIDTH
+  s = result['scale']
+  top, left, h, w = rendered.tiles[0][7 * 3]  # Row 7, column 0.
+  cell = grid[top:top + h:s, left:left + w:s].astype(np.float32) / 255.0
   np.testing.assert_allclose(cell, row7[0, :, :, 0], atol=1.5 / 255)
+  assert grid[top:top + h, :left].min() < 100  # The label '7' left of the row.
 
 
 def test_modes_pass_the_label(cond_workdirs, data_dir, tmp_path):

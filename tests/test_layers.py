@@ -24,12 +24,12 @@ def assert_close(a, b, tol=1e-5):
 
 
 def pair(transpose, **kw):
-  """(flax layer, ours with impl='xla', ours with impl='fast')."""
+  """(flax layer, {impl: ours with that impl} for 'xla', 'fast', 'gemm')."""
   ref_cls = nn.ConvTranspose if transpose else nn.Conv
   cls = layers.ConvTranspose if transpose else layers.Conv
   return (ref_cls(precision=HIGHEST, **kw),
-          cls(precision=HIGHEST, impl='xla', **kw),
-          cls(precision=HIGHEST, impl='fast', **kw))
+          {impl: cls(precision=HIGHEST, impl=impl, **kw)
+           for impl in ('xla', 'fast', 'gemm')})
 
 
 def normal(shape, seed=0, scale=1.0):
@@ -49,7 +49,7 @@ def random_params(in_features, features, kernel_size, use_bias=True, **_):
 
 def compare(transpose, x_shape, second_order=False, **kw):
   """flax's params give the same outputs and gradients in both impls."""
-  ref, xla, fast = pair(transpose, **kw)
+  ref, ours = pair(transpose, **kw)
   x = normal(x_shape)
   params = random_params(x_shape[-1], **kw)
 
@@ -65,10 +65,13 @@ def compare(transpose, x_shape, second_order=False, **kw):
     return jax.jit(run)(params, x)
 
   y, expected = outputs_and_grads(ref)
-  for ours in (xla, fast):
-    y_ours, grads = outputs_and_grads(ours)
+  for impl in ('xla', 'fast'):
+    y_ours, grads = outputs_and_grads(ours[impl])
     assert_close(y, y_ours, tol=0)  # the very same XLA convolution
     assert_close(expected, grads)
+  y_gemm, grads = outputs_and_grads(ours['gemm'])
+  assert_close(y, y_gemm)  # GEMMs: the same sums in another order
+  assert_close(expected, grads)
   return y
 
 
@@ -80,11 +83,11 @@ def compare(transpose, x_shape, second_order=False, **kw):
     (False, dict(kernel_size=3, padding=1), (1, 8, 1)),
 ])
 def test_param_trees_identical_to_flax(transpose, kw, x_shape):
-  ref, xla, fast = pair(transpose, features=4, **kw)
+  ref, ours = pair(transpose, features=4, **kw)
   x = jnp.ones(x_shape)
   params = ref.init(jax.random.key(0), x)
-  for ours in (xla, fast):
-    assert_close(params, ours.init(jax.random.key(0), x), tol=0)
+  for layer in ours.values():
+    assert_close(params, layer.init(jax.random.key(0), x), tol=0)
 
 
 # (kernel, stride, input size, input channels, features): every kernel size
@@ -135,16 +138,18 @@ def test_second_order_gradients_match_flax(transpose):
 def test_no_bias_param_dtype_and_stride_one(transpose):
   compare(transpose, (2, 6, 6, 2), features=3, kernel_size=(3, 3),
           use_bias=False)
-  ref, _, fast = pair(transpose, features=3, kernel_size=(3, 3),
-                      param_dtype=jnp.bfloat16, dtype=jnp.bfloat16)
+  ref, ours = pair(transpose, features=3, kernel_size=(3, 3),
+                   param_dtype=jnp.bfloat16, dtype=jnp.bfloat16)
   x = jnp.ones((1, 6, 6, 2))
-  shapes = jax.eval_shape(fast.init, jax.random.key(0), x)
-  assert shapes == jax.eval_shape(ref.init, jax.random.key(0), x)
+  shapes = jax.eval_shape(ref.init, jax.random.key(0), x)
   params = jax.tree.map(lambda s: normal(s.shape).astype(s.dtype), shapes)
-  grads = jax.jit(jax.grad(
-      lambda p: jnp.sum(fast.apply(p, x).astype(jnp.float32))))(params)
-  assert jax.tree.map(lambda g: g.dtype, grads) == jax.tree.map(
-      lambda p: p.dtype, params)
+  for impl in ('fast', 'gemm'):
+    layer = ours[impl]
+    assert shapes == jax.eval_shape(layer.init, jax.random.key(0), x)
+    grads = jax.jit(jax.grad(
+        lambda p, layer=layer: jnp.sum(layer.apply(p, x).astype(jnp.float32))))(params)
+    assert jax.tree.map(lambda g: g.dtype, grads) == jax.tree.map(
+        lambda p: p.dtype, params)
 
 
 @pytest.mark.parametrize('transpose', [False, True])
@@ -183,6 +188,7 @@ def test_dcgan_generator_stack_matches_flax():
 def test_impl_names():
   assert layers.resolve_impl('xla') == 'xla'
   assert layers.resolve_impl('fast') == 'fast'
+  assert layers.resolve_impl('gemm') == 'gemm'
   expected = 'fast' if jax.default_backend() == 'cpu' else 'xla'
   assert layers.resolve_impl('auto') == expected
   with pytest.raises(ValueError, match='Unknown conv impl'):

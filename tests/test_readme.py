@@ -36,7 +36,8 @@ def test_quick_start_opens_the_readme_with_two_commands():
 
 
 def test_every_documented_flag_exists():
-  modules = {'vaegan_jax.main': [], 'vaegan_jax.sample': [], 'vaegan_jax.evaluate': []}
+  modules = {'vaegan_jax.main': [], 'vaegan_jax.sample': [], 'vaegan_jax.evaluate': [],
+             'vaegan_jax.plot': []}
   for line in README.splitlines():
     for module in modules:
       if f'python -m {module} ' in line:

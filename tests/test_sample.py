@@ -21,6 +21,7 @@ from vaegan_jax import api
 from vaegan_jax import applications as apps
 from vaegan_jax import images as images_lib
 from vaegan_jax import sample
+from vaegan_jax import viz
 from vaegan_jax.errors import UserError
 
 H, W, C = 28, 28, 1
@@ -220,12 +221,15 @@ def test_damaged_checkpoint_is_one_error(tmp_path, vae_workdir):
 # The CLI's modes.
 # ---------------------------------------------------------------------------
 
-_PANELS = {'samples': 1, 'interpolate': 1, 'reconstruct': 2, 'denoise': 3, 'inpaint': 3}
+_TITLES = {'samples': ['samples'], 'interpolate': ['9 spherical interpolations of 3 steps'],
+           'reconstruct': ['inputs', 'reconstructions'],
+           'denoise': ['clean', 'noisy (salt_pepper 0.2)', 'restored'],
+           'inpaint': ['clean', 'masked (', 'completed (']}
 
 
 @pytest.mark.parametrize('mode,extra', [
     ('samples', {}),
-    ('interpolate', {}),
+    ('interpolate', {'steps': 3}),
     ('reconstruct', {}),
     ('denoise', {'noise': 'salt_pepper', 'noise_level': 0.2}),
     ('inpaint', {'mask': 'blocks'}),
@@ -237,10 +241,12 @@ def test_each_mode(vae_workdir, tmp_path, mode, extra):
   lines = []
   result = sample.run(vae_workdir, mode=mode, num=9, out=out, echo=lines.append, **extra)
   grid = _png(out)
-  panel = 3 * (28 + 2) + 2  # 3x3 tiles with 2-pixel padding.
-  assert grid.shape == (panel, _PANELS[mode] * panel + (_PANELS[mode] - 1) * 8)
+  assert grid.shape[1] >= viz.MIN_WIDTH and result['scale'] >= 1
   assert grid.std() > 10  # Not a blank image.
   assert result['out'] == out and result['step'] == 20
+  assert [t[:len(w)] for t, w in zip(result['titles'], _TITLES[mode])] == _TITLES[mode]
+  assert len(result['titles']) == len(_TITLES[mode])
+  assert result['num'] == (27 if mode == 'interpolate' else 9)
   if mode == 'denoise':
     assert 'psnr_noisy' in result and 'psnr_restored' in result
     assert any('PSNR vs clean' in l for l in lines)
@@ -269,6 +275,62 @@ def test_images_flag_and_default_out(vae_workdir, tmp_path):
     sample.run(vae_workdir, mode='denoise', images=str(bad), echo=lambda _: None)
   with pytest.raises(UserError, match='--images is used by'):
     sample.run(vae_workdir, mode='samples', images=str(digits), echo=lambda _: None)
+
+
+def test_png_panels_hold_the_model_images_enlarged(vae_workdir, tmp_path):
+  """The PNG is the model's images, each an integer nearest-neighbour
+  enlargement, under titles; --scale picks the factor."""
+  model = vaegan_jax.load(vae_workdir)
+  key = jax.random.fold_in(jax.random.PRNGKey(5), sample._SAMPLES)  # pylint: disable=protected-access
+  x = np.asarray(model.sample(key, 4))
+  expected = viz.render([viz.Panel(x, 'samples')], scale=3)
+  out = str(tmp_path / 's.png')
+  result = sample.run(vae_workdir, num=4, seed=5, scale=3, out=out, echo=lambda _: None)
+  png = _png(out)
+  np.testing.assert_array_equal(png, expected.image[..., 0])
+  for image, (top, left, h, w) in zip(viz.to_uint8(x), expected.tiles[0]):
+    np.testing.assert_array_equal(png[top:top + h, left:left + w],
+                                  np.repeat(np.repeat(image[..., 0], 3, 0), 3, 1))
+  assert result['scale'] == 3 and png.shape[1] < viz.MIN_WIDTH  # 2 x 30 + 2 px, x3.
+  auto = sample.run(vae_workdir, num=4, seed=5, out=str(tmp_path / 'a.png'),
+                    echo=lambda _: None)
+  assert auto['scale'] == 5 and _png(auto['out']).shape[1] >= viz.MIN_WIDTH  # ceil(256/62).
+  # The title band: text above the grid, white in an untitled rendering.
+  top = expected.tiles[0][0][0] - viz.PAD * 3
+  assert png[:top].min() < 100
+  untitled = viz.render([viz.Panel(x)], scale=3).image
+  np.testing.assert_array_equal(untitled[..., 0], png[top:])
+
+
+def test_interpolate_paths_steps_and_marked_ends(vae_workdir, tmp_path):
+  out = str(tmp_path / 'i.png')
+  lines = []
+  result = sample.run(vae_workdir, mode='interpolate', num=3, steps=5, out=out,
+                      echo=lines.append)
+  assert (result['paths'], result['steps'], result['num']) == (3, 5, 15)
+  assert '3 paths of 5 steps' in lines[-2]
+  model = vaegan_jax.load(vae_workdir)
+  z = apps.interpolation_latents(
+      jax.random.fold_in(jax.random.PRNGKey(0), sample._INTERPOLATE), 3, 5, model.latent_dim)  # pylint: disable=protected-access
+  decoded = viz.to_uint8(model.decode(z))[..., 0]  # 3 rows of 5 steps.
+  s = result['scale']
+  rendered = viz.render([viz.Panel(decoded[..., None], '', ncol=5)], s)  # Geometry only.
+  png = _png(out)
+  # Below the title and the start / end labels, tile i of the PNG is image i
+  # enlarged s times; the ends (columns 0 and 4) are framed in grey, the
+  # middle ones are not.
+  offset = png.shape[0] - rendered.image.shape[0]
+  assert offset == 2 * viz.line_height()
+  assert len(rendered.tiles[0]) == 15
+  for i, (top, left, h, w) in enumerate(rendered.tiles[0]):
+    tile = png[offset + top:offset + top + h, left:left + w]
+    np.testing.assert_array_equal(tile, np.repeat(np.repeat(decoded[i], s, 0), s, 1))
+    frame = png[offset + top - 1, left + w // 2]
+    assert frame == (viz.MARK[1][0] if i % 5 in (0, 4) else viz.WHITE), (i, frame)
+  with pytest.raises(UserError, match='--steps=1 must be at least 2'):
+    sample.run(vae_workdir, mode='interpolate', steps=1)
+  with pytest.raises(UserError, match='--scale=17'):
+    sample.run(vae_workdir, scale=17)
 
 
 def test_png_bytes_are_deterministic(vae_workdir, tmp_path):
@@ -359,7 +421,8 @@ def test_gan_modes(family_workdirs, data_dir, tmp_path):
     assert os.path.exists(run(mode=mode, out=str(tmp_path / f'{mode}.png'))['out'])
   result = run(mode='inpaint', inpaint_steps=5, restarts=2, out=str(tmp_path / 'i.png'))
   assert result['inpaint_method'] == 'latent' and np.isfinite(result['psnr_completed'])
-  assert _png(result['out']).shape[1] == 3 * (2 * 30 + 2) + 2 * 8
+  assert _png(result['out']).shape[1] >= viz.MIN_WIDTH
+  assert result['titles'] == ['clean', 'masked (center)', 'completed (latent)']
   for mode in ('reconstruct', 'denoise'):
     with pytest.raises(UserError, match=f'--mode={mode} needs an encoder'):
       run(mode=mode)
@@ -381,7 +444,8 @@ def test_vaegan_modes(family_workdirs, data_dir, tmp_path):
                       ('denoise', {}), ('inpaint', {'inpaint_steps': 5})]:
     result = sample.run(workdir, mode=mode, num=4, data_dir=data_dir,
                         out=str(tmp_path / f'{mode}.png'), echo=lambda _: None, **extra)
-    assert _png(result['out']).shape[0] == 2 * 30 + 2
+    assert _png(result['out']).shape[1] >= viz.MIN_WIDTH
+    assert len(result['titles']) == {'reconstruct': 2, 'denoise': 3, 'inpaint': 3}.get(mode, 1)
 
 
 # ---------------------------------------------------------------------------
@@ -412,8 +476,9 @@ def test_cli_reconstruct_on_a_gan(family_workdirs):
 
 def test_cli_writes_png(vae_workdir, tmp_path):
   out = str(tmp_path / 'interpolate.png')
-  proc = _cli(f'--workdir={vae_workdir}', '--mode=interpolate', '--num=12', f'--out={out}')
+  proc = _cli(f'--workdir={vae_workdir}', '--mode=interpolate', '--num=3', '--steps=4',
+              f'--out={out}')
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert '3 rows of 4-step slerp paths' in proc.stdout and os.path.exists(out)
-  assert _png(out).shape == (3 * 30 + 2, 4 * 30 + 2)
+  assert '3 paths of 4 steps' in proc.stdout and os.path.exists(out)
+  assert _png(out).shape[1] == 3 * (4 * 30 + 2)  # Auto scale 3: at least 256 px.
   assert 'Traceback' not in proc.stderr and 'orbax' not in proc.stderr, proc.stderr[-2000:]

@@ -2,9 +2,9 @@
 
 __version__ = "0.1.0"
 
-import os as _os
+from vaegan_jax import console as _console
 
-_os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF is only a data reader here.
+_console.quiet_cpp_logging()  # Before XLA is loaded; see vaegan_jax/console.py.
 
 
 def load(workdir: str, step: int | None = None):

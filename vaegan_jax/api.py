@@ -12,42 +12,20 @@ a checkpoint. The state is restored onto the devices of this process, so a
 checkpoint written on N devices loads on one, and the other way round.
 """
 
-import contextlib
 import functools
-import logging
 import os
 
 import jax
 import numpy as np
 
 from vaegan_jax import checkpoint
+from vaegan_jax import console
 from vaegan_jax import families
 from vaegan_jax import input_pipeline
 from vaegan_jax import run_config
 from vaegan_jax import sharding
 from vaegan_jax.errors import UserError
 from vaegan_jax.families import conditional
-
-
-class _DropReadOnlyNotices(logging.Filter):
-  """Orbax warns about every read-only manager and about checkpoints that
-  have no metadata file; neither says anything wrong when only reading."""
-
-  def filter(self, record):
-    message = record.getMessage()
-    return not ('orbax' in record.pathname and record.levelno <= logging.WARNING and
-                ('read_only' in message or 'read only' in message or
-                 'Metadata file does not exist' in message))
-
-
-@contextlib.contextmanager
-def _quiet_orbax():
-  log, notice_filter = logging.getLogger('absl'), _DropReadOnlyNotices()
-  log.addFilter(notice_filter)
-  try:
-    yield
-  finally:
-    log.removeFilter(notice_filter)
 
 
 def _manager(workdir: str, best: bool):
@@ -63,7 +41,7 @@ def available_steps(workdir: str, best: bool = False) -> list[int]:
                else checkpoint.checkpoint_dir(workdir))
   if not os.path.isdir(directory):
     return []
-  with _quiet_orbax():
+  with console.quiet_notices():
     mngr = _manager(workdir, best)
     try:
       return sorted(int(s) for s in mngr.all_steps())
@@ -244,7 +222,7 @@ def load(workdir: str, step: int | str | None = None) -> Model:
         f'{config.model.family} family needs: the run was made by another version of '
         'vaegan_jax. Add the key to its config.json with the value the run used.') from None
   shardings = sharding.state_sharding(mesh, abstract_state)
-  with _quiet_orbax():
+  with console.quiet_notices():
     mngr = _manager(workdir, best)
     try:
       state = checkpoint.restore(mngr, step, abstract_state, shardings)

@@ -10,6 +10,10 @@ to do>`, and an exit status:
   130  interrupted with Ctrl-C (the trainer says which checkpoint it kept).
 The traceback is printed above the line with `--verbosity=1` (or higher) or
 when the environment variable VAEGAN_JAX_TRACEBACK=1 is set, for bug reports.
+
+Without `--verbosity` the libraries' start-up chatter and notices are
+silenced (vaegan_jax/console.py); with `--verbosity=N` (any N) all of it is
+printed again, absl logging at level N (0 INFO, 1 DEBUG).
 """
 
 import logging as py_logging
@@ -21,6 +25,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from vaegan_jax import console
 from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
 from vaegan_jax.errors import WorkerError
@@ -110,8 +115,7 @@ def run(main):
   """app.run(main) where every failure is one `error:` line (see module doc)."""
 
   def wrapped(argv):
-    if not flags.FLAGS['verbosity'].present:  # Keep library INFO chatter quiet.
-      logging.set_verbosity(logging.WARNING)
+    console.set_verbose(flags.FLAGS['verbosity'].present)
     if not want_traceback():  # Orbax logs a failed save's traceback, which the
       logging.get_absl_handler().addFilter(_drop_orbax_errors)  # error line reports.
     try:

@@ -1,8 +1,10 @@
 """Images from a checkpoint: `python -m vaegan_jax.sample --workdir=DIR --mode=MODE`.
 
-Modes (what the PNG shows):
+Modes (what the PNG shows, each panel titled):
   samples      prior samples;
-  interpolate  rows of spherical interpolations between random latents;
+  interpolate  --num paths (default 8) of --steps images (default 10): one
+               row per spherical interpolation between two random latents,
+               the two ends framed and marked start / end;
   reconstruct  inputs | reconstructions                 (families with an encoder);
   denoise      clean | noisy | restored, prints PSNR     (families with an encoder);
   inpaint      clean | masked | completed, prints PSNR on the missing pixels;
@@ -16,11 +18,13 @@ samples / interpolation rows draw their classes at random.
 Inputs come from the dataset's test split, or from --images=PATH (a PNG/JPEG
 file or a folder of them). Only the workdir is needed: the config stored with
 the run and a checkpoint; data only for the modes that take inputs. The same
-flags give the same PNG bytes.
+flags give the same PNG bytes. Class-conditional samples carry their class
+under each image (class_grid: beside each row). The picture is enlarged by an
+integer factor (nearest neighbour): --scale=S, or by default the smallest
+that makes it at least 256 pixels wide (vaegan_jax/viz.py).
 """
 
 import functools
-import math
 import os
 
 from absl import app
@@ -39,6 +43,11 @@ INPAINT_METHODS = ('auto', 'posterior', 'latent')
 # Key purposes: fold_in(PRNGKey(seed), purpose).
 _SAMPLES, _INTERPOLATE, _NOISE, _MASK, _LATENT_INIT, _CLASS_GRID, _ROW_LABELS = range(7)
 
+DEFAULT_NUM = 64      # Images per panel.
+DEFAULT_PATHS = 8     # --mode=interpolate: paths ...
+DEFAULT_STEPS = 10    # ... of this many images each.
+MAX_SCALE = 16
+
 FLAGS = flags.FLAGS
 
 
@@ -47,7 +56,12 @@ def define_flags():
   `run` never clashes with other modules' flags."""
   flags.DEFINE_string('workdir', None, 'Run directory holding config.json and checkpoints/.')
   flags.DEFINE_string('mode', 'samples', f'What to draw: {" | ".join(MODES)}.')
-  flags.DEFINE_integer('num', 64, 'Number of images (per panel).')
+  flags.DEFINE_integer('num', None, f'Images per panel (default {DEFAULT_NUM}); '
+                       f'interpolate: paths (default {DEFAULT_PATHS}).')
+  flags.DEFINE_integer('steps', DEFAULT_STEPS, 'interpolate: images per path, both ends '
+                       'included.')
+  flags.DEFINE_integer('scale', 0, 'Enlarge the PNG by this integer factor (nearest '
+                       'neighbour); 0 = the smallest that makes it at least 256 px wide.')
   flags.DEFINE_integer('seed', 0, 'Seed of every random choice; same seed, same PNG.')
   flags.DEFINE_string('out', '', 'PNG to write; default WORKDIR/<mode>_step<N>.png.')
   flags.DEFINE_string('step', '', "Checkpoint step to load; '' = the latest, 'best' = "
@@ -74,16 +88,19 @@ def define_flags():
 
 
 def check_args(mode, num, noise, noise_level, mask, inpaint_method, inpaint_steps,
-               restarts, images, label=None):
-  """Everything that can be checked before a model is loaded."""
+               restarts, images, label=None, steps=DEFAULT_STEPS, scale=0):
+  """Everything that can be checked before a model is loaded (`num` None
+  stands for the mode's default)."""
   if label is not None and mode == 'class_grid':
     raise UserError('--label is not used by --mode=class_grid, which draws every class.')
   if mode not in MODES:
     raise UsageError(f'Unknown --mode={mode!r}; choose one of {", ".join(MODES)}.')
-  if num < 1:
+  if num is not None and num < 1:
     raise UsageError(f'--num={num} must be at least 1.')
-  if mode == 'interpolate' and num < 2:
-    raise UsageError('--mode=interpolate needs --num of at least 2.')
+  if mode == 'interpolate' and steps < 2:
+    raise UsageError(f'--steps={steps} must be at least 2: a path has two ends.')
+  if not 0 <= scale <= MAX_SCALE:
+    raise UsageError(f'--scale={scale} must be between 0 (automatic) and {MAX_SCALE}.')
   if images and mode not in INPUT_MODES:
     raise UsageError(f'--images is used by {", ".join(INPUT_MODES)}, not by --mode={mode}.')
   if noise not in NOISE_KINDS:
@@ -133,28 +150,37 @@ def load_inputs_and_labels(model, num, seed, images=None, data_dir=None, echo=pr
   return input_pipeline.to_float(test[idx]), np.asarray(labels[idx], np.int32)
 
 
-def run(workdir, mode='samples', num=64, seed=0, out='', step=None, images='',
+def run(workdir, mode='samples', num=None, seed=0, out='', step=None, images='',
         data_dir='', noise='gaussian', noise_level=0.3, mask='center',
         inpaint_method='auto', inpaint_steps=200, restarts=4, label=None,
-        echo=print) -> dict:
+        steps=DEFAULT_STEPS, scale=0, echo=print) -> dict:
   """Draws one mode's PNG from the checkpoint in `workdir`.
 
+  Args:
+    num: images per panel, default 64; interpolate: paths, default 8.
+    steps: interpolate: images per path.
+    scale: integer enlargement of the PNG; 0 = at least 256 px wide.
+    The others: the flags of the same names.
+
   Returns:
-    {'out': PNG path, 'step': checkpoint step, 'num': images per panel} plus,
-    per mode, PSNRs in dB: reconstruct 'psnr'; denoise 'psnr_noisy',
+    {'out': PNG path, 'step': checkpoint step, 'num': images per panel,
+    'scale': the enlargement used, 'titles': the panels' titles} plus, per
+    mode, PSNRs in dB: reconstruct 'psnr'; denoise 'psnr_noisy',
     'psnr_restored'; inpaint 'psnr_grey_fill', 'psnr_mean_fill' (trivial
     fills), 'psnr_completed' (all on the missing pixels only), and
-    'inpaint_method'; class_grid 'num_classes'.
+    'inpaint_method'; class_grid 'num_classes'; interpolate 'paths', 'steps'.
   """
   check_args(mode, num, noise, noise_level, mask, inpaint_method, inpaint_steps,
-             restarts, images, label)
+             restarts, images, label, steps, scale)
+  if num is None:
+    num = DEFAULT_PATHS if mode == 'interpolate' else DEFAULT_NUM
   # Heavy imports only once the flags are known to be sane.
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from vaegan_jax import api  # pylint: disable=g-import-not-at-top
   from vaegan_jax import applications as apps  # pylint: disable=g-import-not-at-top
   from vaegan_jax import families  # pylint: disable=g-import-not-at-top
-  from vaegan_jax import images as images_lib  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import viz  # pylint: disable=g-import-not-at-top
   from vaegan_jax.families import conditional  # pylint: disable=g-import-not-at-top
 
   stored = api.load_config(workdir)
@@ -200,28 +226,38 @@ def run(workdir, mode='samples', num=64, seed=0, out='', step=None, images='',
   decode = lambda s, z, y: family.decode(config, s, z, y)
   tile = lambda y, m: None if y is None else jax.numpy.tile(y, m // y.shape[0])
   result = {'step': model.step, 'num': num}
-  ncol = None
+  # Each panel: (images, title, viz.Panel options).
 
   if mode == 'samples':
-    panels = [model.sample(key(_SAMPLES), num, label)]
+    y = conditional.labels_for(config, key(_SAMPLES), num, label)  # As sample draws them.
+    title = 'samples' if label is None else f'samples of class {label}'
+    panels = [(model.sample(key(_SAMPLES), num, y), title,
+               {'captions': viz.class_captions(y) if label is None else None})]
   elif mode == 'class_grid':
     ncol = max(1, num // num_classes)
     z = jax.random.normal(key(_CLASS_GRID), (ncol, model.latent_dim))
-    panels = [model.decode(jax.numpy.tile(z, (num_classes, 1)),
-                           np.repeat(np.arange(num_classes), ncol))]
+    panels = [(model.decode(jax.numpy.tile(z, (num_classes, 1)),
+                            np.repeat(np.arange(num_classes), ncol)),
+               'one row per class, the same latents in every row',
+               {'ncol': ncol, 'row_labels': [str(k) for k in range(num_classes)]})]
     result['num'], result['num_classes'] = ncol * num_classes, num_classes
     echo(f'{num_classes} rows (classes 0-{num_classes - 1}) of the same {ncol} latents.')
   elif mode == 'interpolate':
-    ncol = math.ceil(math.sqrt(num))
-    rows = max(1, num // ncol)
-    z = apps.interpolation_latents(key(_INTERPOLATE), rows, ncol, model.latent_dim)
-    row_labels = None
-    if num_classes:  # One class per row: --label, or drawn per row.
-      row_labels = (np.full((rows,), label) if label is not None else np.asarray(
-          jax.random.randint(key(_ROW_LABELS), (rows,), 0, num_classes)))
-      row_labels = np.repeat(row_labels, ncol)
-    panels = [model.decode(z, row_labels)]
-    echo(f'{rows} rows of {ncol}-step slerp paths between random latents.')
+    z = apps.interpolation_latents(key(_INTERPOLATE), num, steps, model.latent_dim)
+    path_labels = None
+    if num_classes:  # One class per path: --label, or drawn per path.
+      path_labels = (np.full((num,), label) if label is not None else np.asarray(
+          jax.random.randint(key(_ROW_LABELS), (num,), 0, num_classes)))
+    ends = [p * steps + q for p in range(num) for q in (0, steps - 1)]
+    panels = [(model.decode(z, None if path_labels is None else np.repeat(path_labels, steps)),
+               f'{num} spherical interpolations of {steps} steps',
+               {'ncol': steps, 'marked': ends,
+                'col_labels': ['start'] + [''] * (steps - 2) + ['end'],
+                'row_labels': None if path_labels is None else [
+                    f'class {k}' for k in path_labels]})]
+    result.update(num=num * steps, paths=num, steps=steps)
+    echo(f'{num} paths of {steps} steps: spherical interpolations between random '
+         'latents (the ends framed).')
   else:
     x, y = load_inputs_and_labels(model, num, seed, images, data_dir, echo)
     x = jax.numpy.asarray(x)
@@ -229,16 +265,18 @@ def run(workdir, mode='samples', num=64, seed=0, out='', step=None, images='',
     y = None if not num_classes else jax.numpy.asarray(
         np.full((n,), label) if label is not None else y, jax.numpy.int32)
     result['num'] = n
+    captions = {'captions': viz.class_captions(y)}  # The class each image is given.
     if mode == 'reconstruct':
       x_hat = model.reconstruct(x, y)
-      panels = [x, x_hat]
+      panels = [(x, 'inputs', captions), (x_hat, 'reconstructions', {})]
       result['psnr'] = float(apps.psnr(x, x_hat))
       echo(f'reconstruct: PSNR {result["psnr"]:.2f} dB')
     elif mode == 'denoise':
       noisy = apps.add_noise(key(_NOISE), x, noise, noise_level)
       restored = jax.jit(lambda s, v, yy: apps.denoise(
           lambda u: reconstruct(s, u, yy), v))(state, noisy, y)
-      panels = [x, noisy, restored]
+      panels = [(x, 'clean', captions), (noisy, f'noisy ({noise} {noise_level:g})', {}),
+                (restored, 'restored', {})]
       result['psnr_noisy'] = float(apps.psnr(x, noisy))
       result['psnr_restored'] = float(apps.psnr(x, restored))
       echo(f'denoise ({noise} {noise_level:g}): PSNR vs clean: noisy '
@@ -258,7 +296,8 @@ def run(workdir, mode='samples', num=64, seed=0, out='', step=None, images='',
             lambda u: decode(s, u, tile(yy, u.shape[0])), v, mm, z, inpaint_steps))
         completed = fill(state, x, m, z0, y)
       masked = apps.apply_mask(x, m)
-      panels = [x, masked, completed]
+      panels = [(x, 'clean', captions), (masked, f'masked ({mask})', {}),
+                (completed, f'completed ({inpaint_method})', {})]
       result['inpaint_method'] = inpaint_method
       result['psnr_grey_fill'] = float(apps.psnr(x, masked, 1.0 - m))
       result['psnr_mean_fill'] = float(apps.psnr(
@@ -268,12 +307,13 @@ def run(workdir, mode='samples', num=64, seed=0, out='', step=None, images='',
            f'grey fill {result["psnr_grey_fill"]:.2f} dB, observed-mean fill '
            f'{result["psnr_mean_fill"]:.2f} dB -> completed {result["psnr_completed"]:.2f} dB')
 
-  panels = [np.asarray(jax.device_get(p)) for p in panels]
-  grid = images_lib.side_by_side([images_lib.make_grid(p, ncol) for p in panels])
+  figure = [viz.Panel(np.asarray(jax.device_get(images)), title, **options)
+            for images, title, options in panels]
   out = out or os.path.join(workdir, f'{mode}_step{model.step}.png')
+  rendered = viz.render(figure, scale)
   if jax.process_index() == 0:
-    images_lib.save_png(out, grid)
-  result['out'] = out
+    viz.save_png(out, rendered.image)
+  result.update(out=out, scale=rendered.scale, titles=[p.title for p in figure])
   echo(f'Wrote {out}')
   return result
 
@@ -284,6 +324,7 @@ def main(argv):
   if not FLAGS.workdir:
     raise UsageError('--workdir is required: the directory of a training run.')
   run(FLAGS.workdir, mode=FLAGS.mode, num=FLAGS.num, seed=FLAGS.seed, out=FLAGS.out,
+      steps=FLAGS.steps, scale=FLAGS.scale,
       step=FLAGS.step, images=FLAGS.images, data_dir=FLAGS.data_dir, noise=FLAGS.noise,
       noise_level=FLAGS.noise_level, mask=FLAGS.mask,
       inpaint_method=FLAGS.inpaint_method, inpaint_steps=FLAGS.inpaint_steps,

@@ -15,13 +15,15 @@ import jax
 import numpy as np
 
 from vaegan_jax import checkpoint
+from vaegan_jax import console
 from vaegan_jax import families
-from vaegan_jax import images as images_lib
 from vaegan_jax import input_pipeline
 from vaegan_jax import run_config
 from vaegan_jax import sharding
 from vaegan_jax import validation
 from vaegan_jax import summaries
+from vaegan_jax import viz
+from vaegan_jax.families import conditional
 from vaegan_jax.metrics import generative
 from vaegan_jax.errors import UserError
 
@@ -81,13 +83,26 @@ def _check_finite(pending: list, last_step: int):
             f'learning rate or check the data.')
 
 
-def write_grid(grid_fn, state, key, test_images, path, test_labels=None):
+def write_grid(grid_fn, state, key, test_images, path, test_labels=None,
+               titles=(), num_classes=0):
   """Writes the family's panels (e.g. samples | inputs | reconstructions) as one
-  PNG; `test_labels` (int32 (N,)) condition a conditional model's panels."""
+  titled PNG (vaegan_jax/viz.py).
+
+  Args:
+    grid_fn: jitted `family.grid_panels` bound to the config.
+    test_labels: int32 (N,) labels of `test_images`; they condition a
+      conditional model's panels.
+    titles: one title per panel (`family.GRID_TITLES`).
+    num_classes: K of a conditional model (0 otherwise): its samples (classes
+      0, 1, ... in turn, see `grid_panels`) are captioned with their class.
+  """
   panels = jax.device_get(grid_fn(state, key, test_images, test_labels))
-  grid = images_lib.side_by_side([images_lib.make_grid(p) for p in panels])
+  titles = tuple(titles) + ('',) * (len(panels) - len(titles))
+  figure = [viz.Panel(np.asarray(p), t) for p, t in zip(panels, titles)]
+  if num_classes:
+    figure[0].captions = viz.class_captions(np.arange(len(panels[0])) % num_classes)
   if _is_main():
-    images_lib.save_png(path, grid)
+    viz.save(path, figure)
 
 
 def evaluate(config, family, eval_fn, state, data, mesh, generative_eval=None) -> dict:
@@ -120,6 +135,9 @@ def train_and_evaluate(config, workdir: str):
   family = families.get(config.model.family)
   run_config.check_workdir(workdir)
   run_config.check_and_save(config, workdir)
+  print(f'Training the {config.model.family} model on {config.data.name} for '
+        f'{config.train.num_steps} steps of {config.train.batch_size} images; '
+        f'workdir {workdir}', flush=True)
   mesh = sharding.make_mesh()
   data = input_pipeline.Data(config)
 
@@ -202,7 +220,8 @@ def train_and_evaluate(config, workdir: str):
 
       if step % tc.sample_every_steps == 0 or is_last:
         write_grid(grid_fn, state, grid_key, grid_images,
-                   os.path.join(workdir, 'samples', f'step_{step:07d}.png'), grid_labels)
+                   os.path.join(workdir, 'samples', f'step_{step:07d}.png'), grid_labels,
+                   family.GRID_TITLES, conditional.num_classes(config))
 
       if step % tc.eval_every_steps == 0 or is_last:
         scalars = evaluate(config, family, eval_fn, state, data, mesh, gen_eval)
@@ -210,8 +229,7 @@ def train_and_evaluate(config, workdir: str):
           checkpoint.save_if_best(best_mngr, step, state, scalars, best_metric,
                                   config.eval.best_mode)
         log.write(step, scalars)
-        print(f'eval at step {step}: ' +
-              ' '.join(f'{k} {v:.4g}' for k, v in scalars.items()), flush=True)
+        print(console.eval_block(step, scalars, family.EVAL_CONSOLE_METRICS), flush=True)
 
       periodic = (step % tc.sample_every_steps == 0 or step % tc.eval_every_steps == 0
                   or step % tc.checkpoint_every_steps == 0)

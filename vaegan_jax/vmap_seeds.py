@@ -42,6 +42,7 @@ from vaegan_jax import sharding
 from vaegan_jax import validation
 from vaegan_jax import train
 from vaegan_jax.errors import UserError
+from vaegan_jax.families import conditional
 from vaegan_jax.metrics import generative
 
 
@@ -234,7 +235,8 @@ def train_and_evaluate(configs, workdirs, echo=print):
           state_s = unstack(states, s)
           if sample_now:
             train.write_grid(grid_fn, state_s, grid_keys[s], grid_images,
-                             os.path.join(w, 'samples', f'step_{step:07d}.png'), grid_labels)
+                             os.path.join(w, 'samples', f'step_{step:07d}.png'), grid_labels,
+                             family.GRID_TITLES, conditional.num_classes(configs[s]))
           if eval_now:
             scalars = train.evaluate(configs[s], family, eval_fn, state_s, data, mesh,
                                      gen_evals[s])

@@ -202,7 +202,9 @@ def _prepare(name: str, data_dir: str | None):
 
   builder = tfds.builder(name, data_dir=data_dir)
   where = data_dir or '~/tensorflow_datasets (or $TFDS_DATA_DIR)'
-  if builder.is_prepared():
+  # TFDS warns "Variant folder ... has no dataset_info.json" when asked about
+  # a folder it has not finished preparing: ask only once that file exists.
+  if (builder.data_path / 'dataset_info.json').exists() and builder.is_prepared():
     file_format = str(getattr(builder.info.file_format, 'value', builder.info.file_format))
     if 'array_record' not in file_format:
       raise UserError(
@@ -214,7 +216,7 @@ def _prepare(name: str, data_dir: str | None):
   if name == EMBEDDED:
     print(f'Building the embedded dataset {name} into {builder.data_dir} '
           '(offline, a few seconds).', flush=True)
-    tfds.disable_progress_bar()
+    tfds.disable_progress_bar()  # The builder shows the project's own bar.
     builder.download_and_prepare(file_format='array_record')
     return
   if not _download_host_reachable():

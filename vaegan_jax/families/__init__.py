@@ -6,7 +6,10 @@ Each family module provides:
   eval_step(config, state, batch) -> dict of per-batch sums  (masked rows)
   sample(config, state, key, n) -> images (n, H, W, C) in [0, 1]
   grid_panels(config, state, key, images) -> list of image batches for grids
-and, for families with an encoder, encode / decode / reconstruct.
+and, for families with an encoder, encode / decode / reconstruct; and the
+constants CONSOLE_METRICS (training metrics on each console line),
+EVAL_CONSOLE_METRICS (an evaluation's headline metrics on the console) and
+GRID_TITLES (the titles of grid_panels' panels).
 """
 
 import importlib

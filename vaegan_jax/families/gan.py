@@ -39,6 +39,9 @@ from vaegan_jax.models import gan as gan_models
 from vaegan_jax.models import resnet
 
 CONSOLE_METRICS = ('d_loss', 'g_loss', 'd_real', 'd_fake')
+# Headline metrics of an evaluation on the console (all go to metrics.jsonl).
+EVAL_CONSOLE_METRICS = ('fid', 'kid', 'precision', 'recall', 'modes_covered')
+GRID_TITLES = ('samples', 'test images')  # The panels of grid_panels.
 
 # Purposes for step keys (state_lib.step_key).
 _D = 0          # Folded with the D update's index, then split per use.

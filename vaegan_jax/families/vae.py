@@ -24,6 +24,9 @@ from vaegan_jax.families import conditional
 from vaegan_jax.models import vae as vae_models
 
 CONSOLE_METRICS = ("loss", "elbo", "recon", "kl")
+# Headline metrics of an evaluation on the console (all go to metrics.jsonl).
+EVAL_CONSOLE_METRICS = ('elbo', 'nll_nats', 'fid', 'kid', 'psnr')
+GRID_TITLES = ('prior samples', 'test images', 'reconstructions')  # The panels of grid_panels.
 LIKELIHOODS = ('bernoulli', 'gaussian')  # config.vae.likelihood; see log_likelihood.
 
 # Purposes for step keys (state_lib.step_key).

@@ -63,6 +63,9 @@ from vaegan_jax.models import vae as vae_models
 from vaegan_jax.models import vaegan as vaegan_models
 
 CONSOLE_METRICS = ('kl', 'feature_recon', 'recon_mse', 'd_loss', 'g_loss')
+# Headline metrics of an evaluation on the console (all go to metrics.jsonl).
+EVAL_CONSOLE_METRICS = ('fid', 'kid', 'precision', 'recall', 'psnr')
+GRID_TITLES = ('prior samples', 'test images', 'reconstructions')  # The panels of grid_panels.
 NETWORKS = ('encoder', 'decoder', 'discriminator')
 
 # Purpose of the step key (state_lib.step_key); `forward` folds in _EPS / _Z.

@@ -66,6 +66,7 @@ import numpy as np
 import optax
 
 from vaegan_jax import input_pipeline
+from vaegan_jax import progress
 from vaegan_jax.errors import UserError
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
@@ -275,7 +276,7 @@ def train(dataset: str, seed: int = 0, num_steps: int | None = None,
     return optax.apply_updates(params, updates), opt_state, loss
 
   losses = []
-  for step in range(num_steps):
+  for step in progress.iterate(range(num_steps), f'feature net {dataset}', unit='step'):
     idx = input_pipeline.global_batch_indices(len(images), batch_size, seed, step)
     params, opt_state, loss = step_fn(params, opt_state,
                                       input_pipeline.to_float(images[idx]),

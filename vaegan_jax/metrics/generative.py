@@ -40,6 +40,7 @@ import jax
 import numpy as np
 
 from vaegan_jax import input_pipeline
+from vaegan_jax import progress
 from vaegan_jax import sharding
 from vaegan_jax.families import conditional
 from vaegan_jax.metrics import distances
@@ -264,20 +265,20 @@ class Evaluator:
       key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), _SAMPLE_KEY)
     feats, probs, incep = [], [], []
     steps = math.ceil(num_samples / self.batch_size)
-    show = (inception_lib._progress('Inception features of samples', num_samples)  # pylint: disable=protected-access
-            if self.inception_net is not None else lambda done: None)
-    for i in range(steps):
-      images = self._sample(state, jax.random.fold_in(key, i))
-      f, p = self.net(images)
-      feats.append(f)
-      probs.append(p)
-      if self.inception_net is not None:
-        incep.append(self.inception_net.compute(
-            jax.device_get(images)[:num_samples - i * self.batch_size],
-            self.inception_batch, self.data_sharding))
-        show(min((i + 1) * self.batch_size, num_samples))
-    if incep:
-      show(None)
+    what = 'samples -> features' + (' (+ Inception)' if self.inception_net is not None else '')
+    with progress.bar(num_samples, what, 'img') as bar:
+      for i in range(steps):
+        images = self._sample(state, jax.random.fold_in(key, i))
+        f, p = self.net(images)
+        feats.append(f)
+        probs.append(p)
+        if self.inception_net is not None:
+          incep.append(self.inception_net.compute(
+              jax.device_get(images)[:num_samples - i * self.batch_size],
+              self.inception_batch, self.data_sharding))
+        elif bar.on:
+          jax.block_until_ready(f)  # So that the bar follows the work.
+        bar.update(min(self.batch_size, num_samples - i * self.batch_size))
     feats, probs = jax.device_get((feats, probs))
     out = (np.concatenate(feats)[:num_samples], np.concatenate(probs)[:num_samples])
     if self.inception_net is None:
@@ -290,8 +291,11 @@ class Evaluator:
     count = 0
     labels = (self.test_labels if self.test_labels is not None
               else np.zeros((len(self.test_images),), np.int32))
-    for batch, valid in input_pipeline.eval_batches(
-        self.test_images, labels, self.batch_size, self.data_sharding):
+    for batch, valid in progress.iterate(
+        input_pipeline.eval_batches(self.test_images, labels, self.batch_size,
+                                    self.data_sharding),
+        'test images -> reconstructions',
+        total=math.ceil(len(self.test_images) / self.batch_size), unit='batch'):
       x = batch['image']
       recon = self._reconstruct(state, x, batch['label'] if self.num_conditional_classes
                                 else None)
@@ -315,7 +319,8 @@ class Evaluator:
     labels = np.arange(num_samples) % k
     padded = np.resize(labels, math.ceil(num_samples / self.batch_size) * self.batch_size)
     feats, probs = [], []
-    for i in range(len(padded) // self.batch_size):
+    for i in progress.iterate(range(len(padded) // self.batch_size),
+                              'class-conditional samples -> features', unit='batch'):
       y = jax.device_put(padded[i * self.batch_size:(i + 1) * self.batch_size].astype(np.int32),
                          self.data_sharding)
       images = self._sample_class(state, jax.random.fold_in(key, i), y)

@@ -50,8 +50,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import sys
-import time
 from typing import Callable, Iterable
 
 import flax.linen as nn
@@ -60,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from vaegan_jax import progress as progress_lib
 from vaegan_jax.errors import UserError
 
 INPUT_SIZE = 299
@@ -461,8 +460,8 @@ class InceptionNetwork:
         ``batch_size`` must then split over its devices.
       num_images: stop after this many images (required for iterables of
         unknown length; default all).
-      progress: label of a one-line progress indication on stderr, shown
-        only when stderr is a terminal; '' = none.
+      progress: label of a progress bar (vaegan_jax/progress.py: stderr,
+        terminals only); '' = none.
 
     Returns:
       ``{'pool3': (N, 2048), 'logits': (N, 1008), 'logits_unbiased': (N, 1008)}``,
@@ -475,23 +474,22 @@ class InceptionNetwork:
       if num_images is None:
         raise ValueError('num_images is required when images is an iterable.')
       total, chunks = num_images, _rechunk(images, batch_size)
-    show = _progress(progress, total) if progress else (lambda done: None)
     outs, done = [], 0
-    for chunk in chunks:
-      chunk = np.asarray(chunk)[:total - done]
-      if chunk.dtype != np.uint8:
-        chunk = quantize(chunk)
-      valid = len(chunk)
-      if valid < batch_size:
-        chunk = np.concatenate([chunk, np.zeros((batch_size - valid, *chunk.shape[1:]),
-                                                np.uint8)])
-      x = jax.device_put(chunk, sharding) if sharding is not None else chunk
-      outs.append((valid, self(x)))
-      done += valid
-      show(done)
-      if done >= total:
-        break
-    show(None)
+    with progress_lib.bar(total, progress, 'img') as bar:
+      for chunk in chunks:
+        chunk = np.asarray(chunk)[:total - done]
+        if chunk.dtype != np.uint8:
+          chunk = quantize(chunk)
+        valid = len(chunk)
+        if valid < batch_size:
+          chunk = np.concatenate([chunk, np.zeros((batch_size - valid, *chunk.shape[1:]),
+                                                  np.uint8)])
+        x = jax.device_put(chunk, sharding) if sharding is not None else chunk
+        outs.append((valid, self(x)))
+        done += valid
+        bar.update(valid)
+        if done >= total:
+          break
     fetched = jax.device_get([o for _, o in outs])
     return {name: np.concatenate([o[j][:v] for (v, _), o in zip(outs, fetched)])
             for j, name in enumerate(('pool3', 'logits', 'logits_unbiased'))}
@@ -516,23 +514,6 @@ def _rechunk(batches, size: int):
       buf, count = [cat[size:]], count - size
   if count:
     yield np.concatenate(buf)
-
-
-def _progress(label: str, total: int) -> Callable:
-  """One self-overwriting line on stderr when it is a terminal, else silent."""
-  if not sys.stderr.isatty():
-    return lambda done: None
-  t0 = time.time()
-
-  def show(done):
-    if done is None:
-      sys.stderr.write('\n')
-    else:
-      rate = done / max(time.time() - t0, 1e-9)
-      sys.stderr.write(f'\r{label}: {done}/{total} images ({rate:.0f}/s)')
-    sys.stderr.flush()
-
-  return show
 
 
 def load(path: str | None = None) -> InceptionNetwork:

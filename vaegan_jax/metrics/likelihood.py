@@ -23,6 +23,7 @@ import numpy as np
 
 from vaegan_jax import input_pipeline
 from vaegan_jax import objectives
+from vaegan_jax import progress
 from vaegan_jax import sharding
 from vaegan_jax.families import vae
 
@@ -129,12 +130,14 @@ def evaluate(config, state, images, k: int = 100, key=None, batch_size: int = 10
   elbo_sum = iwae_sum = 0.0
   count = 0
   labels = np.zeros((len(images),), np.int32)
-  for i, (batch, valid) in enumerate(input_pipeline.eval_batches(
-      images, labels, batch_size, sharding.data_sharding(mesh))):
-    e, w = jax.device_get(batch_fn(state.params, batch, jax.random.fold_in(key, i)))
-    elbo_sum += float(e)
-    iwae_sum += float(w)
-    count += valid
+  with progress.bar(len(images), f'IWAE bound, k={k}', 'img') as bar:
+    for i, (batch, valid) in enumerate(input_pipeline.eval_batches(
+        images, labels, batch_size, sharding.data_sharding(mesh))):
+      e, w = jax.device_get(batch_fn(state.params, batch, jax.random.fold_in(key, i)))
+      elbo_sum += float(e)
+      iwae_sum += float(w)
+      count += valid
+      bar.update(valid)
   nll = -iwae_sum / count
   dims = math.prod(images.shape[1:])
   return {'elbo': elbo_sum / count, 'nll_nats': nll,

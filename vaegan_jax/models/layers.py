@@ -9,7 +9,10 @@ checkpoints move freely between these layers and flax's, CPU and TPU.
   impl='xla'   exactly the `lax.conv_general_dilated` call flax makes.
   impl='fast'  the same forward convolution (bit-identical outputs); a custom
                VJP changes how the gradients are computed (below).
-  impl='auto'  'fast' on the CPU backend, 'xla' elsewhere.
+  impl='gemm'  every convolution and gradient through `conv_cpu` (below):
+               faster on CPU, equal to 'xla' up to float rounding.
+  impl='auto'  'fast' on the CPU backend, 'xla' elsewhere (GPU/TPU keep
+               their own convolution kernels).
 
 Why: XLA:CPU runs the kernel gradient of an input-dilated convolution (every
 strided ConvTranspose) as a convolution with window reversal, which it cannot
@@ -57,6 +60,17 @@ cores, XLA:CPU, batch 256, float32; `python experiments/layer_timing.py
   (Taken while other jobs kept the load near 18: absolute times are several
   times an idle machine's; the two impls were timed alternately, so the
   ratios hold.)
+
+impl='gemm' goes further: the forward pass and both gradients as GEMMs,
+strided slices and XLA's strided convolution, picked per layer shape
+(`conv_cpu.choose`), so that the ConvTranspose forward and the strided-Conv
+input gradient (input-dilated convolutions, which XLA:CPU runs far below its
+matmul speed) become col2im GEMMs too; every gradient of a gradient runs
+through the same maps. It is opt-in (`model.conv_impl='gemm'`): its outputs
+differ from 'xla' / 'fast' in the last bits (the sums run in another order),
+so a default run with it does not reproduce the numbers the README records
+for the defaults. Per-primitive and whole-step timings: README "CPU speed",
+`experiments/conv_primitives.py`, `experiments/throughput.py`.
 """
 
 import functools
@@ -69,7 +83,9 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-IMPLS = ('auto', 'xla', 'fast')
+from vaegan_jax.models import conv_cpu
+
+IMPLS = ('auto', 'xla', 'fast', 'gemm')
 # Taps of the kernel gradient are stacked into one GEMM while the sliced
 # operand has few channels: all taps at 1 channel, one tap per GEMM at >= 32.
 _TAP_STACK_CHANNELS = 32
@@ -85,15 +101,8 @@ def resolve_impl(impl: str) -> str:
 
 
 # ---------------------------------------------------------------------------
-# The convolution and its custom gradient.
+# XLA's convolution, as flax issues it, and impl='fast''s custom gradient.
 # ---------------------------------------------------------------------------
-
-
-def _dimension_numbers(ndim: int) -> lax.ConvDimensionNumbers:
-  """Channels-last (N, *spatial, C) inputs, (*spatial, I, O) kernels."""
-  lhs = (0, ndim - 1) + tuple(range(1, ndim - 1))
-  rhs = (ndim - 1, ndim - 2) + tuple(range(ndim - 2))
-  return lax.ConvDimensionNumbers(lhs, rhs, lhs)
 
 
 def _xla_conv(x, kernel, strides, padding, lhs_dilation, precision):
@@ -112,7 +121,7 @@ def _xla_conv(x, kernel, strides, padding, lhs_dilation, precision):
   """
   return lax.conv_general_dilated(
       x, kernel, strides, padding, lhs_dilation=lhs_dilation,
-      dimension_numbers=_dimension_numbers(x.ndim), precision=precision)
+      dimension_numbers=conv_cpu.dimension_numbers(x.ndim), precision=precision)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -287,7 +296,7 @@ def _apply_conv(module, inputs, transpose: bool):
   if isinstance(precision, list):
     precision = tuple(precision)
 
-  conv = _fast_conv if impl == 'fast' else _xla_conv
+  conv = {'xla': _xla_conv, 'fast': _fast_conv, 'gemm': conv_cpu.conv}[impl]
   y = conv(inputs, kernel, window_strides, padding, lhs_dilation, precision)
   if bias is not None:
     y += bias.reshape((1,) * (y.ndim - 1) + (-1,))
@@ -297,7 +306,7 @@ def _apply_conv(module, inputs, transpose: bool):
 
 
 class Conv(nn.Module):
-  """`flax.linen.Conv` (no dilation, groups or masks) with a CPU-fast backward.
+  """`flax.linen.Conv` (no dilation, groups or masks), fast on CPU.
 
   Attributes:
     features: output channels C_out.
@@ -309,7 +318,7 @@ class Conv(nn.Module):
     param_dtype: dtype of the parameters.
     precision: `lax.Precision` of the convolution and its gradient GEMMs.
     kernel_init, bias_init: initialisers (flax's defaults).
-    impl: 'auto', 'xla' or 'fast' (module docstring).
+    impl: 'auto', 'xla', 'fast' or 'gemm' (module docstring).
 
   Input (*batch, *spatial, C_in) -> output (*batch, *out_spatial, C_out);
   params 'kernel' (*kernel_size, C_in, C_out) and 'bias' (C_out,).
@@ -332,7 +341,7 @@ class Conv(nn.Module):
 
 
 class ConvTranspose(nn.Module):
-  """`flax.linen.ConvTranspose` (transpose_kernel=False) with a CPU-fast backward.
+  """`flax.linen.ConvTranspose` (transpose_kernel=False), fast on CPU.
 
   Same semantics as flax: the input is dilated by `strides` and convolved
   (stride 1, kernel not flipped); 'SAME' gives out = in * stride, explicit
@@ -348,7 +357,7 @@ class ConvTranspose(nn.Module):
     param_dtype: dtype of the parameters.
     precision: `lax.Precision` of the convolution and its gradient GEMMs.
     kernel_init, bias_init: initialisers (flax's defaults).
-    impl: 'auto', 'xla' or 'fast' (module docstring).
+    impl: 'auto', 'xla', 'fast' or 'gemm' (module docstring).
 
   Input (*batch, *spatial, C_in) -> output (*batch, *out_spatial, C_out);
   params 'kernel' (*kernel_size, C_in, C_out) and 'bias' (C_out,).

@@ -1,0 +1,515 @@
+"""Convolutions on CPU as a few large matrix products, with their gradients.
+
+XLA:CPU multiplies matrices at close to the machine's peak but runs its own
+convolution kernels far below it (README "CPU speed"), so this module writes
+every convolution the project's layers make -- a Conv with window strides, or
+a ConvTranspose (an input-dilated convolution) -- as strided slices, pads and
+GEMMs in plain JAX, and picks the fastest formulation for each pass.
+
+The one idea: both kinds of layer relate a "big" array to a "small" one. Per
+spatial dim, tap t (0 <= t < k) of the kernel connects
+
+    small[o]  <->  big[step * o + base + t],   0 <= o < n_small,
+
+positions outside 0 <= p < n_big being zeros. For a Conv (window stride s,
+padding (lo, hi)), big = x, small = y, step = s, base = -lo. For a
+ConvTranspose (input dilation d, padding (lo, hi) of the dilated input),
+big = y, small = x, step = d, base = lo - k + 1 with the kernel flipped and
+its two channel axes swapped. With the patch matrix ("im2col")
+
+    G[b, o, t, c] = big[b, step * o + base + t, c]                (gather)
+
+and W (T, C_big, C_small) the kernel with its taps flattened, three bilinear
+maps do all the work:
+
+    down(big, W)     = G . W                  -> small   (Conv forward)
+    up(small, W)     = gather^T(small . W^T)  -> big     (ConvT forward)
+    wgrad(big, small)= G^T . small            -> W's shape
+
+gather^T, the adjoint of the gather ("col2im"), adds each tap's slab of
+small . W^T into big at stride `step`; it is done phase by phase (the taps
+with base + t = r mod step land in output phase r, shifted by
+(base + t) // step), so it adds only the 1/step^2 of the positions that are
+not zero insertions. Their derivatives are the same three maps (Dumoulin &
+Visin 2016, "A guide to convolution arithmetic", sec. 4):
+
+    down:  d big = up(d small, W),     dW = wgrad(big, d small)
+    up:    d small = down(d big, W),   dW = wgrad(d big, small)
+    wgrad: d big = up(small, dW),      d small = down(big, dW)
+
+so each is a `jax.custom_vjp` whose backward pass calls the others: the
+gradients, and the gradients of the gradients (WGAN-GP, R1), all run as these
+GEMMs. Forward-mode autodiff (`jax.jvp`) is not defined through them.
+
+Each map has several formulations, named in `FORMULATIONS`:
+  down   'im2col'  one GEMM on the stacked patch matrix G (N * small, T * C_big)
+         'taps'    one GEMM per tap on a strided slice of big, summed
+         'xla'     XLA's own convolution (lax.conv_general_dilated)
+  up     'col2im'  one GEMM small (N * small, C_small) . W^T -> (.., T * C_big),
+                   then the phase-wise col2im above
+         'taps'    one GEMM per tap, each slab added into its phase
+         'xla'     XLA's transposed (input-dilated) convolution
+  wgrad  'im2col'  one GEMM G^T . small contracting batch and space
+         'taps'    one GEMM per tap (taps stacked while C_big is small)
+         'swap'    (unit steps only) the patches of small instead of big,
+                   contracted with big: cheaper when C_small < C_big
+         'xla'     XLA's kernel-gradient convolution
+`choose` picks one per map from the shapes (`Plan`); any fixed `Plan` can be
+passed instead (the tests check every formulation against XLA's).
+"""
+
+import functools
+import itertools
+import math
+from typing import NamedTuple
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+FORMULATIONS = {
+    'down': ('im2col', 'taps', 'xla'),
+    'up': ('col2im', 'taps', 'xla'),
+    'wgrad': ('im2col', 'taps', 'swap', 'xla'),
+}
+
+
+class Dim(NamedTuple):
+  """One spatial dim: small[o] <-> big[step * o + base + t], t < k."""
+  n_big: int
+  n_small: int
+  k: int
+  step: int
+  base: int
+
+
+class Plan(NamedTuple):
+  """The formulation of each map (FORMULATIONS)."""
+  down: str = 'im2col'
+  up: str = 'col2im'
+  wgrad: str = 'im2col'
+
+
+# ---------------------------------------------------------------------------
+# Geometry: the layers' (strides, padding, lhs_dilation) as `Dim`s.
+# ---------------------------------------------------------------------------
+
+
+def conv_dims(in_spatial, ksize, strides, padding, lhs_dilation):
+  """Dims of lax.conv_general_dilated(x, K, strides, padding, lhs_dilation).
+
+  Args:
+    in_spatial: x's spatial shape.
+    ksize: kernel spatial shape.
+    strides: window strides (all 1 when lhs_dilation has a value > 1).
+    padding: ((lo, hi), ...) of the (dilated) input, as lax takes it.
+    lhs_dilation: input dilation (all 1 when strides has a value > 1).
+
+  Returns:
+    (dims, transpose): a tuple of `Dim`, and whether x is the small side (a
+    ConvTranspose) rather than the big one (a Conv).
+  """
+  transpose = any(d > 1 for d in lhs_dilation)
+  if transpose and any(s > 1 for s in strides):
+    raise ValueError('conv_cpu handles window strides or input dilation, '
+                     'not both at once.')
+  dims = []
+  for n, k, s, d, (lo, hi) in zip(in_spatial, ksize, strides, lhs_dilation,
+                                   padding):
+    q = (d * (n - 1) + 1 + lo + hi - k) // s + 1
+    if transpose:
+      dims.append(Dim(n_big=q, n_small=n, k=k, step=d, base=lo - k + 1))
+    else:
+      dims.append(Dim(n_big=n, n_small=q, k=k, step=s, base=-lo))
+  return tuple(dims), transpose
+
+
+def conv(x, kernel, strides, padding, lhs_dilation, precision=None,
+         plan=None):
+  """lax.conv_general_dilated (NHWC / HWIO) through down / up.
+
+  Args:
+    x: (N, *in_spatial, C_in).
+    kernel: (*ksize, C_in, C_out).
+    strides: window strides, one per spatial dim.
+    padding: ((lo, hi), ...).
+    lhs_dilation: input dilation (a ConvTranspose's stride).
+    precision: `lax.Precision` of the GEMMs, or None.
+    plan: a `Plan`, or None for `choose`'s.
+
+  Returns:
+    (N, *out_spatial, C_out), equal to XLA's convolution up to rounding.
+  """
+  ksize = kernel.shape[:-2]
+  dims, transpose = conv_dims(x.shape[1:-1], ksize, strides, padding,
+                              lhs_dilation)
+  c_in, c_out = kernel.shape[-2:]
+  taps = math.prod(ksize)
+  if not transpose:
+    w = kernel.reshape(taps, c_in, c_out)
+    plan = plan or choose(dims, x.shape[0], c_in, c_out)
+    return down(x, w, dims, precision, plan)
+  # big = y, small = x: W[t'] = K[k - 1 - t']^T, (T, C_out, C_in).
+  w = lax.rev(kernel, tuple(range(len(ksize))))
+  w = jnp.swapaxes(w, -1, -2).reshape(taps, c_out, c_in)
+  plan = plan or choose(dims, x.shape[0], c_out, c_in)
+  return up(x, w, dims, precision, plan)
+
+
+# ---------------------------------------------------------------------------
+# Gather (im2col) and its adjoint (col2im).
+# ---------------------------------------------------------------------------
+
+
+def _taps(dims):
+  """Every tap as a tuple of per-dim offsets, in the kernel's row-major order."""
+  return list(itertools.product(*(range(d.k) for d in dims)))
+
+
+def _padded_big(big, dims):
+  """big zero-padded so that every tap's slice is in range, and the offsets."""
+  pads, offsets = [], []
+  for d in dims:
+    lo = max(0, -d.base)
+    hi = max(0, d.step * (d.n_small - 1) + d.base + d.k - d.n_big)
+    pads.append((lo, hi, 0))
+    offsets.append(d.base + lo)
+  padded = lax.pad(big, jnp.zeros((), big.dtype),
+                   [(0, 0, 0), *pads, (0, 0, 0)])
+  return padded, offsets
+
+
+def _tap_slice(padded, offsets, dims, tap):
+  """big[:, step * o + base + t, :] for o < n_small: (N, *n_small, C)."""
+  start = [0] + [a + t for a, t in zip(offsets, tap)] + [0]
+  limit = ([padded.shape[0]]
+           + [s + d.step * (d.n_small - 1) + 1
+              for s, d in zip(start[1:], dims)]
+           + [padded.shape[-1]])
+  return lax.slice(padded, start, limit, (1, *(d.step for d in dims), 1))
+
+
+def gather(big, dims, taps=None):
+  """The patch matrix G[b, o, t, c] = big[b, step * o + base + t, c].
+
+  One XLA gather with constant indices (on CPU it writes the patches in one
+  pass; a stack of per-tap strided slices made two passes and was 2-3x slower).
+
+  Args:
+    big: (N, *n_big, C).
+    dims: tuple of `Dim`.
+    taps: None for all taps, row-major: (N, *n_small, *ksize, C) flattened
+      to (N, *n_small, T, C). A list of taps: (N, *n_small, len(taps), C).
+
+  Returns:
+    (N, *n_small, T, C).
+  """
+  padded, offsets = _padded_big(big, dims)
+  nsp = len(dims)
+  if taps is not None:
+    return jnp.stack([_tap_slice(padded, offsets, dims, t) for t in taps],
+                     axis=-2)
+  index = []
+  for i, (d, a) in enumerate(zip(dims, offsets)):
+    shape = [1] * (2 * nsp)
+    shape[i], shape[nsp + i] = d.n_small, d.k
+    pos = (d.step * np.arange(d.n_small)[:, None] + a
+           + np.arange(d.k)[None, :])  # (n_small, k)
+    index.append(pos.reshape(shape))
+  patches = padded[(slice(None), *index)]  # (N, *n_small, *ksize, C)
+  return patches.reshape(patches.shape[:nsp + 1] + (-1, big.shape[-1]))
+
+
+def scatter(z, dims, taps=None):
+  """col2im, the adjoint of `gather`: big[step * o + base + t] += z[o, t].
+
+  Phase by phase: the taps with (base + t) % step == r add into output phase
+  r, each shifted by (base + t) // step; the phases are then interleaved.
+
+  Args:
+    z: (N, *n_small, len(taps), C).
+    dims: tuple of `Dim`.
+    taps: the taps along z's axis -2 (default: all, row-major).
+
+  Returns:
+    (N, *n_big, C).
+  """
+  taps = _taps(dims) if taps is None else taps
+  nsp = len(dims)
+  sizes = [-(-d.n_big // d.step) for d in dims]  # One phase's extent.
+  zero = jnp.zeros((), z.dtype)
+  planes = {}
+  for i, tap in enumerate(taps):
+    shifts, phase = zip(*(divmod(d.base + t, d.step)
+                          for d, t in zip(dims, tap)))
+    pads = [(q, size - d.n_small - q, 0)
+            for q, size, d in zip(shifts, sizes, dims)]
+    slab = lax.pad(z[..., i, :], zero, [(0, 0, 0), *pads, (0, 0, 0)])
+    planes[phase] = planes[phase] + slab if phase in planes else slab
+  n, c = z.shape[0], z.shape[-1]
+  phases = list(itertools.product(*(range(d.step) for d in dims)))
+  if len(phases) == 1:
+    out = planes.get(phases[0], jnp.zeros((n, *sizes, c), z.dtype))
+  else:
+    blank = jnp.zeros((n, *sizes, c), z.dtype)
+    stacked = jnp.stack([planes.get(p, blank) for p in phases])
+    steps = [d.step for d in dims]
+    stacked = stacked.reshape(*steps, n, *sizes, c)
+    # (s_1..s_d, N, P_1..P_d, C) -> (N, P_1, s_1, ..., P_d, s_d, C).
+    order = [nsp]
+    for i in range(nsp):
+      order += [nsp + 1 + i, i]
+    order.append(2 * nsp + 1)
+    out = jnp.transpose(stacked, order).reshape(
+        n, *(p * s for p, s in zip(sizes, steps)), c)
+  return lax.slice(out, [0] * (nsp + 2), [n, *(d.n_big for d in dims), c])
+
+
+# ---------------------------------------------------------------------------
+# The three maps, each formulation in plain JAX.
+# ---------------------------------------------------------------------------
+
+
+def _flat(a, keep):
+  """(N, *spatial, *rest) -> (N * prod(spatial), *rest), rest = keep dims."""
+  return a.reshape((-1,) + a.shape[a.ndim - keep:])
+
+
+def dimension_numbers(ndim: int) -> lax.ConvDimensionNumbers:
+  """Channels-last (N, *spatial, C) inputs, (*spatial, I, O) kernels."""
+  lhs = (0, ndim - 1) + tuple(range(1, ndim - 1))
+  rhs = (ndim - 1, ndim - 2) + tuple(range(ndim - 2))
+  return lax.ConvDimensionNumbers(lhs, rhs, lhs)
+
+
+def _xla_down(big, w, dims, precision):
+  """down as XLA's strided convolution."""
+  ksize = tuple(d.k for d in dims)
+  kernel = w.reshape(ksize + w.shape[1:])
+  padding = [(-d.base, d.step * (d.n_small - 1) + d.base + d.k - d.n_big)
+             for d in dims]
+  return lax.conv_general_dilated(
+      big, kernel, tuple(d.step for d in dims), padding,
+      dimension_numbers=dimension_numbers(big.ndim), precision=precision)
+
+
+def _down_impl(big, w, dims, precision, how):
+  if how == 'xla':
+    return _xla_down(big, w, dims, precision)
+  out_shape = (big.shape[0],) + tuple(d.n_small for d in dims)
+  if how == 'im2col':
+    g = _flat(gather(big, dims), 2)  # (M, T, C_big)
+    y = lax.dot_general(g, w, (((1, 2), (0, 1)), ((), ())),
+                        precision=precision)
+    return y.reshape(out_shape + (w.shape[-1],))
+  if how == 'taps':
+    padded, offsets = _padded_big(big, dims)
+    y = None
+    for i, tap in enumerate(_taps(dims)):
+      part = lax.dot_general(_tap_slice(padded, offsets, dims, tap), w[i],
+                             (((big.ndim - 1,), (0,)), ((), ())),
+                             precision=precision)
+      y = part if y is None else y + part
+    return y
+  raise ValueError(f'Unknown down formulation {how!r}.')
+
+
+def _up_impl(small, w, dims, precision, how):
+  if how == 'xla':
+    big_shape = (small.shape[0], *(d.n_big for d in dims), w.shape[1])
+    _, vjp = jax.vjp(lambda b: _xla_down(b, w, dims, precision),
+                     jnp.zeros(big_shape, small.dtype))
+    return vjp(small)[0]
+  if how == 'col2im':
+    z = lax.dot_general(small, w, (((small.ndim - 1,), (2,)), ((), ())),
+                        precision=precision)  # (N, *n_small, T, C_big)
+    return scatter(z, dims)
+  if how == 'taps':
+    slabs = [lax.dot_general(small, w[i], (((small.ndim - 1,), (1,)),
+                                           ((), ())), precision=precision)
+             for i in range(w.shape[0])]
+    return scatter(jnp.stack(slabs, axis=-2), dims)
+  raise ValueError(f'Unknown up formulation {how!r}.')
+
+
+# Taps of 'taps' wgrad are stacked into one GEMM while big has few channels.
+_TAP_STACK_CHANNELS = 32
+
+
+def _wgrad_impl(big, small, dims, precision, how):
+  nsp = len(dims)
+  contract = tuple(range(nsp + 1))
+  if how == 'xla':
+    taps = math.prod(d.k for d in dims)
+    w0 = jnp.zeros((taps, big.shape[-1], small.shape[-1]), big.dtype)
+    _, vjp = jax.vjp(lambda w: _xla_down(big, w, dims, precision), w0)
+    return vjp(small)[0]
+  if how == 'im2col':
+    # G is the rhs, contracted on its leading axes: no transposed copy of it.
+    g = gather(big, dims)  # (N, *n_small, T, C_big)
+    dw = lax.dot_general(small, g, ((contract, contract), ((), ())),
+                         precision=precision)  # (C_small, T, C_big)
+    return jnp.transpose(dw, (1, 2, 0))
+  if how == 'swap':  # Unit steps only: gather small instead of big.
+    if any(d.step != 1 for d in dims):
+      raise ValueError("wgrad 'swap' needs unit steps.")
+    # dW[t] = sum_p big[p] small[p - base - t]: small's patches with base
+    # 1 - k - base give the taps in reverse order.
+    sdims = tuple(Dim(n_big=d.n_small, n_small=d.n_big, k=d.k, step=1,
+                      base=1 - d.k - d.base) for d in dims)
+    g = gather(small, sdims)  # (N, *n_big, T, C_small), taps reversed
+    dw = lax.dot_general(big, g, ((contract, contract), ((), ())),
+                         precision=precision)  # (C_big, T, C_small)
+    return jnp.transpose(dw, (1, 0, 2))[::-1]
+  if how == 'taps':
+    taps = _taps(dims)
+    group = max(1, _TAP_STACK_CHANNELS // big.shape[-1])
+    padded, offsets = _padded_big(big, dims)
+    parts = []
+    for i in range(0, len(taps), group):
+      g = jnp.stack([_tap_slice(padded, offsets, dims, t)
+                     for t in taps[i:i + group]], axis=-2)
+      parts.append(lax.dot_general(small, g, ((contract, contract), ((), ())),
+                                   precision=precision))  # (C_small, taps, C_big)
+    return jnp.transpose(jnp.concatenate(parts, axis=1), (1, 2, 0))
+  raise ValueError(f'Unknown wgrad formulation {how!r}.')
+
+
+# ---------------------------------------------------------------------------
+# The maps under custom_vjp: each backward pass is made of the maps again.
+# ---------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def down(big, w, dims, precision, plan):
+  """small = G . W.
+
+  Args:
+    big: (N, *n_big, C_big).
+    w: (T, C_big, C_small), taps row-major.
+    dims: tuple of `Dim`.
+    precision: `lax.Precision` or None.
+    plan: `Plan`; plan.down is used here, the rest by the gradients.
+
+  Returns:
+    (N, *n_small, C_small).
+  """
+  return _down_impl(big, w, dims, precision, plan.down)
+
+
+def _down_fwd(big, w, dims, precision, plan):
+  return down(big, w, dims, precision, plan), (big, w)
+
+
+def _down_bwd(dims, precision, plan, res, d_small):
+  big, w = res
+  return (up(d_small, w, dims, precision, plan).astype(big.dtype),
+          wgrad(big, d_small, dims, precision, plan).astype(w.dtype))
+
+
+down.defvjp(_down_fwd, _down_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def up(small, w, dims, precision, plan):
+  """big = gather^T(small . W^T), the adjoint of `down` in big.
+
+  Args:
+    small: (N, *n_small, C_small).
+    w: (T, C_big, C_small).
+    dims, precision, plan: as for `down` (plan.up is used here).
+
+  Returns:
+    (N, *n_big, C_big).
+  """
+  return _up_impl(small, w, dims, precision, plan.up)
+
+
+def _up_fwd(small, w, dims, precision, plan):
+  return up(small, w, dims, precision, plan), (small, w)
+
+
+def _up_bwd(dims, precision, plan, res, d_big):
+  small, w = res
+  return (down(d_big, w, dims, precision, plan).astype(small.dtype),
+          wgrad(d_big, small, dims, precision, plan).astype(w.dtype))
+
+
+up.defvjp(_up_fwd, _up_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def wgrad(big, small, dims, precision, plan):
+  """dW = G^T . small, contracting batch and space.
+
+  Args:
+    big: (N, *n_big, C_big).
+    small: (N, *n_small, C_small).
+    dims, precision, plan: as for `down` (plan.wgrad is used here).
+
+  Returns:
+    (T, C_big, C_small).
+  """
+  return _wgrad_impl(big, small, dims, precision, plan.wgrad)
+
+
+def _wgrad_fwd(big, small, dims, precision, plan):
+  return wgrad(big, small, dims, precision, plan), (big, small)
+
+
+def _wgrad_bwd(dims, precision, plan, res, d_w):
+  big, small = res
+  return (up(small, d_w, dims, precision, plan).astype(big.dtype),
+          down(big, d_w, dims, precision, plan).astype(small.dtype))
+
+
+wgrad.defvjp(_wgrad_fwd, _wgrad_bwd)
+
+
+# ---------------------------------------------------------------------------
+# The chooser.
+# ---------------------------------------------------------------------------
+
+
+def choose(dims, batch, c_big, c_small):
+  """The formulation of each map for these shapes.
+
+  Rules read off the per-primitive table of experiments/conv_primitives.py
+  (README "CPU speed"), preferring, where timings were close, the
+  formulation that compiles faster (a 'taps' map compiles one GEMM per tap:
+  2-3 s per layer):
+    down   'xla': XLA:CPU's strided convolution packs patches block by block
+           and ran as fast as or faster than im2col + GEMM, which writes all
+           patches out first.
+    up     'col2im' when strided (XLA's input-dilated convolution ran
+           1.2-2x slower), else 'xla'.
+    wgrad  strided: 'im2col' when C_big >= 32 and C_small <= 64 (the
+           decoders' ConvTransposes and the VAE encoder's second Conv, where
+           XLA's kernel gradient ran 1.3-2x slower), else 'xla'; unit steps:
+           'swap' when C_small <= C_big / 8 (the VAE's 32 -> 1 output conv),
+           else 'xla'.
+
+  Args:
+    dims: tuple of `Dim`.
+    batch: batch size (unused by the rules; part of the signature so that a
+      measured table can key on it).
+    c_big, c_small: channels of the big and small sides.
+
+  Returns:
+    A `Plan`.
+  """
+  del batch
+  if any(d.step > 1 for d in dims):
+    wgrad_how = 'im2col' if c_big >= 32 and c_small <= 64 else 'xla'
+    return Plan(down='xla', up='col2im', wgrad=wgrad_how)
+  wgrad_how = 'swap' if 8 * c_small <= c_big else 'xla'
+  return Plan(down='xla', up='xla', wgrad=wgrad_how)
+
+
+def valid_plans(dims):
+  """Every `Plan` that `dims` allow ('swap' needs unit steps)."""
+  unit = all(d.step == 1 for d in dims)
+  wgrads = [w for w in FORMULATIONS['wgrad'] if unit or w != 'swap']
+  return [Plan(*p) for p in itertools.product(
+      FORMULATIONS['down'], FORMULATIONS['up'], wgrads)]
