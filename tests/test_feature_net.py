@@ -151,6 +151,6 @@ def test_cli_error_is_one_line():
   proc = subprocess.run(
       [sys.executable, '-m', 'vaegan_jax.metrics.feature_net', '--dataset=mnist_typo'],
       cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
-  assert proc.returncode == 1
+  assert proc.returncode == 2  # A usage error: the command itself is wrong.
   assert proc.stderr.strip().splitlines()[-1].startswith("error: Unknown dataset 'mnist_typo'")
   assert 'Traceback' not in proc.stderr

@@ -67,6 +67,7 @@ import optax
 
 from vaegan_jax import input_pipeline
 from vaegan_jax import progress
+from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
@@ -507,8 +508,12 @@ def define_flags():
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
-    raise UserError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    raise UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   f = flags.FLAGS
+  try:  # A wrong --dataset is a usage error (exit 2), checked before any work.
+    _check_dataset(f.dataset)
+  except UserError as exc:
+    raise UsageError(str(exc)) from None
   out = f.out or cache_path(f.dataset)
   net = train(f.dataset, seed=f.seed, num_steps=f.num_steps or None,
               data_dir=f.data_dir or None)
