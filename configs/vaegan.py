@@ -6,11 +6,11 @@ What to expect (quiet 2-core CPU, measured): about 7.7 steps/s, so the 5000
 steps took 10 min 57 s including compilation and the ten evaluations.
 Reconstructions are sharp from the first grid (step 500, test PSNR 16.2 dB);
 prior samples are mostly recognisable digits by step 2500. Training-time FID
-in the project's feature space (1000 samples; untrained models: 80-90) went
+in the project's feature space (1000 samples; untrained models: about 100) went
 21.7, 10.1, 6.9, 4.7, 3.9 at steps 1000..5000 (4.1 at 6000), with 9-10 of 10
 classes covered and test PSNR 18.5 dB at step 5000; with 10000 samples the
 final checkpoint scores FID 4.1, KID 0.10, precision 0.68, recall 0.86. A 3000-step run (7 min)
-scores FID 7.5, precision 0.76, recall 0.84, PSNR 18.0 dB with 10000 samples.
+scores FID 4.7, precision 0.53, recall 0.91, PSNR 18.0 dB with 10000 samples.
 
 Variants: `configs/vaegan.py:smoke` (a few seconds), `:cifar10`,
 `:svhn_cropped`, `:celeb_a` (real TFDS datasets, need network or a prepared
@@ -21,7 +21,9 @@ project's networks allow it (its header lists the sources and every difference).
 projection discriminator. What to expect (the default 5000 steps of 64,
 measured on a quiet 2-core CPU): 7 min 57 s including compilation and the ten
 evaluations (1000 samples each); at steps 1000 / 2000 / 3000 / 4000 / 5000 FID
-4.5 / 1.9 / 1.8 / 0.8 / 1.0 in the project's feature space, cond_accuracy
+4.5 / 1.9 / 1.8 / 0.8 / 1.0 in the project's feature space (FID and intra_fid
+with the raw feature map of format 1, not yet re-measured in the 'l2' map),
+cond_accuracy
 0.73 / 0.91 / 0.91 / 0.95 / 0.94 (chance 0.10), intra_fid 12.1 / 5.2 / 4.5 /
 3.0 / 3.3, test PSNR 14.8 / 16.4 / 17.1 / 17.5 / 17.6 dB.
 """

@@ -99,6 +99,49 @@ def test_training_is_deterministic_and_cached_on_first_use(tmp_path, data_dir, m
   assert feature_net.get('mnist5k', cache_dir=cache).metadata['path'] == SHIPPED
 
 
+def test_features_are_unit_directions_and_the_map_is_in_the_checksum(tmp_path, data_dir):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  net = feature_net.load(SHIPPED)
+  assert net.feature_map == 'l2' and net.metadata['format_version'] == 2
+  images, _ = input_pipeline.load_split('mnist5k', 'test', data_dir)
+  feats, _ = net.compute(images[:20])
+  np.testing.assert_allclose(np.linalg.norm(feats, axis=1), np.sqrt(128), rtol=1e-5)
+  # The same weights with the old map: raw features / feature_scale, another sha256.
+  scaled = dataclasses.replace(net, feature_map='scaled')
+  raw, _ = scaled.compute(images[:20])
+  np.testing.assert_allclose(feats, raw / np.linalg.norm(raw, axis=1, keepdims=True)
+                             * np.sqrt(128), rtol=1e-5, atol=1e-6)
+  path = str(tmp_path / 'scaled.msgpack')
+  assert feature_net.save(scaled, path) != net.metadata['sha256']
+  assert feature_net.load(path).feature_map == 'scaled'
+
+
+def test_a_format_1_cached_network_is_converted_once(tmp_path, monkeypatch):
+  import flax  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  net = feature_net.load(SHIPPED)
+  cache = str(tmp_path / 'cache')
+  old = feature_net.legacy_cache_path('mnist5k', cache)
+  os.makedirs(cache)
+  payload = {'format_version': 1, 'architecture': {'num_classes': 10, 'width': 16,
+                                                   'feature_dim': 128},
+             'feature_scale': net.feature_scale, 'params': jax.tree.map(np.asarray, net.params)}
+  data = flax.serialization.msgpack_serialize(payload)
+  with open(old, 'wb') as f:
+    f.write(data)
+  with open(feature_net.checksum_path(old), 'w') as f:
+    f.write(f'{feature_net._sha256(data)}  mnist5k.msgpack\n')  # pylint: disable=protected-access
+  assert feature_net.load(old).feature_map == 'scaled'  # Format 1 keeps its own map.
+  empty = str(tmp_path / 'no_shipped')
+  converted = feature_net.find('mnist5k', cache_dir=cache, weights_dir=empty)
+  assert converted.feature_map == 'l2'
+  assert converted.metadata['path'] == feature_net.cache_path('mnist5k', cache)
+  assert converted.metadata['sha256'] == net.metadata['sha256']  # Same weights, same map.
+  monkeypatch.setattr(feature_net, 'save', lambda *a: pytest.fail('converted twice'))
+  assert feature_net.find('mnist5k', cache_dir=cache, weights_dir=empty).feature_map == 'l2'
+  assert os.path.exists(old)
+
+
 def test_unlabelled_dataset_is_refused():
   with pytest.raises(UserError, match='no class labels'):
     feature_net.train('celeb_a')
@@ -108,6 +151,6 @@ def test_cli_error_is_one_line():
   proc = subprocess.run(
       [sys.executable, '-m', 'vaegan_jax.metrics.feature_net', '--dataset=mnist_typo'],
       cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
-  assert proc.returncode == 1
+  assert proc.returncode == 2  # A usage error: the command itself is wrong.
   assert proc.stderr.strip().splitlines()[-1].startswith("error: Unknown dataset 'mnist_typo'")
   assert 'Traceback' not in proc.stderr

@@ -8,22 +8,39 @@ numbers are comparable within this project only (same dataset, same weights);
 they are *not* "Inception FID" and must not be compared with published values.
 
   features = the penultimate layer (ReLU activations, `feature_dim` wide),
-             divided by one fixed scale (stored with the weights) that makes
-             their mean square 1 per dimension on the train split, so KID's
-             polynomial kernel sees O(1) inner products
+             L2-normalised per image and multiplied by sqrt(feature_dim)
+             (feature map 'l2', the default since format 2): every image's
+             feature vector has mean square exactly 1 per dimension, so KID's
+             polynomial kernel sees O(1) inner products, and only its
+             direction counts, not its length
   probs    = softmax of the logits
+
+Why the direction only: blurring an image lowers the contrast of every
+stroke and with it the length of the penultimate vector, so in the raw
+space a soft but perfectly legible digit (Gaussian blur, sigma 1 px: the
+network still reads 90 % of them) moved further from the real digits than
+an illegible one (an elastic warp the network reads 34 % of, or a digit
+with 40 % of its strokes erased): FID ranked blur worse than broken or
+scrambled strokes, against the eye. The direction keeps what the network
+sees in the image; experiments/metric_sanity.py checks every metric along
+controlled degradations (README "Evaluation"). Format-1 files (the raw
+features divided by one scale, `feature_map` 'scaled') still load and keep
+their old feature map, and their own checksum.
 
 Training is deterministic from a seed (data order from
 `input_pipeline.global_batch_indices`, augmentation keys `fold_in(key, step)`).
 Weights are stored with `flax.serialization` msgpack (never pickle), together
 with `<name>.msgpack.sha256` (sha256sum format) and `<name>.json` (metadata:
-test accuracy, training settings). The msgpack holds the architecture too, so
-the checksum covers everything needed to rebuild the network.
+test accuracy, training settings). The msgpack holds the architecture and the
+feature map too, so the checksum covers everything that defines the features
+(a metric's `feature_net_sha256` names its feature space).
 
 Where the weights come from (`get`):
   1. shipped with the package: vaegan_jax/metrics/weights/<dataset>.msgpack
      (mnist5k only), so every user's mnist5k numbers are comparable;
-  2. the cache, ~/.cache/vaegan_jax/feature_nets/<dataset>.msgpack;
+  2. the cache, ~/.cache/vaegan_jax/feature_nets/<dataset>-v2.msgpack;
+  2b. a format-1 network in the old cache file <dataset>.msgpack is re-saved
+     there once with the 'l2' feature map (same weights, no training);
   3. otherwise trained once on first use and written to the cache (by `get`,
      e.g. from the evaluate CLI; the training loop only uses `find` and
      skips its generative metrics until the network exists).
@@ -50,12 +67,15 @@ import optax
 
 from vaegan_jax import input_pipeline
 from vaegan_jax import progress
+from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'weights')
 DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'vaegan_jax',
                                  'feature_nets')
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FEATURE_MAPS = ('l2', 'scaled')  # 'l2': sqrt(D) x unit vector; 'scaled': raw / feature_scale.
+DEFAULT_FEATURE_MAP = 'l2'
 
 # Training defaults: steps per dataset (batch 128). mnist5k: ~43 epochs.
 DEFAULT_TRAIN_STEPS = {'mnist5k': 1500}
@@ -88,10 +108,28 @@ class FeatureNet(nn.Module):
     return feats, nn.Dense(self.num_classes)(feats)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _features_and_probs(module, params, feature_scale, images):
+def map_features(raw, feature_map: str, feature_scale=1.0):
+  """The feature map applied to raw penultimate activations.
+
+  Args:
+    raw: (B, D) penultimate ReLU activations.
+    feature_map: 'l2' (raw / ||raw|| * sqrt(D), a zero vector stays zero) or
+      'scaled' (raw / feature_scale).
+    feature_scale: used by 'scaled'.
+
+  Returns:
+    (B, D) features.
+  """
+  if feature_map == 'l2':
+    norm = jnp.sqrt(jnp.sum(jnp.square(raw), axis=-1, keepdims=True))
+    return raw * (jnp.sqrt(jnp.float32(raw.shape[-1])) / jnp.maximum(norm, 1e-12))
+  return raw / feature_scale
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _features_and_probs(module, feature_map, params, feature_scale, images):
   feats, logits = module.apply({'params': params}, images)
-  return feats / feature_scale, jax.nn.softmax(logits, axis=-1)
+  return map_features(feats, feature_map, feature_scale), jax.nn.softmax(logits, axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,12 +140,15 @@ class FeatureNetwork:
     module: the `FeatureNet` (architecture).
     params: its parameters.
     metadata: the metadata dict (dataset, test_accuracy, sha256, …).
-    feature_scale: raw penultimate activations are divided by this.
+    feature_scale: the root mean square of the raw penultimate activations on
+      the train split (the 'scaled' map divides by it).
+    feature_map: 'l2' or 'scaled' (`map_features`).
   """
   module: FeatureNet
   params: Any
   metadata: dict
   feature_scale: float = 1.0
+  feature_map: str = DEFAULT_FEATURE_MAP
 
   @property
   def feature_dim(self) -> int:
@@ -122,7 +163,8 @@ class FeatureNetwork:
 
     Jitted; keeps the sharding of `images` (batch axis over devices).
     """
-    return _features_and_probs(self.module, self.params, jnp.float32(self.feature_scale), images)
+    return _features_and_probs(self.module, self.feature_map, self.params,
+                               jnp.float32(self.feature_scale), images)
 
   def compute(self, images: np.ndarray, batch_size: int = 500, sharding=None):
     """Features and probabilities of a whole host array, in batches.
@@ -245,20 +287,23 @@ def train(dataset: str, seed: int = 0, num_steps: int | None = None,
       print(f'feature net {dataset}: step {step + 1}/{num_steps} '
             f'loss {float(np.mean(jax.device_get(losses[-200:]))):.4f}', flush=True)
 
-  net = FeatureNetwork(module, jax.device_get(params), {})
+  net = FeatureNetwork(module, jax.device_get(params), {}, feature_map='scaled')
   raw_feats, _ = net.compute(images)
   feature_scale = float(np.sqrt(np.mean(np.square(raw_feats.astype(np.float64)))))
   test_acc = accuracy(net, test_images, test_labels)
   metadata = {
       'dataset': dataset,
-      'note': "The project's own classifier, not Inception-v3; metrics in its "
-              'feature space are comparable within this project only.',
+      'note': "The project's own classifier, not Inception-v3; metrics in its feature "
+              'space are comparable within this project only. Features: the penultimate '
+              'layer, L2-normalised per image and scaled by sqrt(feature_dim) (feature map '
+              f"'{DEFAULT_FEATURE_MAP}', format {FORMAT_VERSION}).",
       'test_accuracy': test_acc,
       'num_test_examples': int(len(test_labels)),
       'num_train_examples': int(len(labels)),
       'seed': seed, 'num_steps': num_steps, 'batch_size': batch_size,
       'learning_rate': learning_rate, 'augmentation': 'random shifts up to 2 px',
       'architecture': _arch(module), 'feature_scale': feature_scale,
+      'feature_map': DEFAULT_FEATURE_MAP,
       'num_params': int(sum(np.size(p) for p in jax.tree.leaves(params))),
       'train_seconds': round(time.time() - t0, 1),
       'jax_version': jax.__version__, 'flax_version': flax.__version__,
@@ -266,7 +311,7 @@ def train(dataset: str, seed: int = 0, num_steps: int | None = None,
   if verbose:
     print(f'feature net {dataset}: test accuracy {test_acc:.4f} on '
           f'{len(test_labels)} test images ({metadata["train_seconds"]} s).', flush=True)
-  return FeatureNetwork(module, net.params, metadata, feature_scale)
+  return FeatureNetwork(module, net.params, metadata, feature_scale, DEFAULT_FEATURE_MAP)
 
 
 # ---------------------------------------------------------------------------
@@ -305,15 +350,19 @@ def save(net: FeatureNetwork, path: str) -> str:
     The sha256 hex digest of the msgpack file.
   """
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  if net.feature_map not in FEATURE_MAPS:
+    raise ValueError(f'feature_map must be one of {FEATURE_MAPS}; got {net.feature_map!r}.')
   payload = {'format_version': FORMAT_VERSION, 'architecture': _arch(net.module),
-             'feature_scale': float(net.feature_scale),
+             'feature_scale': float(net.feature_scale), 'feature_map': net.feature_map,
              'params': jax.tree.map(np.asarray, net.params)}
   data = flax.serialization.msgpack_serialize(payload)
   digest = _sha256(data)
   _write_atomic(path, data)
   _write_atomic(checksum_path(path), f'{digest}  {os.path.basename(path)}\n'.encode())
   meta = {**net.metadata, 'weights_file': os.path.basename(path), 'sha256': digest,
-          'size_bytes': len(data), 'format': 'flax.serialization msgpack'}
+          'size_bytes': len(data), 'format': 'flax.serialization msgpack',
+          'format_version': FORMAT_VERSION, 'feature_map': net.feature_map}
+  meta.pop('path', None)
   _write_atomic(metadata_path(path), (json.dumps(meta, indent=2, sort_keys=True) + '\n').encode())
   return digest
 
@@ -348,6 +397,9 @@ def load(path: str) -> FeatureNetwork:
     module = FeatureNet(**{k: int(v) for k, v in payload['architecture'].items()})
     params = payload['params']
     feature_scale = float(payload['feature_scale'])
+    feature_map = str(payload.get('feature_map', 'scaled'))  # Format 1: the raw map.
+    if feature_map not in FEATURE_MAPS:
+      raise ValueError(f'unknown feature_map {feature_map!r}')
   except Exception as e:  # pylint: disable=broad-except
     raise UserError(f'Feature-net weights {path} are not a feature network '
                     f'({type(e).__name__}: {e}). {fix}') from None
@@ -358,7 +410,9 @@ def load(path: str) -> FeatureNetwork:
       metadata = json.load(f)
   metadata['sha256'] = actual
   metadata['path'] = path
-  return FeatureNetwork(module, jax.tree.map(jnp.asarray, params), metadata, feature_scale)
+  metadata['feature_map'] = feature_map
+  return FeatureNetwork(module, jax.tree.map(jnp.asarray, params), metadata, feature_scale,
+                        feature_map)
 
 
 def shipped_path(dataset: str, weights_dir: str = WEIGHTS_DIR) -> str:
@@ -366,7 +420,28 @@ def shipped_path(dataset: str, weights_dir: str = WEIGHTS_DIR) -> str:
 
 
 def cache_path(dataset: str, cache_dir: str | None = None) -> str:
+  """<cache>/<dataset>-v2.msgpack: the key names the format (and feature map)."""
+  return os.path.join(cache_dir or DEFAULT_CACHE_DIR, f'{dataset}-v{FORMAT_VERSION}.msgpack')
+
+
+def legacy_cache_path(dataset: str, cache_dir: str | None = None) -> str:
+  """Where format-1 networks ('scaled' feature map) were cached."""
   return os.path.join(cache_dir or DEFAULT_CACHE_DIR, f'{dataset}.msgpack')
+
+
+def _convert_legacy(dataset: str, cache_dir: str | None) -> FeatureNetwork | None:
+  """A format-1 cached network, verified and re-saved with the 'l2' feature
+  map under `cache_path` (the same weights: the training recipe did not
+  change), or None if there is none. The old file is left alone."""
+  old = legacy_cache_path(dataset, cache_dir)
+  if not os.path.exists(old):
+    return None
+  net = load(old)
+  new = cache_path(dataset, cache_dir)
+  save(dataclasses.replace(net, feature_map=DEFAULT_FEATURE_MAP), new)
+  print(f'note: feature network {old} re-saved as {new} with the {DEFAULT_FEATURE_MAP!r} '
+        'feature map (same weights; metrics in it differ from the old file\'s).', flush=True)
+  return load(new)
 
 
 def _check_dataset(dataset: str):
@@ -379,12 +454,15 @@ def _check_dataset(dataset: str):
 
 def find(dataset: str, cache_dir: str | None = None,
          weights_dir: str = WEIGHTS_DIR) -> FeatureNetwork | None:
-  """The shipped or cached (checksum-verified) network of `dataset`, or None."""
+  """The shipped or cached (checksum-verified) network of `dataset`, or None.
+
+  A network cached in format 1 is converted once (`_convert_legacy`).
+  """
   _check_dataset(dataset)
   for path in (shipped_path(dataset, weights_dir), cache_path(dataset, cache_dir)):
     if os.path.exists(path):
       return load(path)
-  return None
+  return _convert_legacy(dataset, cache_dir)
 
 
 def get(dataset: str, data_dir: str | None = None, cache_dir: str | None = None,
@@ -421,7 +499,7 @@ def define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('dataset', 'mnist5k', 'Dataset whose train split to train on.')
   flags.DEFINE_string('out', '', 'Weights path (.msgpack); default the cache, '
-                      '~/.cache/vaegan_jax/feature_nets/<dataset>.msgpack.')
+                      f'~/.cache/vaegan_jax/feature_nets/<dataset>-v{FORMAT_VERSION}.msgpack.')
   flags.DEFINE_integer('seed', 0, 'Seed of initialisation, data order and augmentation.')
   flags.DEFINE_integer('num_steps', 0, 'Training steps; 0 = the dataset default.')
   flags.DEFINE_string('data_dir', '', 'TFDS data dir; default as in training.')
@@ -430,8 +508,12 @@ def define_flags():
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
-    raise UserError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    raise UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   f = flags.FLAGS
+  try:  # A wrong --dataset is a usage error (exit 2), checked before any work.
+    _check_dataset(f.dataset)
+  except UserError as exc:
+    raise UsageError(str(exc)) from None
   out = f.out or cache_path(f.dataset)
   net = train(f.dataset, seed=f.seed, num_steps=f.num_steps or None,
               data_dir=f.data_dir or None)
