@@ -171,7 +171,10 @@ def build(cache_dir=None):
          f'-I{jax.ffi.include_dir()}', f'-I{include}', library,
          f'-Wl,-rpath,{lib_dir}', '-o', tmp]
   try:
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    try:
+      proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except OSError as e:
+      raise Unavailable(f'running {compiler} failed ({e.strerror})') from None
     if proc.returncode != 0:
       lines = [l[l.index('error'):] for l in proc.stderr.splitlines()
                if 'error' in l] or proc.stderr.splitlines() or ['?']
@@ -215,6 +218,9 @@ def available(cache_dir=None):
       _status = (False, str(e))
     except OSError as e:  # The library did not load.
       _status = (False, f'loading the built library failed: {e}')
+    except Exception as e:  # pylint: disable=broad-except
+      # Whatever else went wrong, the run goes on with 'gemm'.
+      _status = (False, f'{type(e).__name__}: {e}')
   ok, reason = _status
   if not ok and not _noted:
     _noted = True
