@@ -10,7 +10,9 @@ its input gradient (dx) and its kernel gradient (dk). conv_cpu writes every
 conv as three maps between a "big" and a "small" array (its docstring):
 down (Conv forward, ConvTranspose dx), up (ConvTranspose forward, Conv dx)
 and wgrad (dk), each in several formulations (im2col, col2im, per-tap GEMMs,
-XLA's own convolution: conv_cpu.FORMULATIONS). Every formulation of the
+XLA's own convolution, oneDNN's convolution as a custom call:
+conv_cpu.FORMULATIONS; 'onednn' is built on first use, models/conv_onednn.py,
+and left out with a note where it cannot be). Every formulation of the
 primitive's map is timed, then TensorFlow's kernels as Keras runs them
 (conv2d, Conv2DBackpropInput, Conv2DBackpropFilter; conv2d_transpose and its
 gradients for a ConvTranspose) when TensorFlow is importable
@@ -37,7 +39,7 @@ from jax import lax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from vaegan_jax.models import conv_cpu, layers  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax.models import conv_cpu, conv_onednn, layers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 try:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -161,6 +163,8 @@ def layer_rows(row, batch, repeats, ceiling):
     calls = {}
     for how in conv_cpu.FORMULATIONS[m]:
       if how == 'swap' and any(d.step > 1 for d in dims):
+        continue
+      if how == 'onednn' and not conv_onednn.available():
         continue
       calls[how] = jax_call(
           lambda a, b, how=how, fn=fn: fn(a, b, dims, None, how), a, b)

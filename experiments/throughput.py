@@ -55,6 +55,7 @@ from vaegan_jax import families  # pylint: disable=g-import-not-at-top,wrong-imp
 from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax.errors import UsageError, UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax.models import layers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 
@@ -70,8 +71,9 @@ def define_flags():
                     'importable) or none.')
   flags.DEFINE_bool('keras_xla', True, 'Also time Keras with tf.function(jit_compile=True).')
   flags.DEFINE_bool('torch_compile', True, 'Also time torch.compile (with --reference=torch).')
-  flags.DEFINE_list('jax_impls', [], 'conv_impl values to time for the project, e.g. '
-                    'auto,xla; default: the config\'s own.')
+  flags.DEFINE_list('jax_impls', [], 'conv_impl values to time for the project '
+                    '(auto, xla, fast, gemm, onednn), e.g. auto,onednn; default: the '
+                    'config\'s own.')
   flags.DEFINE_integer('steps', 30, 'Timed steps per framework.')
   flags.DEFINE_integer('warmup', 3, 'Untimed steps per framework after the first call.')
   flags.DEFINE_integer('rounds', 5, 'Interleaving rounds (steps are split over them).')
@@ -178,6 +180,8 @@ class JaxRunner(Runner):
     if conv_impl:
       config.model.conv_impl = conv_impl
     self.name = 'vaegan_jax' if not conv_impl else f'vaegan_jax[conv_impl={conv_impl}]'
+    if conv_impl == 'onednn' and layers.resolve_impl(conv_impl) != conv_impl:
+      self.name = 'vaegan_jax[conv_impl=gemm (onednn unavailable)]'
     family = families.get(config.model.family)
     mesh = sharding.make_mesh()
     init_fn = functools.partial(family.init_state, config)

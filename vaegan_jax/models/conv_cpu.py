@@ -54,6 +54,9 @@ Each map has several formulations, named in `FORMULATIONS`:
          'swap'    (unit steps only) the patches of small instead of big,
                    contracted with big: cheaper when C_small < C_big
          'xla'     XLA's kernel-gradient convolution
+and in every map 'onednn': oneDNN's convolution forward (down),
+backward-data (up) and backward-weights (wgrad) as XLA custom calls
+(`conv_onednn`; float32, 1-D / 2-D; needs its library built, see there).
 `choose` picks one per map from the shapes (`Plan`); any fixed `Plan` can be
 passed instead (the tests check every formulation against XLA's).
 """
@@ -68,10 +71,12 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from vaegan_jax.models import conv_onednn
+
 FORMULATIONS = {
-    'down': ('im2col', 'taps', 'xla'),
-    'up': ('col2im', 'taps', 'xla'),
-    'wgrad': ('im2col', 'taps', 'swap', 'xla'),
+    'down': ('im2col', 'taps', 'xla', 'onednn'),
+    'up': ('col2im', 'taps', 'xla', 'onednn'),
+    'wgrad': ('im2col', 'taps', 'swap', 'xla', 'onednn'),
 }
 
 
@@ -89,6 +94,10 @@ class Plan(NamedTuple):
   down: str = 'im2col'
   up: str = 'col2im'
   wgrad: str = 'im2col'
+
+
+# conv_impl='onednn': every map in oneDNN (float32, 1-D / 2-D).
+ONEDNN = Plan('onednn', 'onednn', 'onednn')
 
 
 # ---------------------------------------------------------------------------
@@ -297,6 +306,8 @@ def _xla_down(big, w, dims, precision):
 def _down_impl(big, w, dims, precision, how):
   if how == 'xla':
     return _xla_down(big, w, dims, precision)
+  if how == 'onednn':
+    return conv_onednn.down(big, w, dims)
   out_shape = (big.shape[0],) + tuple(d.n_small for d in dims)
   if how == 'im2col':
     g = _flat(gather(big, dims), 2)  # (M, T, C_big)
@@ -316,6 +327,8 @@ def _down_impl(big, w, dims, precision, how):
 
 
 def _up_impl(small, w, dims, precision, how):
+  if how == 'onednn':
+    return conv_onednn.up(small, w, dims)
   if how == 'xla':
     big_shape = (small.shape[0], *(d.n_big for d in dims), w.shape[1])
     _, vjp = jax.vjp(lambda b: _xla_down(b, w, dims, precision),
@@ -340,6 +353,8 @@ _TAP_STACK_CHANNELS = 32
 def _wgrad_impl(big, small, dims, precision, how):
   nsp = len(dims)
   contract = tuple(range(nsp + 1))
+  if how == 'onednn':
+    return conv_onednn.wgrad(big, small, dims)
   if how == 'xla':
     taps = math.prod(d.k for d in dims)
     w0 = jnp.zeros((taps, big.shape[-1], small.shape[-1]), big.dtype)
@@ -508,8 +523,12 @@ def choose(dims, batch, c_big, c_small):
 
 
 def valid_plans(dims):
-  """Every `Plan` that `dims` allow ('swap' needs unit steps)."""
+  """Every `Plan` that `dims` allow ('swap' needs unit steps, 'onednn' at
+  most 2 spatial dims)."""
   unit = all(d.step == 1 for d in dims)
-  wgrads = [w for w in FORMULATIONS['wgrad'] if unit or w != 'swap']
-  return [Plan(*p) for p in itertools.product(
-      FORMULATIONS['down'], FORMULATIONS['up'], wgrads)]
+  ok = lambda how: (how != 'onednn' or len(dims) <= 2)
+  downs = [h for h in FORMULATIONS['down'] if ok(h)]
+  ups = [h for h in FORMULATIONS['up'] if ok(h)]
+  wgrads = [h for h in FORMULATIONS['wgrad']
+            if ok(h) and (unit or h != 'swap')]
+  return [Plan(*p) for p in itertools.product(downs, ups, wgrads)]

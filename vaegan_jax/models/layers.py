@@ -11,6 +11,9 @@ checkpoints move freely between these layers and flax's, CPU and TPU.
                VJP changes how the gradients are computed (below).
   impl='gemm'  every convolution and gradient through `conv_cpu` (below):
                faster on CPU, equal to 'xla' up to float rounding.
+  impl='onednn' every convolution and gradient through `conv_cpu`'s maps
+               in oneDNN's CPU kernels, as XLA custom calls (`conv_onednn`:
+               built on first use; 'gemm' where it cannot be, with a note).
   impl='auto'  'fast' on the CPU backend, 'xla' elsewhere (GPU/TPU keep
                their own convolution kernels).
 
@@ -84,19 +87,24 @@ from jax import lax
 import jax.numpy as jnp
 
 from vaegan_jax.models import conv_cpu
+from vaegan_jax.models import conv_onednn
 
-IMPLS = ('auto', 'xla', 'fast', 'gemm')
+IMPLS = ('auto', 'xla', 'fast', 'gemm', 'onednn')
 # Taps of the kernel gradient are stacked into one GEMM while the sliced
 # operand has few channels: all taps at 1 channel, one tap per GEMM at >= 32.
 _TAP_STACK_CHANNELS = 32
 
 
 def resolve_impl(impl: str) -> str:
-  """'auto' -> 'fast' on the CPU backend, else 'xla'; checks the name."""
+  """'auto' -> 'fast' on the CPU backend, else 'xla'; 'onednn' -> 'gemm'
+  where oneDNN's convolutions cannot be built (one note printed); checks the
+  name."""
   if impl not in IMPLS:
     raise ValueError(f'Unknown conv impl {impl!r}; use one of {IMPLS}.')
   if impl == 'auto':
     return 'fast' if jax.default_backend() == 'cpu' else 'xla'
+  if impl == 'onednn' and not conv_onednn.available():
+    return 'gemm'
   return impl
 
 
@@ -234,6 +242,15 @@ def _kernel_grad(x, dy, ksize, padding, lhs_dilation, precision):
   return dk.reshape(tuple(ksize) + dk.shape[1:])
 
 
+def _onednn_conv(x, kernel, strides, padding, lhs_dilation, precision):
+  """impl='onednn': every map of `conv_cpu.conv` in oneDNN; dtypes other than
+  float32 and 3-D convolutions take conv_cpu's chosen (impl='gemm') plan."""
+  ok = (x.dtype == kernel.dtype
+        and conv_onednn.supports(x.dtype, kernel.shape[:-2]))
+  return conv_cpu.conv(x, kernel, strides, padding, lhs_dilation, precision,
+                       plan=conv_cpu.ONEDNN if ok else None)
+
+
 # ---------------------------------------------------------------------------
 # Layers.
 # ---------------------------------------------------------------------------
@@ -296,7 +313,8 @@ def _apply_conv(module, inputs, transpose: bool):
   if isinstance(precision, list):
     precision = tuple(precision)
 
-  conv = {'xla': _xla_conv, 'fast': _fast_conv, 'gemm': conv_cpu.conv}[impl]
+  conv = {'xla': _xla_conv, 'fast': _fast_conv, 'gemm': conv_cpu.conv,
+          'onednn': _onednn_conv}[impl]
   y = conv(inputs, kernel, window_strides, padding, lhs_dilation, precision)
   if bias is not None:
     y += bias.reshape((1,) * (y.ndim - 1) + (-1,))
@@ -318,7 +336,7 @@ class Conv(nn.Module):
     param_dtype: dtype of the parameters.
     precision: `lax.Precision` of the convolution and its gradient GEMMs.
     kernel_init, bias_init: initialisers (flax's defaults).
-    impl: 'auto', 'xla', 'fast' or 'gemm' (module docstring).
+    impl: 'auto', 'xla', 'fast', 'gemm' or 'onednn' (module docstring).
 
   Input (*batch, *spatial, C_in) -> output (*batch, *out_spatial, C_out);
   params 'kernel' (*kernel_size, C_in, C_out) and 'bias' (C_out,).
@@ -357,7 +375,7 @@ class ConvTranspose(nn.Module):
     param_dtype: dtype of the parameters.
     precision: `lax.Precision` of the convolution and its gradient GEMMs.
     kernel_init, bias_init: initialisers (flax's defaults).
-    impl: 'auto', 'xla', 'fast' or 'gemm' (module docstring).
+    impl: 'auto', 'xla', 'fast', 'gemm' or 'onednn' (module docstring).
 
   Input (*batch, *spatial, C_in) -> output (*batch, *out_spatial, C_out);
   params 'kernel' (*kernel_size, C_in, C_out) and 'bias' (C_out,).

@@ -1,0 +1,192 @@
+"""conv_impl='onednn': oneDNN's convolutions as custom calls, against XLA's."""
+
+import functools
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from test_conv_cpu import CASES, assert_close, check_conv, geometry, normal
+from vaegan_jax.models import conv_cpu, conv_onednn, layers
+
+TARGETS = tuple(conv_onednn.TARGETS)
+
+
+# Built (or found in the cache) once. Where it cannot be built (no C++
+# compiler, not Linux x86_64: a user's machine may lack both), the tests that
+# need the library do not apply; the fallback tests below run everywhere.
+BUILT = conv_onednn.available()
+needs_library = pytest.mark.skipif(
+    not BUILT, reason=f'oneDNN library unavailable here: {conv_onednn._status}')  # pylint: disable=protected-access
+
+
+def custom_calls(fn, *args):
+  """Which of the three oneDNN targets the jitted fn's HLO calls."""
+  text = jax.jit(fn).lower(*args).as_text()
+  return {t for t in TARGETS if t in text}
+
+
+@needs_library
+@pytest.mark.parametrize('transpose,n,k,s,padding', CASES)
+def test_every_map_and_second_order_match_xla(transpose, n, k, s, padding):
+  """conv_cpu.conv with every map in oneDNN == XLA: outputs, d/dx, d/dK and
+  the gradients of a gradient penalty (down, up and wgrad each appear in
+  those), at strides 1/2, kernels 3/4/5, SAME/VALID/explicit (asymmetric,
+  negative) padding, odd sizes, Conv and ConvTranspose."""
+  strides, pads, dilation = geometry(transpose, n, k, s, padding)
+  check_conv((2, n, n + 1, 3), (k, k, 3, 2), strides, pads, dilation,
+             [conv_cpu.ONEDNN])
+
+
+@needs_library
+def test_one_dimensional_and_the_calls_are_onednn():
+  check_conv((2, 9, 3), (3, 3, 2), (2,), ((1, 1),), (1,), [conv_cpu.ONEDNN])
+  check_conv((2, 5, 3), (4, 3, 2), (1,), ((2, 3),), (2,), [conv_cpu.ONEDNN])
+  x, kernel = normal((2, 7, 8, 3), 0), normal((5, 5, 3, 4), 1)
+  conv = functools.partial(conv_cpu.conv, strides=(2, 2),
+                           padding=((2, 2), (2, 2)), lhs_dilation=(1, 1),
+                           plan=conv_cpu.ONEDNN)
+  loss = lambda x, kernel: jnp.sum(conv(x, kernel)**2)
+  assert custom_calls(conv, x, kernel) == {'vaegan_onednn_conv_fwd'}
+  assert custom_calls(jax.grad(loss, (0, 1)), x, kernel) == set(TARGETS)
+
+
+def layer_pair(transpose, impl, **kw):
+  cls = layers.ConvTranspose if transpose else layers.Conv
+  return cls(impl=impl, precision=jax.lax.Precision.HIGHEST, **kw)
+
+
+@needs_library
+@pytest.mark.parametrize('transpose,kw,x_shape', [
+    (True, dict(kernel_size=(5, 5), strides=(2, 2)), (2, 7, 7, 3)),
+    (True, dict(kernel_size=(4, 4), strides=(2, 2), use_bias=False),
+     (2, 7, 6, 3)),
+    (False, dict(kernel_size=(5, 5), strides=(2, 2), padding='VALID'),
+     (2, 11, 11, 2)),
+    (False, dict(kernel_size=3, padding=1), (2, 8, 2)),
+])
+def test_layers_params_like_flax_and_outputs_like_xla(transpose, kw, x_shape):
+  """Param trees identical to flax's; outputs, gradients and second-order
+  gradients (d/dparams of ||d loss / dx||^2) equal impl='xla''s."""
+  flax_cls = nn.ConvTranspose if transpose else nn.Conv
+  x = normal(x_shape, 0)
+  params = flax_cls(features=4, **kw).init(jax.random.key(0), x)
+  ours = layer_pair(transpose, 'onednn', features=4, **kw)
+  jax.tree.map(functools.partial(assert_close, tol=0), params,
+               ours.init(jax.random.key(0), x))
+  params = jax.tree.map(lambda p: p + 0.3 * normal(p.shape, 5), params)
+
+  def outputs_and_grads(layer):
+    def loss(p, x):
+      y = layer.apply(p, x)
+      return jnp.sum(jnp.tanh(y) * jnp.cos(jnp.arange(y.size).reshape(y.shape)))
+    penalty = lambda p, x: jnp.sum(jax.grad(loss, argnums=1)(p, x)**2)
+    return jax.jit(lambda p, x: (layer.apply(p, x), jax.grad(loss, (0, 1))(p, x),
+                                 jax.grad(penalty)(p, x)))(params, x)
+
+  want = outputs_and_grads(layer_pair(transpose, 'xla', features=4, **kw))
+  got = outputs_and_grads(ours)
+  jax.tree.map(assert_close, want, got)
+  assert custom_calls(lambda p: ours.apply(p, x), params)
+
+
+class TinyAutoencoder(nn.Module):
+  """Conv k3 s2 -> Conv k5 s1 -> ConvT k4 s2 -> ConvT k3 s2 'VALID'."""
+  impl: str
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.leaky_relu(layers.Conv(6, (3, 3), strides=(2, 2), impl=self.impl)(x))
+    x = nn.leaky_relu(layers.Conv(8, (5, 5), impl=self.impl)(x))
+    x = nn.leaky_relu(layers.ConvTranspose(4, (4, 4), strides=(2, 2),
+                                           impl=self.impl)(x))
+    return layers.ConvTranspose(1, (3, 3), strides=(2, 2), padding='VALID',
+                                impl=self.impl)(x)
+
+
+@needs_library
+def test_train_steps_match_xla():
+  """Four Adam steps of a small conv autoencoder with impl='onednn' follow
+  impl='xla''s losses and parameters. (The families' own steps with 'xla'
+  take half a minute even at toy widths: XLA:CPU's ConvTranspose kernel
+  gradient, layers.py.)"""
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 13, 13, 1))
+  optimizer = optax.adam(1e-2)
+
+  def run(impl):
+    model = TinyAutoencoder(impl)
+    # Random params shaped by eval_shape: flax's init is slow to compile.
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    params = jax.tree.map(lambda s: 0.3 * normal(s.shape, s.size), shapes)
+    assert jax.eval_shape(model.apply, params, x).shape == (4, 29, 29, 1)
+    loss = lambda p: jnp.mean((model.apply(p, x)[:, :13, :13] - x)**2)
+
+    @jax.jit
+    def step(params, opt_state):
+      value, grads = jax.value_and_grad(loss)(params)
+      updates, opt_state = optimizer.update(grads, opt_state)
+      return optax.apply_updates(params, updates), opt_state, value
+
+    opt_state, losses = optimizer.init(params), []
+    for _ in range(4):
+      params, opt_state, value = step(params, opt_state)
+      losses.append(float(value))
+    return np.array(losses), params
+
+  (want_losses, want_params), (losses, params) = run('xla'), run('onednn')
+  assert want_losses[-1] < want_losses[0]
+  np.testing.assert_allclose(losses, want_losses, rtol=1e-4)
+  jax.tree.map(functools.partial(assert_close, tol=1e-4), want_params, params)
+
+
+@pytest.mark.parametrize('cause', ['no compiler', 'not x86_64'])
+def test_fallback_prints_one_line_and_runs_gemm(cause, monkeypatch, tmp_path,
+                                                capsys):
+  monkeypatch.setattr(conv_onednn, '_status', None)
+  monkeypatch.setattr(conv_onednn, '_noted', False)
+  monkeypatch.setattr(conv_onednn, 'DEFAULT_CACHE_DIR', str(tmp_path))
+  if cause == 'no compiler':
+    monkeypatch.setenv('CXX', '')
+    monkeypatch.setenv('PATH', '')
+    reason = 'no C++ compiler found: set CXX'
+  else:
+    monkeypatch.setattr(conv_onednn.platform, 'machine', lambda: 'aarch64')
+    reason = 'needs Linux x86_64, not linux aarch64'
+  x = normal((2, 7, 7, 3), 0)
+  outputs = {}
+  for impl in ('onednn', 'gemm', 'onednn'):
+    assert layers.resolve_impl(impl) == 'gemm'
+    layer = layer_pair(True, impl, features=2, kernel_size=(5, 5),
+                       strides=(2, 2))
+    params = layer.init(jax.random.key(0), x)
+    outputs[impl] = jax.jit(jax.grad(
+        lambda p, layer=layer: jnp.sum(layer.apply(p, x)**2)))(params)
+  assert capsys.readouterr().out == (
+      f"note: conv_impl='onednn' unavailable ({reason}); using 'gemm'\n")
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b),
+               outputs['onednn'], outputs['gemm'])
+  assert os.listdir(tmp_path) == []
+
+
+@needs_library
+def test_build_is_cached(monkeypatch, tmp_path):
+  """The first build compiles into the cache (no temporary file left), the
+  second finds it there and compiles nothing."""
+  compiles = []
+  run = conv_onednn.subprocess.run
+
+  def counting_run(cmd, **kw):
+    compiles.append(cmd)
+    return run(cmd, **kw)
+
+  monkeypatch.setattr(conv_onednn.subprocess, 'run', counting_run)
+  first = conv_onednn.build(str(tmp_path))
+  assert len(compiles) == 1 and os.listdir(tmp_path) == [
+      os.path.basename(first)]
+  assert os.path.basename(first).startswith('onednn_conv-')
+  assert conv_onednn.build(str(tmp_path)) == first
+  assert len(compiles) == 1

@@ -1,0 +1,375 @@
+"""oneDNN's CPU convolutions as XLA custom calls: conv_impl='onednn'.
+
+XLA:CPU runs its convolutions well below the oneDNN kernels TensorFlow uses
+(README "CPU speed"); every plain-JAX rearrangement in `conv_cpu` ends in
+XLA's GEMM or convolution kernels. This module calls oneDNN itself: a small
+C++ file (onednn_conv.cc, next to this one) defines oneDNN's convolution
+forward, backward-data and backward-weights as XLA FFI handlers (`jax.ffi`),
+and `down`, `up`, `wgrad` below are conv_cpu's three maps on them:
+
+  down(big, W)      = convolution forward        (big = src, small = dst)
+  up(small, W)      = convolution backward-data  (the adjoint of down in big)
+  wgrad(big, small) = convolution backward-weights
+
+They are formulation 'onednn' of each map in conv_cpu, so conv_cpu's
+custom VJPs (each map's gradient made of the other maps) carry over: the
+gradients and gradients of gradients (WGAN-GP, R1) run in oneDNN too.
+
+Build. On first use the C++ file is compiled with the system C++ compiler
+($CXX, else `c++` / `g++` on PATH) against the pip package
+onednn-devel-cpu-gomp (oneDNN 3.x, OpenMP; headers and libdnnl.so located
+through importlib.metadata) and `jax.ffi.include_dir()`, into
+~/.cache/vaegan_jax/onednn/onednn_conv-<hash>.so; the hash covers the source,
+the jax/jaxlib and oneDNN versions and the include and library paths, so a
+change of any of them builds anew (and a cached build needs no compiler). The file is written under a
+temporary name and renamed, so concurrent first uses do not clash. Takes
+5-20 s once; later processes load the cached file.
+
+Fallback. When the build cannot happen (not Linux x86_64, a backend other
+than CPU, the package, headers or compiler missing, the compile failing, the
+cache directory not writable), `available()` is False, one line starting
+`note: conv_impl='onednn' unavailable (...)` is printed once per process,
+and layers use conv_impl='gemm' instead. Nothing else changes.
+
+Threads: oneDNN's OpenMP threads spin-wait by default, which stalls small
+convolutions on a loaded machine; OMP_WAIT_POLICY=passive is set before the
+library is loaded unless the environment already sets it.
+
+Scope: float32, 1-D and 2-D convolutions (1-D as 2-D with a unit height),
+any window stride, zero padding of either sign (`_geometry`).
+"""
+
+import ctypes
+import hashlib
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                      'onednn_conv.cc')
+DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser('~'), '.cache',
+                                 'vaegan_jax', 'onednn')
+# The pip packages: the runtime library, and the headers (which pull it in).
+LIB_PACKAGE = 'onednn-cpu-gomp'
+DEV_PACKAGE = 'onednn-devel-cpu-gomp'
+# FFI target name -> the handler symbol in onednn_conv.cc.
+TARGETS = {
+    'vaegan_onednn_conv_fwd': 'VaeganOnednnConvFwd',
+    'vaegan_onednn_conv_bwd_data': 'VaeganOnednnConvBwdData',
+    'vaegan_onednn_conv_bwd_weights': 'VaeganOnednnConvBwdWeights',
+}
+
+
+class Unavailable(Exception):
+  """Why conv_impl='onednn' cannot run here (one short phrase)."""
+
+
+# Per process: None until `available()` ran, then (ok, reason).
+_status = None
+_noted = False
+
+
+# ---------------------------------------------------------------------------
+# Finding the pieces and building the handler library.
+# ---------------------------------------------------------------------------
+
+
+def _package_file(package, suffix):
+  """The installed file of a pip package whose path ends with suffix."""
+  try:
+    files = importlib.metadata.files(package) or []
+  except importlib.metadata.PackageNotFoundError:
+    raise Unavailable(f'pip package {package} not installed') from None
+  for f in files:
+    if ('/' + str(f).replace(os.sep, '/')).endswith('/' + suffix):
+      path = os.path.abspath(str(f.locate()))
+      if os.path.exists(path):
+        return path
+  raise Unavailable(f'{suffix} not found in pip package {package}')
+
+
+def find_onednn():
+  """oneDNN's include directory, libdnnl.so.3 and version.
+
+  Returns:
+    (include_dir, library_path, version string).
+
+  Raises:
+    Unavailable: the packages or their files are missing.
+  """
+  header = _package_file(DEV_PACKAGE, 'oneapi/dnnl/dnnl.hpp')
+  library = _package_file(LIB_PACKAGE, 'libdnnl.so.3')
+  include = os.path.dirname(os.path.dirname(os.path.dirname(header)))
+  return include, library, importlib.metadata.version(LIB_PACKAGE)
+
+
+def find_compiler():
+  """$CXX, else `c++` or `g++` on PATH; raises Unavailable if none."""
+  env = os.environ.get('CXX', '').strip()
+  candidates = [env] if env else ['c++', 'g++']
+  for name in candidates:
+    path = shutil.which(name)
+    if path:
+      return path
+  raise Unavailable('no C++ compiler found: set CXX' if not env
+                    else f'C++ compiler CXX={env!r} not found')
+
+
+def library_name(include, library, version):
+  """onednn_conv-<hash>.so: the hash of everything the binary depends on."""
+  digest = hashlib.sha256()
+  with open(SOURCE, 'rb') as f:
+    digest.update(f.read())
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  for part in (jax.__version__, jaxlib.__version__, version, include,
+               library, jax.ffi.include_dir()):
+    digest.update(b'\0' + str(part).encode())
+  return f'onednn_conv-{digest.hexdigest()[:16]}.so'
+
+
+def build(cache_dir=None):
+  """The handler library: from the cache, else compiled into it.
+
+  Args:
+    cache_dir: where built libraries live (default ~/.cache/vaegan_jax/onednn).
+
+  Returns:
+    The path of the shared library.
+
+  Raises:
+    Unavailable: platform, packages, compiler, cache directory or the
+      compile itself failed.
+  """
+  if sys.platform != 'linux' or platform.machine() not in ('x86_64', 'AMD64'):
+    raise Unavailable(f'needs Linux x86_64, not {sys.platform} '
+                      f'{platform.machine()}')
+  include, library, version = find_onednn()
+  cache_dir = cache_dir or DEFAULT_CACHE_DIR
+  path = os.path.join(cache_dir, library_name(include, library, version))
+  if os.path.exists(path):
+    return path
+  compiler = find_compiler()
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.building-', suffix='.so',
+                               dir=cache_dir)
+    os.close(fd)
+  except OSError as e:
+    raise Unavailable(f'cache directory {cache_dir} not writable '
+                      f'({e.strerror})') from None
+  lib_dir = os.path.dirname(library)
+  cmd = [compiler, '-O2', '-std=c++17', '-shared', '-fPIC', SOURCE,
+         f'-I{jax.ffi.include_dir()}', f'-I{include}', library,
+         f'-Wl,-rpath,{lib_dir}', '-o', tmp]
+  try:
+    try:
+      proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except OSError as e:
+      raise Unavailable(f'running {compiler} failed ({e.strerror})') from None
+    if proc.returncode != 0:
+      lines = [l[l.index('error'):] for l in proc.stderr.splitlines()
+               if 'error' in l] or proc.stderr.splitlines() or ['?']
+      raise Unavailable(f'building {os.path.basename(SOURCE)} failed: '
+                        f'{lines[0].strip()[:160]}')
+    os.replace(tmp, path)  # Atomic: a concurrent build renames the same file.
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return path
+
+
+def _load(path):
+  """Load the built library and register its three FFI targets."""
+  os.environ.setdefault('OMP_WAIT_POLICY', 'passive')
+  lib = ctypes.CDLL(path)
+  for target, symbol in TARGETS.items():
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                platform='cpu')
+
+
+def available(cache_dir=None):
+  """Whether the oneDNN convolutions can run; builds and loads them once.
+
+  When they cannot, prints one line saying why, once per process.
+
+  Args:
+    cache_dir: the build cache (default ~/.cache/vaegan_jax/onednn).
+
+  Returns:
+    True when the three FFI targets are registered.
+  """
+  global _status, _noted
+  if _status is None:
+    try:
+      if jax.default_backend() != 'cpu':
+        raise Unavailable(f'the backend is {jax.default_backend()}, not cpu')
+      _load(build(cache_dir))
+      _status = (True, '')
+    except Unavailable as e:
+      _status = (False, str(e))
+    except OSError as e:  # The library did not load.
+      _status = (False, f'loading the built library failed: {e}')
+    except Exception as e:  # pylint: disable=broad-except
+      # Whatever else went wrong, the run goes on with 'gemm'.
+      _status = (False, f'{type(e).__name__}: {e}')
+  ok, reason = _status
+  if not ok and not _noted:
+    _noted = True
+    print(f"note: conv_impl='onednn' unavailable ({reason}); using 'gemm'",
+          flush=True)
+  return ok
+
+
+# ---------------------------------------------------------------------------
+# conv_cpu's three maps on oneDNN.
+# ---------------------------------------------------------------------------
+
+
+def supports(dtype, dims):
+  """Whether the 'onednn' formulation handles this dtype and spatial rank."""
+  return jnp.dtype(dtype) == jnp.float32 and 1 <= len(dims) <= 2
+
+
+def _geometry(dims):
+  """oneDNN's strides and padding for conv_cpu `Dim`s, and a pad of big.
+
+  small[o] = sum_t big[step * o + base + t] W[t] is a convolution of big with
+  stride `step` and zero padding (lo, hi) = (-base, last position used + 1 -
+  n_big). oneDNN is given padding clipped to [0, k - 1] (with more, some
+  outputs would see only zeros, which its kernels refuse); the rest is done
+  on big first by `lax.pad`: a negative amount crops positions no tap
+  reaches, a positive one pads explicitly.
+
+  Returns:
+    (strides, pads, extra): 2-D lists (1-D dims get a unit height in front);
+    extra is the (lo, hi) per dim to `lax.pad` big by before the call.
+  """
+  strides, pads, extra = [], [], []
+  for d in dims:
+    lo = -d.base
+    hi = d.step * (d.n_small - 1) + d.base + d.k - d.n_big
+    clip = lambda p, k=d.k: min(max(p, 0), k - 1)
+    strides.append(d.step)
+    pads.append((clip(lo), clip(hi)))
+    extra.append((lo - clip(lo), hi - clip(hi)))
+  if len(dims) == 1:
+    strides, pads, extra = [1] + strides, [(0, 0)] + pads, [(0, 0)] + extra
+  return strides, pads, extra
+
+
+def _pad(big, extra, sign=1):
+  """lax.pad of big's spatial dims by sign * extra (negative: crop)."""
+  return lax.pad(big, jnp.zeros((), big.dtype),
+                 [(0, 0, 0)] + [(sign * lo, sign * hi, 0) for lo, hi in extra]
+                 + [(0, 0, 0)])
+
+
+def _attrs(strides, pads):
+  (pt, pb), (pl, pr) = pads
+  return dict(sh=np.int64(strides[0]), sw=np.int64(strides[1]),
+              pt=np.int64(pt), pb=np.int64(pb), pl=np.int64(pl),
+              pr=np.int64(pr))
+
+
+def _as_2d(a, nsp):
+  """(N, L, C) -> (N, 1, L, C); 2-D arrays unchanged."""
+  return a[:, None] if nsp == 1 else a
+
+
+def _kernel(w, dims):
+  """(T, C_big, C_small) -> HWIO (kh, kw, C_big, C_small)."""
+  ksize = tuple(d.k for d in dims)
+  if len(dims) == 1:
+    ksize = (1,) + ksize
+  return w.reshape(ksize + w.shape[1:])
+
+
+def _call(target, shape, *args, **attrs):
+  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32),
+                          vmap_method='sequential')(*args, **attrs)
+
+
+def _check(*arrays):
+  if not available():
+    raise RuntimeError("conv formulation 'onednn' unavailable: "
+                       f'{_status[1]}.')
+  if not all(a.dtype == jnp.float32 for a in arrays):
+    raise ValueError("conv formulation 'onednn' takes float32 only, not "
+                     f'{[str(a.dtype) for a in arrays]}.')
+
+
+def down(big, w, dims):
+  """small = G . W (conv_cpu.down) as oneDNN's convolution forward.
+
+  Args:
+    big: (N, *n_big, C_big) float32, 1 or 2 spatial dims.
+    w: (T, C_big, C_small), taps row-major.
+    dims: tuple of conv_cpu.Dim.
+
+  Returns:
+    (N, *n_small, C_small).
+  """
+  _check(big, w)
+  nsp = len(dims)
+  strides, pads, extra = _geometry(dims)
+  big2 = _pad(_as_2d(big, nsp), extra)
+  out = (big.shape[0],) + tuple(d.n_small for d in dims) + (w.shape[-1],)
+  y = _call('vaegan_onednn_conv_fwd', out if nsp == 2 else out[:1] + (1,) + out[1:],
+            big2, _kernel(w, dims), **_attrs(strides, pads))
+  return y.reshape(out)
+
+
+def up(small, w, dims):
+  """big = gather^T(small . W^T) (conv_cpu.up) as oneDNN's backward-data.
+
+  Args:
+    small: (N, *n_small, C_small) float32.
+    w: (T, C_big, C_small).
+    dims: tuple of conv_cpu.Dim.
+
+  Returns:
+    (N, *n_big, C_big).
+  """
+  _check(small, w)
+  nsp = len(dims)
+  strides, pads, extra = _geometry(dims)
+  n_big = [1] * (2 - nsp) + [d.n_big for d in dims]
+  padded = [small.shape[0]] + [n + lo + hi for n, (lo, hi) in
+                               zip(n_big, extra)] + [w.shape[1]]
+  big = _call('vaegan_onednn_conv_bwd_data', tuple(padded),
+              _as_2d(small, nsp), _kernel(w, dims), **_attrs(strides, pads))
+  big = _pad(big, extra, sign=-1)  # The adjoint of down's pad.
+  return big.reshape((small.shape[0],) + tuple(d.n_big for d in dims)
+                     + (w.shape[1],))
+
+
+def wgrad(big, small, dims):
+  """dW = G^T . small (conv_cpu.wgrad) as oneDNN's backward-weights.
+
+  Args:
+    big: (N, *n_big, C_big) float32.
+    small: (N, *n_small, C_small) float32.
+    dims: tuple of conv_cpu.Dim.
+
+  Returns:
+    (T, C_big, C_small).
+  """
+  _check(big, small)
+  nsp = len(dims)
+  strides, pads, extra = _geometry(dims)
+  taps = int(np.prod([d.k for d in dims]))
+  shape = ((1,) * (2 - nsp) + tuple(d.k for d in dims)
+           + (big.shape[-1], small.shape[-1]))
+  dw = _call('vaegan_onednn_conv_bwd_weights', shape,
+             _pad(_as_2d(big, nsp), extra), _as_2d(small, nsp),
+             **_attrs(strides, pads))
+  return dw.reshape(taps, big.shape[-1], small.shape[-1])
