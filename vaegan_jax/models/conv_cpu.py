@@ -88,6 +88,11 @@ class Dim(NamedTuple):
   step: int
   base: int
 
+  def zero_padding(self):
+    """(lo, hi): how far the taps reach before big's first and after its
+    last position (negative: positions no tap reaches)."""
+    return -self.base, self.step * (self.n_small - 1) + self.base + self.k - self.n_big
+
 
 class Plan(NamedTuple):
   """The formulation of each map (FORMULATIONS)."""
@@ -180,8 +185,7 @@ def _padded_big(big, dims):
   """big zero-padded so that every tap's slice is in range, and the offsets."""
   pads, offsets = [], []
   for d in dims:
-    lo = max(0, -d.base)
-    hi = max(0, d.step * (d.n_small - 1) + d.base + d.k - d.n_big)
+    lo, hi = (max(0, p) for p in d.zero_padding())
     pads.append((lo, hi, 0))
     offsets.append(d.base + lo)
   padded = lax.pad(big, jnp.zeros((), big.dtype),

@@ -255,8 +255,7 @@ def _geometry(dims):
   """
   strides, pads, extra = [], [], []
   for d in dims:
-    lo = -d.base
-    hi = d.step * (d.n_small - 1) + d.base + d.k - d.n_big
+    lo, hi = d.zero_padding()
     clip = lambda p, k=d.k: min(max(p, 0), k - 1)
     strides.append(d.step)
     pads.append((clip(lo), clip(hi)))
