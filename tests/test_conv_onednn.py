@@ -55,6 +55,32 @@ def test_one_dimensional_and_the_calls_are_onednn():
   assert custom_calls(jax.grad(loss, (0, 1)), x, kernel) == set(TARGETS)
 
 
+def test_choose_onednn_keeps_single_channel_up_maps_in_plain_jax():
+  """Every map in oneDNN, except `up` into one channel (a ConvTranspose to an
+  image, a first Conv's input gradient), which takes `choose`'s pick."""
+  strided, _ = conv_cpu.conv_dims((14, 14), (5, 5), (1, 1), ((2, 3),) * 2,
+                                  (2, 2))
+  unit, _ = conv_cpu.conv_dims((7, 7), (5, 5), (1, 1), ((2, 2),) * 2, (1, 1))
+  for dims in (strided, unit):
+    assert conv_cpu.choose_onednn(dims, 256, 64, 128) == conv_cpu.ONEDNN
+    plan = conv_cpu.choose_onednn(dims, 256, 1, 64)
+    assert plan.up == conv_cpu.choose(dims, 256, 1, 64).up != 'onednn'
+    assert (plan.down, plan.wgrad) == ('onednn', 'onednn')
+
+
+@needs_library
+def test_layer_to_one_channel_runs_its_up_map_in_plain_jax():
+  """impl='onednn' ConvTranspose(1): the forward (an `up` map into a single
+  channel) has no oneDNN call; its input and kernel gradients do."""
+  layer = layers.ConvTranspose(1, (5, 5), strides=(2, 2), impl='onednn')
+  x = normal((2, 7, 7, 3), 0)
+  params = layer.init(jax.random.key(0), x)
+  assert not custom_calls(layer.apply, params, x)
+  loss = lambda p, x: jnp.sum(layer.apply(p, x)**2)
+  assert custom_calls(jax.grad(loss, (0, 1)), params, x) == {
+      'vaegan_onednn_conv_fwd', 'vaegan_onednn_conv_bwd_weights'}
+
+
 def layer_pair(transpose, impl, **kw):
   cls = layers.ConvTranspose if transpose else layers.Conv
   return cls(impl=impl, precision=jax.lax.Precision.HIGHEST, **kw)

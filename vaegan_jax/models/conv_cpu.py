@@ -101,7 +101,8 @@ class Plan(NamedTuple):
   wgrad: str = 'im2col'
 
 
-# conv_impl='onednn': every map in oneDNN (float32, 1-D / 2-D).
+# Every map in oneDNN (float32, 1-D / 2-D); conv_impl='onednn' uses
+# `choose_onednn`'s plan.
 ONEDNN = Plan('onednn', 'onednn', 'onednn')
 
 
@@ -150,11 +151,13 @@ def conv(x, kernel, strides, padding, lhs_dilation, precision=None,
     padding: ((lo, hi), ...).
     lhs_dilation: input dilation (a ConvTranspose's stride).
     precision: `lax.Precision` of the GEMMs, or None.
-    plan: a `Plan`, or None for `choose`'s.
+    plan: a `Plan`; None for `choose`'s, 'onednn' for `choose_onednn`'s.
 
   Returns:
     (N, *out_spatial, C_out), equal to XLA's convolution up to rounding.
   """
+  chooser = choose_onednn if plan == 'onednn' else choose
+  plan = None if plan == 'onednn' else plan
   ksize = kernel.shape[:-2]
   dims, transpose = conv_dims(x.shape[1:-1], ksize, strides, padding,
                               lhs_dilation)
@@ -162,12 +165,12 @@ def conv(x, kernel, strides, padding, lhs_dilation, precision=None,
   taps = math.prod(ksize)
   if not transpose:
     w = kernel.reshape(taps, c_in, c_out)
-    plan = plan or choose(dims, x.shape[0], c_in, c_out)
+    plan = plan or chooser(dims, x.shape[0], c_in, c_out)
     return down(x, w, dims, precision, plan)
   # big = y, small = x: W[t'] = K[k - 1 - t']^T, (T, C_out, C_in).
   w = lax.rev(kernel, tuple(range(len(ksize))))
   w = jnp.swapaxes(w, -1, -2).reshape(taps, c_out, c_in)
-  plan = plan or choose(dims, x.shape[0], c_out, c_in)
+  plan = plan or chooser(dims, x.shape[0], c_out, c_in)
   return up(x, w, dims, precision, plan)
 
 
@@ -524,6 +527,17 @@ def choose(dims, batch, c_big, c_small):
     return Plan(down='xla', up='col2im', wgrad=wgrad_how)
   wgrad_how = 'swap' if 8 * c_small <= c_big else 'xla'
   return Plan(down='xla', up='xla', wgrad=wgrad_how)
+
+
+def choose_onednn(dims, batch, c_big, c_small):
+  """conv_impl='onednn': every map in oneDNN, except `up` into a single
+  channel (c_big == 1: a ConvTranspose to an image, a first Conv's input
+  gradient), where oneDNN's backward-data ran 3.5-7x slower than `choose`'s
+  pick (conv_primitives.py rows V1 dx, G3 fwd, D1 dx: 7.7 / 28.6 / 24.4 ms
+  against col2im's 2.2 / 4.8 / 3.7 at batch 256)."""
+  if c_big == 1:
+    return ONEDNN._replace(up=choose(dims, batch, c_big, c_small).up)
+  return ONEDNN
 
 
 def valid_plans(dims):

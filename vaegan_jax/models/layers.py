@@ -243,12 +243,13 @@ def _kernel_grad(x, dy, ksize, padding, lhs_dilation, precision):
 
 
 def _onednn_conv(x, kernel, strides, padding, lhs_dilation, precision):
-  """impl='onednn': every map of `conv_cpu.conv` in oneDNN; dtypes other than
-  float32 and 3-D convolutions take conv_cpu's chosen (impl='gemm') plan."""
+  """impl='onednn': the maps of `conv_cpu.conv` in oneDNN (as
+  `conv_cpu.choose_onednn` plans them); dtypes other than float32 and 3-D
+  convolutions take conv_cpu's chosen (impl='gemm') plan."""
   ok = (x.dtype == kernel.dtype
         and conv_onednn.supports(x.dtype, kernel.shape[:-2]))
   return conv_cpu.conv(x, kernel, strides, padding, lhs_dilation, precision,
-                       plan=conv_cpu.ONEDNN if ok else None)
+                       plan='onednn' if ok else None)
 
 
 # ---------------------------------------------------------------------------
