@@ -15,6 +15,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.name = 'mnist5k'     # mnist5k (embedded) | mnist | fashion_mnist | cifar10 | svhn_cropped | celeb_a | folder:PATH (PNG/JPEG/WebP, recursive).
   config.data.image_size = 64      # folder:PATH only: side of the centre-cropped square images (32 | 64 | 128); TFDS sets keep their own size.
   config.data.data_dir = ''        # '' = ~/.cache/vaegan_jax/tensorflow_datasets for mnist5k, TFDS's default otherwise.
+  config.data.cache_mb = 512       # Train splits of at most this many MB of images are decoded once into memory; larger ones (and 0) stream.
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 128    # Global batch, split over all devices.

@@ -7,7 +7,8 @@
 Builds the step exactly as vaegan_jax/train.py does (family.init_state,
 jax.jit(partial(family.train_step, config), donate_argnums=0) with the same
 shardings) and feeds it from the real input pipeline
-(input_pipeline.TrainIterator streaming config.data.name's train source). Every framework gets its
+(input_pipeline.TrainIterator over config.data.name's train split, decoded
+into memory or streamed as training would: data.cache_mb). Every framework gets its
 own iterator over the same batches. After `--warmup` steps, the frameworks run
 `--steps` steps each, interleaved in `--rounds` rounds, so that load from
 other processes on a shared machine hits all of them alike. Each step is timed
@@ -272,10 +273,9 @@ def measure(config, reference='keras', jax_impls=(), steps=30, warmup=3, rounds=
   input_pipeline.get_spec(config.data.name)
   sharding.check_batch_size(config.train.batch_size)
   load_start = os.getloadavg()[0]
-  # Streamed from the random-access source, as training reads it (labels=None).
-  images, labels = input_pipeline.open_source(
-      config.data.name, 'train', config.data.data_dir or None,
-      config.data.get('image_size')), None
+  # The train split as training reads it (decoded into memory when it fits
+  # config.data.cache_mb, else streamed); labels=None.
+  images, labels = input_pipeline.open_train_source(config), None
 
   makers = [functools.partial(JaxRunner, config, images, labels, impl or None)
             for impl in (jax_impls or [''])]

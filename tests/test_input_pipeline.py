@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from conftest import load_config
 import data_batches
 from mock_data import mock_tfds
 import test_data_sources
@@ -64,6 +65,29 @@ def test_train_iterator_is_deterministic_and_resumable():
   np.testing.assert_array_equal(np.stack(first(5, 7)), np.stack(full[5:]))
   batch = input_pipeline.TrainIterator(images, labels, 8, 7, shard).host_batch(0)
   assert batch['image'].dtype == np.float32 and batch['image'].max() <= 1.0
+
+
+def test_small_train_split_is_decoded_once_with_the_same_batches(data_dir):
+  """Under data.cache_mb the train split is served from memory: the same
+  batches as streaming it; a larger split (or cache_mb=0) streams."""
+  config = load_config('vae')
+  config.data.data_dir = data_dir
+  shard = sharding.data_sharding(sharding.make_mesh())
+
+  def batches(cache_mb):
+    config.data.cache_mb = cache_mb
+    source = input_pipeline.open_train_source(config)
+    it = input_pipeline.TrainIterator(source, None, 64, 3, shard, start_step=68)
+    out = [jax.tree.map(np.asarray, next(it)) for _ in range(3)]  # Over an epoch's end.
+    it.close()
+    return type(source), out
+
+  kind, cached = batches(512)
+  assert kind is sources.ArraySource
+  for cache_mb in (0, 3):  # 4500 images of 28x28x1 take 3.4 MB.
+    kind, streamed = batches(cache_mb)
+    assert kind is sources.TfdsSource
+    jax.tree.map(np.testing.assert_array_equal, cached, streamed)
 
 
 def test_eval_batches_cover_the_split_once_with_a_mask():

@@ -25,6 +25,7 @@ from vaegan_jax.data.pipeline import global_batch_indices
 from vaegan_jax.data.pipeline import image_shape
 from vaegan_jax.data.pipeline import load_split
 from vaegan_jax.data.pipeline import make_global_batch
+from vaegan_jax.data.pipeline import open_train_source
 from vaegan_jax.data.pipeline import process_slice
 from vaegan_jax.data.pipeline import read_batch
 from vaegan_jax.data.pipeline import to_float

@@ -286,6 +286,7 @@ RULES = {
     # data
     'data.name': Dataset(),
     'data.data_dir': Str(),
+    'data.cache_mb': COUNT,                # 0 = always stream the train split.
     'data.image_size': Int(min=8),        # folder:PATH only; data/sources.get_spec's minimum.
     # train
     'train.batch_size': POSITIVE,

@@ -15,11 +15,19 @@ rows from the source in grain's reader threads, a few batches ahead (bounded
 memory: `prefetch` batches, whatever the dataset size). An exception raised
 there is re-raised by `TrainIterator.__next__`.
 
+A train split whose decoded images take at most `config.data.cache_mb` MB
+(default 512) is decoded once, when training starts, into an in-memory source
+(`open_train_source`): the same bytes in the same order, so the same batches,
+without decoding 0.4 ms of records per example at every step (for mnist5k at
+batch 256 that decoding cost ~150 ms of CPU per step, on a 2-core machine a
+third of the convolutional VAE's step). Larger splits are streamed.
+
 Images reach the models as float32 in [0, 1], shape (B, H, W, C); labels are
 int32 (B,), -1 where the dataset has none.
 """
 
 import functools
+import math
 import os
 from typing import Iterator
 
@@ -32,6 +40,7 @@ from vaegan_jax.errors import UserError
 from vaegan_jax.errors import WorkerError
 
 _MAX_STEPS = 2**62  # The endless stream's nominal length.
+DEFAULT_CACHE_MB = 512  # config.data.cache_mb when a config has none.
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
@@ -197,6 +206,27 @@ def read_all(source, max_examples: int | None = None, chunk: int = 1024):
           np.concatenate([p[1] for p in parts]).astype(np.int32))
 
 
+def cached(source, cache_mb: float):
+  """`source` decoded into memory (a `sources.ArraySource` with the same rows)
+  when its images take at most `cache_mb` MB, else `source` itself (also for
+  cache_mb <= 0)."""
+  if isinstance(source, sources.ArraySource) or cache_mb <= 0:
+    return source
+  if len(source) * math.prod(source.spec.image_shape) > cache_mb * 2**20:
+    return source
+  images, labels = read_all(source)
+  return sources.ArraySource(images, labels, source.spec)
+
+
+def open_train_source(config):
+  """The train split of `config` as training reads it: decoded into memory
+  when it fits `config.data.cache_mb` (module docstring), else streamed."""
+  source = sources.open_source(config.data.name, 'train',
+                               config.data.data_dir or None,
+                               config_image_size(config))
+  return cached(source, config.data.get('cache_mb', DEFAULT_CACHE_MB))
+
+
 def config_image_size(config):
   return (config.data.get('image_size') if hasattr(config.data, 'get') else None) or None
 
@@ -229,21 +259,24 @@ def load_split(name: str, split: str, data_dir: str | None = None,
 
 
 class Data:
-  """One dataset: the train split streamed, the test split in memory."""
+  """One dataset: the train split streamed (or cached: `open_train_source`),
+  the test split in memory."""
 
   def __init__(self, config, max_test_examples: int | None = None):
     size = config_image_size(config)
     self.config = config
     self.spec = sources.get_spec(config.data.name, size)
-    self.train_source = sources.open_source(config.data.name, 'train',
-                                            config.data.data_dir or None, size)
+    self.train_source = open_train_source(config)
     self.test_images, self.test_labels = load_split(
         config.data.name, 'test', config.data.data_dir or None, max_test_examples, size)
     self._train = None
 
   def _train_arrays(self):
     if self._train is None:
-      self._train = read_all(self.train_source)
+      source = self.train_source
+      self._train = ((source.images, source.labels)
+                     if isinstance(source, sources.ArraySource)
+                     else read_all(source))
     return self._train
 
   @property
