@@ -54,6 +54,7 @@ from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,w
 from vaegan_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import families  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax.errors import UsageError, UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax.models import layers  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -75,6 +76,9 @@ def define_flags():
   flags.DEFINE_list('jax_impls', [], 'conv_impl values to time for the project '
                     '(auto, xla, fast, gemm, onednn), e.g. auto,onednn; default: the '
                     'config\'s own.')
+  flags.DEFINE_bool('keep_host_memory', False, 'Keep freed host memory in the '
+                    'process (vaegan_jax/host_memory.py: no page faults on '
+                    "every step); applies to every framework timed.")
   flags.DEFINE_integer('steps', 30, 'Timed steps per framework.')
   flags.DEFINE_integer('warmup', 3, 'Untimed steps per framework after the first call.')
   flags.DEFINE_integer('rounds', 5, 'Interleaving rounds (steps are split over them).')
@@ -345,6 +349,8 @@ def main(argv):
     raise UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if FLAGS.config is None:
     raise UsageError('--config is required, e.g. --config=configs/bench/dcgan28.py.')
+  if FLAGS.keep_host_memory and not host_memory.keep_freed_memory():
+    raise UsageError('--keep_host_memory needs glibc (Linux).')
   config = FLAGS.config
   config.train.batch_size = FLAGS.batch
   if FLAGS.data_dir:
