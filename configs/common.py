@@ -26,6 +26,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.train.eval_every_steps = 500
   config.train.keep_checkpoints = 3
   config.train.compute_dtype = 'float32'  # 'float32' | 'bfloat16' (params stay float32).
+  config.train.keep_host_memory = True  # Keep freed host memory in the process (glibc): no page faults per step (vaegan_jax/host_memory.py); False = glibc's defaults.
 
   # Evaluation (vaegan_jax/metrics): FID, KID, precision/recall, … in the feature
   # space of the project's own classifier (not Inception), every eval_every_steps.

@@ -41,3 +41,26 @@ def test_freed_memory_is_reused_without_page_faults():
   # 64 MB is 16 384 pages: glibc's default unmaps and faults them in again.
   assert second_round_faults(False) > 8000
   assert second_round_faults(True) < 1000
+
+
+# vaegan_jax.main with train.train_and_evaluate replaced: does it set the policy?
+MAIN_SCRIPT = '''
+import sys
+sys.path.insert(0, {root!r})
+from vaegan_jax import cli, host_memory, main, train
+host_memory.keep_freed_memory = lambda: print('keep', flush=True) or True
+train.train_and_evaluate = lambda config, workdir: print('train', flush=True)
+sys.argv = ['main', '--config=configs/vae.py:smoke', '--workdir=' + {workdir!r}] + {extra!r}
+cli.run(main.main)
+'''
+
+
+@pytest.mark.parametrize('extra, expected', [
+    ([], 'keep,train'),
+    (['--config.train.keep_host_memory=False'], 'train'),
+])
+def test_main_sets_the_policy_unless_turned_off(tmp_path, extra, expected):
+  script = MAIN_SCRIPT.format(root=ROOT, workdir=str(tmp_path / 'w'), extra=extra)
+  out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                       timeout=300, cwd=ROOT, check=True)
+  assert ','.join(out.stdout.split()) == expected

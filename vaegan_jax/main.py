@@ -12,6 +12,7 @@ from ml_collections import config_flags
 
 from vaegan_jax import cli
 from vaegan_jax import distributed
+from vaegan_jax import host_memory
 from vaegan_jax import run_config
 from vaegan_jax import validation
 
@@ -30,6 +31,8 @@ def main(argv):
   # Every value, before the multi-host start; the device rules run in train.
   validation.validate(FLAGS.config, devices=False)
   run_config.check_workdir(FLAGS.workdir)
+  if FLAGS.config.train.get('keep_host_memory', True):
+    host_memory.keep_freed_memory()  # Before the step first runs (module doc).
   distributed.initialize()
   from vaegan_jax import train  # pylint: disable=g-import-not-at-top
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

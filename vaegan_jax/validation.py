@@ -297,6 +297,7 @@ RULES = {
     'train.eval_every_steps': POSITIVE,
     'train.keep_checkpoints': POSITIVE,
     'train.compute_dtype': OneOf(_dtypes),
+    'train.keep_host_memory': Bool(),     # Read by vaegan_jax.main before training.
     # eval
     'eval.generative_metrics': Bool(),
     'eval.num_samples': Int(min=6),       # metrics.generative.Evaluator's minimum.
