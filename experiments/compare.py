@@ -125,6 +125,8 @@ def run_config(study, entry: str, seed: int):
   config = load_family_config(family, study.family_variant)
   if entry != family:
     config.model.conditional = True
+  if study.get('conv_impl', ''):
+    config.model.conv_impl = study.conv_impl
   config.seed = int(seed)
   config.data.name = study.dataset
   config.data.data_dir = study.data_dir
@@ -172,6 +174,15 @@ def check_study(study):
   if study.get('features', 'own') == 'inception':  # Fail before hours of training.
     from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
     inception.resolve_weights_path(study.get('inception_weights', ''))
+  if study.get('conv_impl', ''):
+    from vaegan_jax.models import layers  # pylint: disable=g-import-not-at-top
+    if study.conv_impl not in layers.IMPLS:
+      raise UserError(f'config.conv_impl={study.conv_impl!r} must be one of '
+                      f'{", ".join(map(repr, layers.IMPLS))} or \'\' (each family\'s own).')
+  if study.eval_every_steps > study.num_steps / 4:
+    raise UserError(f'config.eval_every_steps={study.eval_every_steps} leaves no evaluation in '
+                    f'each quarter of the {study.num_steps} steps; the convergence rule '
+                    '(experiments/convergence.py) needs one per quarter at least.')
   for f in study.overrides:
     if f not in study.families:
       raise UserError(f'config.overrides.{f} names a family that is not in config.families.')
@@ -344,15 +355,40 @@ def read_metrics(workdir: str):
           [eval_rows[s] for s in sorted(eval_rows)])
 
 
-def curves(workdir: str, loss_keys) -> dict:
-  """Training curves of a run: step lists and values of the losses and FID."""
+# Training-time evaluations kept as curves (quality against compute).
+CURVE_KEYS = ('fid', 'precision', 'recall', 'coverage', 'modes_covered')
+
+
+def curves(workdir: str, loss_keys, batch_size: int) -> dict:
+  """Training curves of a run: the losses at every logged step; FID,
+  precision, recall, coverage and modes at every evaluation, with the
+  training seconds spent up to it (convergence.train_seconds)."""
+  import convergence  # pylint: disable=g-import-not-at-top
   train_rows, eval_rows = read_metrics(workdir)
   out = {'step': [r['step'] for r in train_rows]}
   for k in loss_keys:
     out[k] = [r.get(k) for r in train_rows]
-  out['eval_step'] = [r['step'] for r in eval_rows if 'eval/fid' in r]
-  out['fid'] = [r['eval/fid'] for r in eval_rows if 'eval/fid' in r]
+  out['images_per_s'] = [r.get('images_per_s') for r in train_rows]
+  evals = [r for r in eval_rows if 'eval/fid' in r]
+  out['eval_step'] = [r['step'] for r in evals]
+  for k in CURVE_KEYS:
+    out[k] = [r.get(f'eval/{k}') for r in evals]
+  out['train_seconds'] = convergence.train_seconds(out['step'], out['images_per_s'],
+                                                   batch_size, out['eval_step'])
   return out
+
+
+def ladder_verdicts(results_path: str = '') -> dict | None:
+  """The metric ladder's verdicts (experiments/metric_sanity.py): which
+  metric passed, for which feature net; None where it was not run."""
+  path = results_path or os.path.join(ROOT, 'experiments', 'results', 'metric_sanity',
+                                      'results.json')
+  sanity = _read_json(path)
+  if not sanity:
+    return None
+  return {'passed': sanity['passed'], 'feature_net_sha256': sanity['feature_net']['sha256'],
+          'feature_map': sanity['feature_net'].get('feature_map', ''),
+          'source': os.path.relpath(path, ROOT)}
 
 
 def train_images_per_s(workdir: str, group_size: int) -> float | None:
@@ -377,6 +413,7 @@ def mean_std(values):
 
 def collect(study, out: str) -> dict:
   """results.json from the run directories (and OUT/speed.json)."""
+  import convergence  # pylint: disable=g-import-not-at-top
   from vaegan_jax import families  # pylint: disable=g-import-not-at-top
   speeds = _read_json(os.path.join(out, SPEED_FILE), {})
   result = {'families': {}, 'speed': {}}
@@ -397,7 +434,8 @@ def collect(study, out: str) -> dict:
       run['train_mode'] = sessions[-1]['mode'] if sessions else 'unknown'
       run['resumed'] = any(x['start_step'] > 0 for x in sessions)
       run['train_images_per_s'] = train_images_per_s(workdir, group)
-      run['curves'] = curves(workdir, fam.CONSOLE_METRICS)
+      run['curves'] = curves(workdir, fam.CONSOLE_METRICS, study.batch_size)
+      run['collapsed'] = convergence.collapsed(run)
       runs[str(s)] = run
     numeric = sorted({k for r in runs.values() for k, v in r.items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -409,9 +447,15 @@ def collect(study, out: str) -> dict:
         'mean': {k: v[0] for k, v in stats.items()},
         'std': {k: v[1] for k, v in stats.items()},
         'loss_keys': list(fam.CONSOLE_METRICS),
+        'convergence': convergence.convergence(
+            [r['curves'] for r in runs.values()], study.num_steps),
+        'oscillation': convergence.oscillation(
+            [r['curves'] for r in runs.values()], study.num_steps),
+        'collapsed_runs': sum(r['collapsed'] for r in runs.values()),
     }
     if family in speeds:
       result['speed'][family] = speeds[family]
+  result['ladder'] = ladder_verdicts()
   return result
 
 
@@ -575,6 +619,9 @@ def main(argv):
   study = FLAGS.config
   out = FLAGS.out or os.path.join(ROOT, study.out)  # config.out is relative to the repo.
   logging.getLogger('absl').addFilter(_DropOrbaxReadNotices())
+  if study.get('keep_host_memory', True):
+    from vaegan_jax import host_memory  # pylint: disable=g-import-not-at-top
+    host_memory.keep_freed_memory()  # As vaegan_jax.main does for training.
   t0 = time.time()
 
   def echo(message):

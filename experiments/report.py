@@ -21,6 +21,7 @@ SAMPLES_PNG = 'samples.png'
 RECON_PNG = 'reconstructions.png'
 FID_PNG = 'curves_fid.png'
 LOSSES_PNG = 'curves_losses.png'
+COMPUTE_PNG = 'curves_compute.png'
 
 # (key in results, label, better: 'min' | 'max' | None, format, scale).
 QUALITY = [
@@ -114,11 +115,12 @@ def table(results, rows, header='measure') -> list[str]:
   return lines
 
 
-def compare_top_two(results, key, better):
-  """The best and second-best family of `key` and whether they differ beyond
-  seed noise; None where fewer than two families define it."""
+def compare_top_two(results, key, better, families=None):
+  """The best and second-best family of `key` (among `families`, default
+  all) and whether they differ beyond seed noise; None where fewer than two
+  families define it."""
   stats = []
-  for f in results['families']:
+  for f in families if families is not None else results['families']:
     mean, std, n = _stat(results, f, key)
     if mean is not None:
       stats.append((f, mean, std, n))
@@ -133,14 +135,45 @@ def compare_top_two(results, key, better):
           'families': len(stats)}
 
 
+def converged_families(results) -> list[str]:
+  """Families the convergence rule passed (all where no verdict is recorded,
+  as in results written before the rule existed)."""
+  return [f for f, fam in results['families'].items()
+          if (fam.get('convergence') or {}).get('converged', True) is not False]
+
+
+def ladder_status(results, key) -> str:
+  """'passed', 'failed' or 'unchecked': the metric ladder's verdict on `key`
+  in the study's feature space (experiments/metric_sanity.py)."""
+  ladder = results.get('ladder')
+  if not ladder or key not in ladder.get('passed', {}):
+    return 'unchecked'
+  shas = {r.get('feature_net_sha256') for fam in results['families'].values()
+          for r in fam['runs'].values()}
+  if shas != {ladder.get('feature_net_sha256')}:
+    return 'unchecked'  # The ladder judged another feature net.
+  return 'passed' if ladder['passed'][key] else 'failed'
+
+
 def summary(results) -> list[str]:
+  """Rankings of the families that converged, on the metrics that passed the
+  ladder (or that measure reconstruction/likelihood, which it does not judge)."""
   lines, wins = [], {f: [] for f in results['families']}
+  ranked = converged_families(results)
+  excluded = [f for f in results['families'] if f not in ranked]
+  if excluded:
+    lines.append(f'- Not ranked: {", ".join(excluded)} (not converged by the rule, see '
+                 '"Convergence and stability"; their numbers are in the tables).')
+  skipped = []
   for key, label, better, fmt, scale in QUALITY:
-    c = compare_top_two(results, key, better)
+    if ladder_status(results, key) == 'failed':
+      skipped.append(label)
+      continue
+    c = compare_top_two(results, key, better, ranked)
     if c is None:
       continue
     if _fmt(c['mean'], fmt, scale) == _fmt(c['runner_up_mean'], fmt, scale):
-      tied = [f for f in results['families']
+      tied = [f for f in ranked
               if _stat(results, f, key)[0] is not None
               and _fmt(_stat(results, f, key)[0], fmt, scale) == _fmt(c['mean'], fmt, scale)]
       lines.append(f'- **{label}**: {", ".join(tied[:-1])} and {tied[-1]} tie at '
@@ -157,8 +190,14 @@ def summary(results) -> list[str]:
         f'**{c["winner"]}** {_fmt(c["mean"], fmt, scale)} vs {c["runner_up"]} '
         f'{_fmt(c["runner_up_mean"], fmt, scale)}; the difference '
         f'{_fmt(c["diff"], fmt, scale)} is {verdict} (2·SE = {_fmt(c["noise"], fmt, scale)}).')
+  if skipped:
+    lines.append(f'- Not ranked by {", ".join(skipped)}: the metric ladder '
+                 '(experiments/results/metric_sanity) found them untrustworthy in this '
+                 'feature space.')
   head = []
   for f, labels in wins.items():
+    if f not in ranked:
+      continue
     if labels:
       head.append(f'**{f}** wins {len(labels)} measure{"s" if len(labels) > 1 else ""} '
                   f'beyond seed noise ({", ".join(labels)})')
@@ -171,6 +210,50 @@ def summary(results) -> list[str]:
                  + ' train images/s (one measurement per family, on a shared machine: '
                  'see the load average above).')
   return ['In short: ' + '; '.join(head) + '.', ''] + lines
+
+
+def convergence_section(results) -> list[str]:
+  """The rule's verdict per family, stability and collapse."""
+  fams = results['families']
+  if not any('convergence' in fam for fam in fams.values()):
+    return []
+  study = results.get('study', {})
+  lines = [
+      '## Convergence and stability', '',
+      f'Rule (experiments/convergence.py): a family has converged at its budget when the '
+      'drop of its mean training-time FID from the third to the last quarter of training '
+      '(mean over seeds) is smaller than twice the standard error of its last-quarter FID '
+      '(from the seeds\' spread, floored by the evaluations\' own noise). Training-time '
+      f'FID: {study.get("curve_num_samples")} samples every {study.get("eval_every_steps")} '
+      'steps. Oscillation: std / mean of the FID within the last quarter, mean over seeds. '
+      'Collapsed: final evaluation covers at most 3 of the 10 classes, or a non-finite FID.',
+      '',
+      f'| family | converged | FID 3rd quarter | FID last quarter | drop | 2·SE | oscillation '
+      f'| final FID std over seeds | collapsed runs (of {study.get("seeds")}) |',
+      '|---|:---:|---:|---:|---:|---:|---:|---:|---:|']
+  for f, fam in fams.items():
+    c = fam.get('convergence') or {}
+    verdict = {True: 'yes', False: '**no**', None: 'n/a'}[c.get('converged')]
+    lines.append(
+        f'| {f} | {verdict} | {_fmt(c.get("q3"), ".2f")} | {_fmt(c.get("q4"), ".2f")} | '
+        f'{_fmt(c.get("drop"), ".2f")} | {_fmt(c.get("noise"), ".2f")} | '
+        f'{_fmt(fam.get("oscillation"), ".3f")} | {_fmt(_stat(results, f, "fid")[1], ".2f")} '
+        f'| {fam.get("collapsed_runs", 0)} |')
+  return lines + ['']
+
+
+def ladder_line(results) -> str:
+  ladder = results.get('ladder')
+  statuses = {key: ladder_status(results, key) for key, *_ in QUALITY}
+  judged = [k for k, v in statuses.items() if v != 'unchecked']
+  if not ladder or not judged:
+    return ('Metric ladder: not checked for this feature space (run '
+            'experiments/metric_sanity.py); the summary ranks on every metric.')
+  failed = [k for k in judged if statuses[k] == 'failed']
+  return (f'Metric ladder ({ladder.get("source")}, same feature net): '
+          + (f'{", ".join(failed)} failed and are not ranked; ' if failed else
+             'every generative metric passed; ')
+          + 'reconstruction and likelihood measures are outside its scope.')
 
 
 def speed_table(results) -> list[str]:
@@ -254,6 +337,57 @@ def plot_fid(results, path):
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def _curve_on(runs, x_key, value_key):
+  """(x, mean, min, max) over seeds, on the evaluation steps all seeds logged;
+  x is the mean over seeds of `x_key` there ('images' = step x batch)."""
+  c = _mean_curve(runs, 'eval_step', value_key)
+  if c is None:
+    return None
+  steps, mean, lo, hi = c
+  if x_key == 'step':
+    return steps, mean, lo, hi
+  xs = []
+  for t in steps:
+    vals = [dict(zip(r['curves']['eval_step'], r['curves'].get(x_key) or []))
+            .get(t) for r in runs]
+    vals = [v for v in vals if v is not None]
+    xs.append(np.mean(vals) if vals else np.nan)
+  return np.asarray(xs), mean, lo, hi
+
+
+def plot_compute(results, path):
+  """Quality against compute: FID against images seen and against training
+  seconds, precision and recall against images seen; seeds as bands."""
+  plt = _pyplot()
+  batch = results.get('study', {}).get('batch_size', 1)
+  panels = [('step', 'fid', 'images seen', 'FID ↓', True),
+            ('train_seconds', 'fid', 'training seconds (logged throughput)', 'FID ↓', True),
+            ('step', 'precision', 'images seen', 'precision ↑', False),
+            ('step', 'recall', 'images seen', 'recall ↑', False)]
+  fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+  for ax, (x_key, y_key, x_label, y_label, log) in zip(axes.flat, panels):
+    for f, fam in results['families'].items():
+      c = _curve_on(list(fam['runs'].values()), x_key, y_key)
+      if c is None:
+        continue
+      x, mean, lo, hi = c
+      if x_key == 'step':
+        x = x * batch
+      ax.plot(x, mean, marker='.', label=f)
+      ax.fill_between(x, lo, hi, alpha=0.2)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    if log:
+      ax.set_yscale('log')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.suptitle('Quality against compute (training-time evaluations; mean over seeds, '
+               'band = min..max)', fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
   plt.close(fig)
 
 
@@ -375,6 +509,7 @@ def write(results, out, grids=None):
     write_images(results, out, grids)
   plot_fid(results, os.path.join(out, FID_PNG))
   plot_losses(results, os.path.join(out, LOSSES_PNG))
+  plot_compute(results, os.path.join(out, COMPUTE_PNG))
   study = results.get('study', {})
   env = results.get('environment', {})
   train_sessions = [x for x in results.get('sessions', []) if not x.get('report_only')]
@@ -406,8 +541,11 @@ def write(results, out, grids=None):
       '',
       '## Summary',
       '',
+      ladder_line(results),
+      '',
       *summary(results),
       '',
+      *convergence_section(results),
       '## Results (mean ± std over seeds; best in bold)',
       '',
       *table(results, QUALITY + [r for r in CONDITIONAL if any(
@@ -443,6 +581,8 @@ def write(results, out, grids=None):
       '## Training curves',
       '',
       f'![FID over training]({FID_PNG})',
+      '',
+      f'![quality against compute]({COMPUTE_PNG})',
       '',
       f'Training-time FID uses {study.get("curve_num_samples")} samples, so it sits above '
       'the final numbers (FID is biased upwards for small sample counts).',

@@ -100,7 +100,7 @@ def _check_report(out, family_names):
       cells += 1
   assert cells > 50
   images = re.findall(r'!\[[^\]]*\]\(([^)]+)\)', text)
-  assert {'samples.png', 'curves_fid.png', 'curves_losses.png',
+  assert {'samples.png', 'curves_fid.png', 'curves_losses.png', 'curves_compute.png',
           'reconstructions.png'} <= set(images)
   for image in images:
     path = os.path.join(out, image)
@@ -133,6 +133,17 @@ def test_smoke_study_report_and_resume(tmp_path, data_dir):
       assert run['num_samples'] == study.eval_num_samples
       assert run['train_images_per_s'] > 0 and run['wall_seconds'] > 0
     assert math.isfinite(fam['mean']['fid']) and math.isfinite(fam['std']['fid'])
+    # Every evaluation is a point of the quality-vs-compute curves.
+    curves = fam['runs']['0']['curves']
+    assert curves['eval_step'] == list(range(3, study.num_steps + 1, 3))
+    assert all(math.isfinite(v) for k in ('fid', 'precision', 'recall')
+               for v in curves[k])
+    assert all(a < b for a, b in zip(curves['train_seconds'], curves['train_seconds'][1:]))
+    assert fam['convergence']['converged'] in (True, False)
+    assert fam['convergence']['seeds'] == study.seeds
+    assert 0 <= fam['collapsed_runs'] <= study.seeds
+  assert '## Convergence and stability' in text
+  assert saved['ladder']['passed']['fid'] is True
   assert 'recon_mse' not in saved['families']['gan']['mean']
   assert 'nll_nats' in saved['families']['vae']['mean']
   for name in study.families:
@@ -171,23 +182,52 @@ def test_study_config_errors(tmp_path):
   study.eval_num_samples = 5
   with pytest.raises(UserError, match='too small'):
     compare.run_study(study, str(tmp_path))
+  study = _study_config('smoke')
+  study.conv_impl = 'cudnn'
+  with pytest.raises(UserError, match="conv_impl='cudnn' must be one of"):
+    compare.run_study(study, str(tmp_path))
+  study = _study_config('smoke')
+  study.eval_every_steps = study.num_steps
+  with pytest.raises(UserError, match='one per quarter'):
+    compare.run_study(study, str(tmp_path))
 
 
 def test_committed_full_study_report():
-  """The committed mnist5k report: the default study, complete, within 60 min."""
+  """The committed mnist5k report: the default study, complete, within 90
+  min, in the feature space the metric ladder checked, with the convergence
+  rule's verdict per family as the committed curves give it; the summary
+  ranks only the families that converged."""
+  import convergence  # pylint: disable=g-import-not-at-top
+  import report  # pylint: disable=g-import-not-at-top
   out = os.path.join(ROOT, 'experiments', 'results', 'mnist5k')
   with open(os.path.join(out, 'results.json')) as f:
     results = json.load(f)
   default = _study_config('')
-  assert results['study']['num_steps'] == default.num_steps
-  assert results['study']['seeds'] == default.seeds
+  for key in ('num_steps', 'batch_size', 'seeds', 'eval_every_steps', 'curve_num_samples',
+              'eval_num_samples', 'conv_impl'):
+    assert results['study'][key] == default[key], key
   assert sorted(results['families']) == sorted(default.families)
   for family in results['families'].values():
     assert len(family['runs']) == default.seeds
-  assert sum(s['seconds'] for s in results['sessions']) <= 3600
+  assert sum(s['seconds'] for s in results['sessions']) <= 90 * 60
+  for key in ('fid', 'kid', 'precision', 'recall'):
+    assert report.ladder_status(results, key) == 'passed', key
   text = _check_report(out, list(results['families']))
   fid = results['families']['vae']['mean']['fid']
   assert f'{fid:.2f}' in text
+  converged = []
+  for name, family in results['families'].items():
+    curves = [r['curves'] for r in family['runs'].values()]
+    assert len(curves[0]['eval_step']) == default.num_steps // default.eval_every_steps
+    verdict = convergence.convergence(curves, default.num_steps)
+    assert verdict == family['convergence'], name
+    assert verdict['converged'] is not None, name
+    if verdict['converged']:
+      converged.append(name)
+  assert report.converged_families(results) == converged
+  summary = '\n'.join(report.summary(results))
+  for name in results['families']:
+    assert (f'**{name}** wins' in summary) == (name in converged), name
 
 
 def test_inception_features_in_study_and_report(tmp_path, monkeypatch):

@@ -1,0 +1,87 @@
+"""experiments/convergence.py: the study's convergence rule, stability, collapse."""
+
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, 'experiments'))
+import convergence  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+STEPS = list(range(250, 4001, 250))  # 16 evaluations, 4 per quarter.
+
+
+def _curves(fn, seeds=3, noise=0.0, seed=0):
+  rng = np.random.default_rng(seed)
+  return [{'eval_step': STEPS,
+           'fid': [fn(t) + s * 0.3 + noise * rng.standard_normal() for t in STEPS]}
+          for s in range(seeds)]
+
+
+def test_a_still_falling_curve_has_not_converged():
+  # FID falls by 1 per 1000 steps: the last quarter is 1 below the third.
+  result = convergence.convergence(_curves(lambda t: 20 - t / 1000), 4000)
+  assert result['converged'] is False
+  assert result['drop'] == pytest.approx(1.0)
+  assert result['q3'] - result['q4'] == pytest.approx(1.0)
+
+
+def test_a_flat_curve_has_converged_and_a_rising_one_too():
+  assert convergence.convergence(_curves(lambda t: 5.0), 4000)['converged'] is True
+  rising = convergence.convergence(_curves(lambda t: 5 + t / 1000), 4000)
+  assert rising['converged'] is True and rising['drop'] < 0
+
+
+def test_noise_decides_a_small_drop():
+  # A drop of 0.2 is beyond the noise of seeds that agree to 0.01, within
+  # that of seeds spread by 3.
+  slope = lambda t: 10 - 0.2 * t / 1000
+  tight = [{'eval_step': STEPS, 'fid': [slope(t) + 0.01 * s for t in STEPS]} for s in range(3)]
+  loose = [{'eval_step': STEPS, 'fid': [slope(t) + 3.0 * s for t in STEPS]} for s in range(3)]
+  assert convergence.convergence(tight, 4000)['converged'] is False
+  assert convergence.convergence(loose, 4000)['converged'] is True
+  # Higher-is-better metrics: a rising curve is still improving.
+  up = [{'eval_step': STEPS, 'recall': [t / 4000 + 0.001 * s for t in STEPS]} for s in range(3)]
+  assert convergence.convergence(up, 4000, 'recall', lower_is_better=False)['converged'] is False
+
+
+def test_evaluation_noise_floors_the_standard_error():
+  # Three identical seeds (std 0) whose curves jump by +-2 between evaluations:
+  # a drop of 0.5 is within that noise.
+  jitter = [2.0 if i % 2 else -2.0 for i in range(len(STEPS))]
+  curve = [10 - 0.5 * t / 1000 + j for t, j in zip(STEPS, jitter)]
+  result = convergence.convergence([{'eval_step': STEPS, 'fid': curve}] * 3, 4000)
+  assert result['seed_std'] == 0 and result['eval_noise'] > 1
+  assert result['converged'] is True
+
+
+def test_missing_quarters_and_non_finite_values():
+  short = [{'eval_step': [1000], 'fid': [3.0]}]
+  assert convergence.convergence(short, 4000)['converged'] is None
+  bad = _curves(lambda t: 5.0)
+  bad[1]['fid'][-1] = float('nan')
+  assert convergence.convergence(bad, 4000)['converged'] is False
+
+
+def test_oscillation_and_collapse():
+  flat = _curves(lambda t: 5.0)
+  assert convergence.oscillation(flat, 4000) == pytest.approx(0.0)
+  zigzag = [{'eval_step': STEPS, 'fid': [10 + (2 if i % 2 else -2) for i in range(16)]}]
+  assert convergence.oscillation(zigzag, 4000) == pytest.approx(
+      np.std([8, 12, 8, 12], ddof=1) / 10)
+  assert convergence.collapsed({'fid': 30.0, 'modes_covered': 3})
+  assert not convergence.collapsed({'fid': 30.0, 'modes_covered': 4})
+  assert convergence.collapsed({'fid': math.inf, 'modes_covered': 10})
+
+
+def test_train_seconds_integrates_the_logged_throughput():
+  # Rows every 100 steps of batch 64: 64 img/s for the first (compilation),
+  # then 640 img/s: 100 s, then 10 s per row.
+  steps = [100, 200, 300, 400]
+  seconds = convergence.train_seconds(steps, [64, 640, 640, 640], 64, [200, 400, 50])
+  assert seconds[:2] == pytest.approx([110.0, 130.0])
+  assert seconds[2] is None
