@@ -30,7 +30,7 @@ def get_config(arg=None):
 
   # The budget, equal for every family: batch_size * num_steps images seen.
   config.batch_size = 64
-  config.num_steps = 1000
+  config.num_steps = 4000
 
   # Training-time evaluation (the FID curves of the report).
   config.eval_every_steps = 250
