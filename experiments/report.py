@@ -157,11 +157,20 @@ def ladder_status(results, key) -> str:
 
 def summary(results) -> list[str]:
   """Rankings of the families that converged, on the metrics that passed the
-  ladder (or that measure reconstruction/likelihood, which it does not judge)."""
+  ladder (or that measure reconstruction/likelihood, which it does not judge).
+  Where fewer than two families converged, every family is ranked and the
+  summary says it is provisional."""
   lines, wins = [], {f: [] for f in results['families']}
-  ranked = converged_families(results)
-  excluded = [f for f in results['families'] if f not in ranked]
-  if excluded:
+  converged = converged_families(results)
+  provisional = len(converged) < 2
+  ranked = list(results['families']) if provisional else converged
+  excluded = [f for f in results['families'] if f not in converged]
+  if provisional:
+    which = (f'only {converged[0]} has' if converged else 'no family has')
+    lines.append(f'- **Provisional**: {which} converged by the rule at this budget (see '
+                 '"Convergence and stability"), so these rankings compare families that '
+                 'were still improving; longer training can change them.')
+  elif excluded:
     lines.append(f'- Not ranked: {", ".join(excluded)} (not converged by the rule, see '
                  '"Convergence and stability"; their numbers are in the tables).')
   skipped = []
@@ -209,7 +218,8 @@ def summary(results) -> list[str]:
     lines.append('- **training speed**: ' + ', '.join(f'{f} {v:.0f}' for f, v in speed)
                  + ' train images/s (one measurement per family, on a shared machine: '
                  'see the load average above).')
-  return ['In short: ' + '; '.join(head) + '.', ''] + lines
+  return [f'In short{" (provisional)" if provisional else ""}: ' + '; '.join(head) + '.',
+          ''] + lines
 
 
 def convergence_section(results) -> list[str]:

@@ -12,6 +12,13 @@ sys.path.insert(0, os.path.join(ROOT, 'configs'))
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+# The test processes train in-process, under the host-memory policy that
+# vaegan_jax.main sets for training (train.keep_host_memory); tests of glibc's
+# default behaviour run in subprocesses.
+from vaegan_jax import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+host_memory.keep_freed_memory()
+
 
 def load_config(name, arg=None):
   """configs/<name>.py:get_config(arg), unlocked for tests to edit."""

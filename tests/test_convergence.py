@@ -85,3 +85,31 @@ def test_train_seconds_integrates_the_logged_throughput():
   seconds = convergence.train_seconds(steps, [64, 640, 640, 640], 64, [200, 400, 50])
   assert seconds[:2] == pytest.approx([110.0, 130.0])
   assert seconds[2] is None
+
+
+def test_summary_ranks_converged_families_or_says_it_is_provisional():
+  import report  # pylint: disable=g-import-not-at-top
+
+  def fam(fids, converged):
+    return {'params': {'total': 1}, 'loss_keys': [], 'convergence': {'converged': converged},
+            'runs': {str(i): {'fid': v, 'feature_net_sha256': 'abc'} for i, v in enumerate(fids)}}
+
+  ladder = {'passed': {'fid': True}, 'feature_net_sha256': 'abc', 'source': 'x'}
+  results = {'ladder': ladder, 'families': {
+      'a': fam([1.0, 1.1, 1.2], True), 'b': fam([5.0, 5.1, 5.2], True),
+      'c': fam([0.1, 0.1, 0.1], False)}}
+  text = '\n'.join(report.summary(results))
+  # c has the best FID but did not converge: a wins among a and b.
+  assert '**a** 1.10 vs b 5.10' in text and 'Not ranked: c' in text
+  assert '**c** wins' not in text and '**Provisional**' not in text
+  results['families']['b']['convergence']['converged'] = False
+  text = '\n'.join(report.summary(results))
+  assert text.startswith('In short (provisional)') and 'only a has converged' in text
+  assert '**c** 0.10 vs a 1.10' in text
+  # A metric the ladder failed is not ranked.
+  ladder['passed']['fid'] = False
+  text = '\n'.join(report.summary(results))
+  assert 'Not ranked by FID' in text and '0.10 vs' not in text
+  # Another feature net than the ladder's: unchecked, so ranked.
+  ladder['feature_net_sha256'] = 'other'
+  assert report.ladder_status(results, 'fid') == 'unchecked'
