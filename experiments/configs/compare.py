@@ -5,15 +5,19 @@
 
 Every family trains `num_steps` steps of `batch_size` images (the same images
 seen per run), once per seed, with its own default config (configs/<family>.py)
-plus `overrides.<family>`; each final checkpoint is then evaluated with
+plus `overrides.<family>` and the study's `conv_impl`; every
+`eval_every_steps` it evaluates `curve_num_samples` samples (the curves that
+the convergence rule, experiments/convergence.py, and the quality-vs-compute
+figure read); each final checkpoint is then evaluated with
 `vaegan_jax.evaluate` on `eval_num_samples` samples (`features='inception'`
 adds the Inception metrics; the report names the feature space of every
 number).
 
-Expect: the default study takes about 31 min on a quiet 2-core CPU (measured:
-30.7 min wall, 51 min of CPU time; the committed report
-experiments/results/mnist5k/report.md); `:smoke`
-(tiny networks, 2 seeds, a few steps) well under 3 min.
+Expect: the default study (4000 steps of 64, 3 seeds, 3 families) takes
+about 70 min on a 2-core CPU (measured: 68.2 min wall, 120 min of CPU time,
+load average 1.3; the committed report experiments/results/mnist5k/report.md:
+VAE 205 s, GAN 787 s, VAE-GAN 324 s of training per run); `:smoke` (tiny
+networks, 2 seeds, a few steps) about a minute.
 """
 
 import ml_collections
