@@ -31,13 +31,13 @@ difference):
 input, projection discriminator; `--config.gan.aux_weight=1.0` adds the ACGAN
 loss). What to expect (the default 3000 steps of 64, measured on a quiet
 2-core CPU): 10 min 52 s including compilation and the six evaluations (1000
-samples each); at steps 500 / 1000 / 1500 / 2000 / 2500 / 3000 FID 27.7 / 7.1
-/ 7.4 / 6.4 / 18.0 / 6.0 in the project's feature space (FID and intra_fid
-with the raw feature map of format 1, not yet re-measured in the 'l2' map),
-cond_accuracy 0.51 /
-0.79 / 0.83 / 0.82 / 0.79 / 0.97 (chance 0.10), intra_fid 38.0 / 17.2 / 16.5
-/ 14.1 / 26.0 / 15.2. GAN training oscillates; the best checkpoint by FID is
-kept in WORKDIR/checkpoints_best.
+samples each); at steps 500 / 1000 / 1500 / 2000 / 2500 / 3000 FID 24.3 / 5.8
+/ 5.9 / 6.6 / 9.6 / 4.8 in the project's feature space ('l2' map),
+cond_accuracy 0.51 / 0.79 / 0.83 / 0.82 / 0.79 / 0.97 (chance 0.10),
+intra_fid 36.8 / 14.3 / 14.0 / 14.1 / 17.9 / 11.2 (re-measured on
+2026-12-06 at the current code: the same trajectory, cond_accuracy equal at
+every step to the first record's). GAN training oscillates; the best
+checkpoint by FID is kept in WORKDIR/checkpoints_best.
 """
 
 import os

@@ -22,11 +22,11 @@ project's networks allow it (its header lists the sources and every difference).
 projection discriminator. What to expect (the default 5000 steps of 64,
 measured on a quiet 2-core CPU): 7 min 57 s including compilation and the ten
 evaluations (1000 samples each); at steps 1000 / 2000 / 3000 / 4000 / 5000 FID
-4.5 / 1.9 / 1.8 / 0.8 / 1.0 in the project's feature space (FID and intra_fid
-with the raw feature map of format 1, not yet re-measured in the 'l2' map),
-cond_accuracy
-0.73 / 0.91 / 0.91 / 0.95 / 0.94 (chance 0.10), intra_fid 12.1 / 5.2 / 4.5 /
-3.0 / 3.3, test PSNR 14.8 / 16.4 / 17.1 / 17.5 / 17.6 dB.
+3.3 / 1.6 / 1.0 / 0.8 / 0.8 in the project's feature space ('l2' map),
+cond_accuracy 0.73 / 0.91 / 0.91 / 0.95 / 0.94 (chance 0.10), intra_fid
+10.8 / 4.0 / 3.4 / 2.5 / 2.8, test PSNR 14.8 / 16.4 / 17.1 / 17.5 / 17.6 dB
+(FID and intra_fid re-measured on 2026-12-06 at the current code: the same
+trajectory, cond_accuracy and PSNR equal to the first record's).
 """
 
 import os
