@@ -593,7 +593,8 @@ def run_study(study, out: str, report_only: bool = False, echo=print) -> dict:
   results['environment'] = environment()
   session = {'seconds': time.time() - t0, 'load_average_start': load_start,
              'load_average_end': _load_average(), 'report_only': report_only,
-             'stage_seconds': timer.seconds, 'cpu_seconds': time.process_time() - cpu0}
+             'stage_seconds': timer.seconds, 'cpu_seconds': time.process_time() - cpu0,
+             'git_commit': results['environment']['git_commit']}
   results['sessions'] = previous.get('sessions', []) + [session]
   report.write(results, out, grids)
   _write_json(results_path, results)

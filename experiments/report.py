@@ -511,6 +511,21 @@ def inception_section(results) -> list[str]:
           *table(results, INCEPTION_QUALITY), '']
 
 
+def _code_at(results) -> str:
+  """', code at C' (the commit of the last session), naming the training
+  sessions' commits where they differ from it."""
+  env = results.get('environment', {})
+  if not env.get('git_commit'):
+    return ''
+  trained = []
+  for x in results.get('sessions', []):
+    if not x.get('report_only') and x.get('git_commit') and x['git_commit'] not in trained:
+      trained.append(x['git_commit'])
+  if trained and trained != [env['git_commit']]:
+    return f', trained at {", ".join(trained)}, report at {env["git_commit"]}'
+  return f', code at {env["git_commit"]}'
+
+
 def write(results, out, grids=None):
   """Writes OUT/report.md and its PNGs; `grids` (from compare.write_grids) to
   redraw the sample/reconstruction figures, else the existing ones are linked."""
@@ -544,7 +559,7 @@ def write(results, out, grids=None):
       f'Study time: {total / 60:.1f} min wall, {cpu / 60:.1f} min of CPU time, on '
       f'{env.get("cpu_count")} CPU cores '
       f'({env.get("backend")}, jax {env.get("jax")}'
-      + (f', code at {env["git_commit"]}' if env.get('git_commit') else '') + ')'
+      + _code_at(results) + ')'
       + (f'; load average at start {", ".join(f"{l[0]:.1f}" for l in loads)} '
          '(other jobs shared the machine when it is above the core count)' if loads else '')
       + '.',

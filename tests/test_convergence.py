@@ -113,3 +113,14 @@ def test_summary_ranks_converged_families_or_says_it_is_provisional():
   # Another feature net than the ladder's: unchecked, so ranked.
   ladder['feature_net_sha256'] = 'other'
   assert report.ladder_status(results, 'fid') == 'unchecked'
+
+
+def test_report_names_the_commits_that_trained_and_reported():
+  import report  # pylint: disable=g-import-not-at-top
+  results = {'environment': {'git_commit': 'bbb'}, 'sessions': [
+      {'report_only': False, 'git_commit': 'aaa'}, {'report_only': True, 'git_commit': 'bbb'}]}
+  assert report._code_at(results) == ', trained at aaa, report at bbb'  # pylint: disable=protected-access
+  results['sessions'][0]['git_commit'] = 'bbb'
+  assert report._code_at(results) == ', code at bbb'  # pylint: disable=protected-access
+  results['sessions'] = [{'report_only': False}]  # Written before sessions kept commits.
+  assert report._code_at(results) == ', code at bbb'  # pylint: disable=protected-access
