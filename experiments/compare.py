@@ -378,11 +378,10 @@ def curves(workdir: str, loss_keys, batch_size: int) -> dict:
   return out
 
 
-def ladder_verdicts(results_path: str = '') -> dict | None:
+def ladder_verdicts() -> dict | None:
   """The metric ladder's verdicts (experiments/metric_sanity.py): which
   metric passed, for which feature net; None where it was not run."""
-  path = results_path or os.path.join(ROOT, 'experiments', 'results', 'metric_sanity',
-                                      'results.json')
+  path = os.path.join(ROOT, 'experiments', 'results', 'metric_sanity', 'results.json')
   sanity = _read_json(path)
   if not sanity:
     return None
@@ -440,6 +439,7 @@ def collect(study, out: str) -> dict:
     numeric = sorted({k for r in runs.values() for k, v in r.items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
     stats = {k: mean_std([r.get(k) for r in runs.values()]) for k in numeric}
+    run_curves = [r['curves'] for r in runs.values()]
     result['families'][family] = {
         'config': _read_json(os.path.join(run_dir(out, family, 0), 'config.json')),
         'params': param_counts(study, family),
@@ -447,10 +447,8 @@ def collect(study, out: str) -> dict:
         'mean': {k: v[0] for k, v in stats.items()},
         'std': {k: v[1] for k, v in stats.items()},
         'loss_keys': list(fam.CONSOLE_METRICS),
-        'convergence': convergence.convergence(
-            [r['curves'] for r in runs.values()], study.num_steps),
-        'oscillation': convergence.oscillation(
-            [r['curves'] for r in runs.values()], study.num_steps),
+        'convergence': convergence.convergence(run_curves, study.num_steps),
+        'oscillation': convergence.oscillation(run_curves, study.num_steps),
         'collapsed_runs': sum(r['collapsed'] for r in runs.values()),
     }
     if family in speeds:

@@ -352,7 +352,8 @@ def plot_fid(results, path):
 
 def _curve_on(runs, x_key, value_key):
   """(x, mean, min, max) over seeds, on the evaluation steps all seeds logged;
-  x is the mean over seeds of `x_key` there ('images' = step x batch)."""
+  x is the step itself for x_key 'step', else the mean over seeds of the
+  curve `x_key` (e.g. 'train_seconds') at those steps."""
   c = _mean_curve(runs, 'eval_step', value_key)
   if c is None:
     return None

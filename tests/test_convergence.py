@@ -15,10 +15,8 @@ import convergence  # pylint: disable=g-import-not-at-top,wrong-import-position
 STEPS = list(range(250, 4001, 250))  # 16 evaluations, 4 per quarter.
 
 
-def _curves(fn, seeds=3, noise=0.0, seed=0):
-  rng = np.random.default_rng(seed)
-  return [{'eval_step': STEPS,
-           'fid': [fn(t) + s * 0.3 + noise * rng.standard_normal() for t in STEPS]}
+def _curves(fn, seeds=3):
+  return [{'eval_step': STEPS, 'fid': [fn(t) + s * 0.3 for t in STEPS]}
           for s in range(seeds)]
 
 
