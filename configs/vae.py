@@ -52,6 +52,8 @@ def get_config(arg=None):
   config.optim.learning_rate = 1e-3
   config.optim.b1 = 0.9
   config.optim.b2 = 0.999
+  config.optim.warmup_steps = 0  # With decay_steps > 0: warm-up + cosine decay.
+  config.optim.decay_steps = 0   # Cosine decay of the learning rate to 0 over this many steps; 0 = constant.
 
   config.train.num_steps = 1500
 

@@ -42,6 +42,8 @@ def _adam(learning_rate, b1=0.5, b2=0.999):
   cfg.learning_rate = learning_rate
   cfg.b1 = b1
   cfg.b2 = b2
+  cfg.warmup_steps = 0  # With decay_steps > 0: warm-up + cosine decay.
+  cfg.decay_steps = 0   # Cosine decay of the learning rate to 0 over this many steps; 0 = constant.
   return cfg
 
 

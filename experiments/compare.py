@@ -143,8 +143,23 @@ def run_config(study, entry: str, seed: int):
   if 'train_iwae_k' in config.eval:
     config.eval.train_iwae_k = 0     # ... not during training.
   config.eval.best_metric = ''  # The study evaluates the final checkpoint.
+  if study.get('lr_schedule', 'constant') == 'cosine':
+    for section in optimiser_sections(config):
+      section.decay_steps = study.num_steps
   apply_overrides(config, study.overrides.get(family, {}) or {}, f'overrides.{family}')
   return config
+
+
+LR_SCHEDULES = ('constant', 'cosine')
+
+
+def optimiser_sections(config) -> list:
+  """The Adam sections of a family config: `optim` itself (the VAE's one
+  optimiser) or its sub-sections (optim.g / optim.d, optim.enc / dec / dis)."""
+  if 'learning_rate' in config.optim:
+    return [config.optim]
+  return [config.optim[k] for k in sorted(config.optim.keys())
+          if hasattr(config.optim[k], 'keys') and 'learning_rate' in config.optim[k]]
 
 
 def run_dir(out: str, family: str, seed: int) -> str:
@@ -179,6 +194,9 @@ def check_study(study):
     if study.conv_impl not in layers.IMPLS:
       raise UserError(f'config.conv_impl={study.conv_impl!r} must be one of '
                       f'{", ".join(map(repr, layers.IMPLS))} or \'\' (each family\'s own).')
+  if study.get('lr_schedule', 'constant') not in LR_SCHEDULES:
+    raise UserError(f'config.lr_schedule={study.lr_schedule!r} must be one of '
+                    f'{", ".join(map(repr, LR_SCHEDULES))}.')
   if study.eval_every_steps > study.num_steps / 4:
     raise UserError(f'config.eval_every_steps={study.eval_every_steps} leaves no evaluation in '
                     f'each quarter of the {study.num_steps} steps; the convergence rule '
@@ -244,6 +262,28 @@ def _start_step(workdir):
   return steps[-1] if steps else 0
 
 
+def check_schedule(config, workdir: str):
+  """A UserError where a run with checkpoints would go on under another
+  learning-rate schedule than it started with: with lr_schedule='cosine' the
+  decay length is the budget, so raising num_steps would bend a decay that
+  has already (nearly) reached 0."""
+  stored = _read_json(os.path.join(workdir, 'config.json'))
+  if not stored or not _start_step(workdir):
+    return
+  def decays(optim):
+    if 'learning_rate' in optim:
+      return {'optim': optim.get('decay_steps', 0)}
+    return {f'optim.{k}': v.get('decay_steps', 0) for k, v in sorted(optim.items())
+            if isinstance(v, dict) and 'learning_rate' in v}
+  old, new = decays(stored.get('optim', {})), decays(config.optim.to_dict())
+  if old != new:
+    raise UserError(
+        f'{workdir} was trained with decay_steps {old} and would go on with {new}: its '
+        'learning-rate schedule would change mid-run. Use another --out for the new '
+        'budget (with lr_schedule=\'cosine\' the decay length is num_steps), or delete '
+        'that run to train it again.')
+
+
 def train_family(study, out: str, family: str, echo=print):
   """Trains the seeds of `family` that lack their final checkpoint."""
   from vaegan_jax import train  # pylint: disable=g-import-not-at-top
@@ -256,6 +296,8 @@ def train_family(study, out: str, family: str, echo=print):
     return
   configs = [run_config(study, family, s) for s in todo]
   workdirs = [run_dir(out, family, s) for s in todo]
+  for config, w in zip(configs, workdirs):
+    check_schedule(config, w)
   for w in workdirs:  # A run trained (again) is evaluated again.
     if os.path.exists(os.path.join(w, EVAL_FILE)):
       os.remove(os.path.join(w, EVAL_FILE))

@@ -493,7 +493,10 @@ def _budget_line(results):
           f'= {images:,} images seen per run, for {len(next(iter(results["families"].values()))["runs"])} '
           f'seeds (seed = init and data order), with its own default networks and optimisers '
           f'(`configs/<family>.py`{", variant " + repr(s["family_variant"]) if s.get("family_variant") else ""}'
-          f'{"; overrides: " + json.dumps(s["overrides"]) if any((s.get("overrides") or {}).values()) else ""}).')
+          f'{"; overrides: " + json.dumps(s["overrides"]) if any((s.get("overrides") or {}).values()) else ""})'
+          + ('; every learning rate decays to 0 over the budget (cosine; '
+             '`lr_schedule=\'cosine\'`).' if s.get('lr_schedule') == 'cosine' else
+             '; each family\'s own learning-rate schedule (`lr_schedule=\'constant\'`).'))
 
 
 def inception_section(results) -> list[str]:

@@ -326,6 +326,8 @@ RULES = {
     'optim.learning_rate': RATE,
     'optim.b1': PROBABILITY,
     'optim.b2': PROBABILITY,
+    'optim.warmup_steps': COUNT,
+    'optim.decay_steps': COUNT,           # 0 = constant learning rate.
     'optim.*.learning_rate': RATE,
     'optim.*.b1': PROBABILITY,
     'optim.*.b2': PROBABILITY,
