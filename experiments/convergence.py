@@ -15,6 +15,13 @@ uncertainty it is reported with. A family whose FID *rose* over the last
 quarter also counts as converged (longer training would not help it); the
 report shows the oscillation separately.
 
+A curve that never started to learn is flat too, so the rule also asks that
+training has improved the metric: the mean over seeds of (first evaluation -
+last-quarter mean) must exceed the same 2 SE. A family that fails this has
+*not* converged ('learned' False in the verdict). (A family that learns all it
+will before its first evaluation would fail it as well: evaluate early enough,
+`eval_every_steps` well below the budget, to see the fall.)
+
 The floor: with few seeds the sample std can be near 0 by chance. The noise
 of one evaluation is estimated from the last quarter itself, as the spread of
 consecutive differences (std of m[t+1] - m[t], divided by sqrt 2) pooled over
@@ -39,14 +46,15 @@ COLLAPSE_MODES = 3  # modes_covered <= this at the final evaluation: collapsed.
 
 
 def quarter_means(steps, values, num_steps):
-  """(third-quarter mean, last-quarter mean, last-quarter values) of one curve."""
+  """(third-quarter mean, last-quarter mean, last-quarter values, first
+  value) of one curve."""
   steps = np.asarray(steps, np.float64)
   values = np.asarray([np.nan if v is None else v for v in values], np.float64)
   q3 = values[(steps > num_steps / 2) & (steps <= 3 * num_steps / 4)]
   q4 = values[steps > 3 * num_steps / 4]
   if not q3.size or not q4.size:
     return None
-  return float(np.mean(q3)), float(np.mean(q4)), q4
+  return float(np.mean(q3)), float(np.mean(q4)), q4, float(values[np.argmin(steps)])
 
 
 def convergence(curves, num_steps, key='fid', lower_is_better=True):
@@ -57,8 +65,9 @@ def convergence(curves, num_steps, key='fid', lower_is_better=True):
     num_steps: the budget T the curves ran to.
 
   Returns:
-    dict(converged, drop, noise (= 2 SE), q3, q4 (means over seeds),
-    seeds); converged is None where the curves lack two quarters.
+    dict(converged, drop, noise (= 2 SE), learned, gain (first evaluation
+    minus last quarter), first, q3, q4 (means over seeds), seeds); converged
+    is None where the curves lack two quarters.
   """
   per_seed = [quarter_means(c['eval_step'], c[key], num_steps) for c in curves
               if c and c.get(key)]
@@ -69,7 +78,8 @@ def convergence(curves, num_steps, key='fid', lower_is_better=True):
   sign = 1.0 if lower_is_better else -1.0
   q3 = np.array([p[0] for p in per_seed])
   q4 = np.array([p[1] for p in per_seed])
-  if not (np.all(np.isfinite(q3)) and np.all(np.isfinite(q4))):
+  first = np.array([p[3] for p in per_seed])
+  if not (np.all(np.isfinite(q3)) and np.all(np.isfinite(q4)) and np.all(np.isfinite(first))):
     return {'converged': False, 'seeds': len(per_seed), 'reason': 'non-finite values'}
   drop = float(sign * np.mean(q3 - q4))  # > 0: still improving.
   n_eval = min(len(p[2]) for p in per_seed)
@@ -79,7 +89,10 @@ def convergence(curves, num_steps, key='fid', lower_is_better=True):
   se = max(seed_std / math.sqrt(len(q4)),
            eval_noise / math.sqrt(max(n_eval, 1) * len(q4)))
   noise = 2.0 * se
-  return {'converged': bool(drop < noise), 'drop': drop, 'noise': noise,
+  gain = float(sign * np.mean(first - q4))  # Improvement since the first evaluation.
+  learned = bool(gain > noise)
+  return {'converged': bool(learned and drop < noise), 'drop': drop, 'noise': noise,
+          'learned': learned, 'gain': gain, 'first': float(np.mean(first)),
           'q3': float(np.mean(q3)), 'q4': float(np.mean(q4)), 'seeds': len(per_seed),
           'seed_std': seed_std, 'eval_noise': eval_noise}
 

@@ -155,24 +155,37 @@ def ladder_status(results, key) -> str:
   return 'passed' if ladder['passed'][key] else 'failed'
 
 
+def rankable_families(results) -> list[str]:
+  """Families the summary ranks: converged by the rule, no run collapsed."""
+  converged = converged_families(results)
+  return [f for f in converged if not results['families'][f].get('collapsed_runs', 0)]
+
+
 def summary(results) -> list[str]:
-  """Rankings of the families that converged, on the metrics that passed the
-  ladder (or that measure reconstruction/likelihood, which it does not judge).
-  Where fewer than two families converged, every family is ranked and the
-  summary says it is provisional."""
+  """Rankings of the families that converged without a collapsed run, on the
+  metrics that passed the ladder (or that measure reconstruction/likelihood,
+  which it does not judge). Where fewer than two families qualify, every
+  family is ranked and the summary says it is provisional."""
   lines, wins = [], {f: [] for f in results['families']}
   converged = converged_families(results)
-  provisional = len(converged) < 2
-  ranked = list(results['families']) if provisional else converged
-  excluded = [f for f in results['families'] if f not in converged]
+  rankable = rankable_families(results)
+  provisional = len(rankable) < 2
+  ranked = list(results['families']) if provisional else rankable
+
+  def why(f):
+    return 'not converged by the rule' if f not in converged else 'runs collapsed'
+
+  excluded = [f'{f} ({why(f)})' for f in results['families'] if f not in rankable]
   if provisional:
-    which = (f'only {converged[0]} has' if converged else 'no family has')
-    lines.append(f'- **Provisional**: {which} converged by the rule at this budget (see '
-                 '"Convergence and stability"), so these rankings compare families that '
-                 'were still improving; longer training can change them.')
+    which = (f'only {rankable[0]} has' if rankable else 'no family has')
+    lines.append(f'- **Provisional**: {which} converged by the rule at this budget without '
+                 'a collapsed run (see "Convergence and stability"), so these rankings '
+                 'compare families that were still improving or collapsed; '
+                 + ('; '.join(excluded) + '; ' if excluded else '')
+                 + 'longer training can change them.')
   elif excluded:
-    lines.append(f'- Not ranked: {", ".join(excluded)} (not converged by the rule, see '
-                 '"Convergence and stability"; their numbers are in the tables).')
+    lines.append(f'- Not ranked: {", ".join(excluded)}; see "Convergence and stability"; '
+                 'their numbers are in the tables.')
   skipped = []
   for key, label, better, fmt, scale in QUALITY:
     if ladder_status(results, key) == 'failed':
@@ -233,19 +246,26 @@ def convergence_section(results) -> list[str]:
       f'Rule (experiments/convergence.py): a family has converged at its budget when the '
       'drop of its mean training-time FID from the third to the last quarter of training '
       '(mean over seeds) is smaller than twice the standard error of its last-quarter FID '
-      '(from the seeds\' spread, floored by the evaluations\' own noise). Training-time '
+      '(from the seeds\' spread, floored by the evaluations\' own noise), and its FID has '
+      'improved since the first evaluation by more than that (a curve that never learned '
+      'is flat too). The summary ranks only families that converged without a collapsed '
+      'run. Training-time '
       f'FID: {study.get("curve_num_samples")} samples every {study.get("eval_every_steps")} '
       'steps. Oscillation: std / mean of the FID within the last quarter, mean over seeds. '
       'Collapsed: final evaluation covers at most 3 of the 10 classes, or a non-finite FID.',
       '',
-      f'| family | converged | FID 3rd quarter | FID last quarter | drop | 2·SE | oscillation '
-      f'| final FID std over seeds | collapsed runs (of {study.get("seeds")}) |',
-      '|---|:---:|---:|---:|---:|---:|---:|---:|---:|']
+      f'| family | converged | FID first evaluation | FID 3rd quarter | FID last quarter '
+      f'| drop | 2·SE | oscillation | final FID std over seeds '
+      f'| collapsed runs (of {study.get("seeds")}) |',
+      '|---|:---:|---:|---:|---:|---:|---:|---:|---:|---:|']
   for f, fam in fams.items():
     c = fam.get('convergence') or {}
     verdict = {True: 'yes', False: '**no**', None: 'n/a'}[c.get('converged')]
+    if c.get('learned') is False:
+      verdict += ' (no gain since the first evaluation)'
     lines.append(
-        f'| {f} | {verdict} | {_fmt(c.get("q3"), ".2f")} | {_fmt(c.get("q4"), ".2f")} | '
+        f'| {f} | {verdict} | {_fmt(c.get("first"), ".2f")} | {_fmt(c.get("q3"), ".2f")} '
+        f'| {_fmt(c.get("q4"), ".2f")} | '
         f'{_fmt(c.get("drop"), ".2f")} | {_fmt(c.get("noise"), ".2f")} | '
         f'{_fmt(fam.get("oscillation"), ".3f")} | {_fmt(_stat(results, f, "fid")[1], ".2f")} '
         f'| {fam.get("collapsed_runs", 0)} |')

@@ -46,6 +46,47 @@ def test_run_config_applies_budget_and_overrides():
     compare.run_config(study, 'gan', 0)
 
 
+def test_lr_schedule_decays_every_optimiser_over_the_budget(tmp_path, monkeypatch):
+  import compare  # pylint: disable=g-import-not-at-top
+  study = _study_config('')
+  assert study.lr_schedule == 'cosine'
+  names = {'vae': ['optim'], 'gan': ['optim.d', 'optim.g'],
+           'vaegan': ['optim.dec', 'optim.dis', 'optim.enc']}
+  for name in study.families:
+    sections = compare.optimiser_sections(compare.run_config(study, name, 0))
+    assert len(sections) == len(names[name])
+    assert [s.decay_steps for s in sections] == [study.num_steps] * len(sections)
+  study.lr_schedule = 'constant'
+  for name in study.families:  # The families' own: constant.
+    sections = compare.optimiser_sections(compare.run_config(study, name, 0))
+    assert [s.decay_steps for s in sections] == [0] * len(sections)
+  study.lr_schedule = 'linear'
+  with pytest.raises(UserError, match="lr_schedule='linear' must be one of"):
+    compare.check_study(study)
+
+  # A run with checkpoints does not go on under another decay length.
+  study.lr_schedule = 'cosine'
+  config = compare.run_config(study, 'gan', 0)
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  stored = config.to_dict()
+  stored['optim']['g']['decay_steps'] = 2000
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(stored, f)
+  monkeypatch.setattr(compare, '_start_step', lambda w: 250)  # A checkpoint at 250.
+  with pytest.raises(UserError, match='schedule would change mid-run'):
+    compare.check_schedule(config, workdir)
+  stored['optim']['g']['decay_steps'] = study.num_steps
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(stored, f)
+  compare.check_schedule(config, workdir)  # The same schedule: resumes.
+  monkeypatch.setattr(compare, '_start_step', lambda w: 0)
+  stored['optim']['g']['decay_steps'] = 2000
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    json.dump(stored, f)
+  compare.check_schedule(config, workdir)  # No checkpoint yet: starts afresh.
+
+
 def test_full_study_config():
   study = _study_config(None)
   assert list(study.families) == ['vae', 'gan', 'vaegan']

@@ -20,6 +20,11 @@ def _curves(fn, seeds=3):
           for s in range(seeds)]
 
 
+def _learnt(fn):
+  """`fn` after training has started: 50 worse at the first evaluation."""
+  return lambda t: fn(t) + (50.0 if t == STEPS[0] else 0.0)
+
+
 def test_a_still_falling_curve_has_not_converged():
   # FID falls by 1 per 1000 steps: the last quarter is 1 below the third.
   result = convergence.convergence(_curves(lambda t: 20 - t / 1000), 4000)
@@ -29,9 +34,22 @@ def test_a_still_falling_curve_has_not_converged():
 
 
 def test_a_flat_curve_has_converged_and_a_rising_one_too():
-  assert convergence.convergence(_curves(lambda t: 5.0), 4000)['converged'] is True
-  rising = convergence.convergence(_curves(lambda t: 5 + t / 1000), 4000)
+  flat = convergence.convergence(_curves(_learnt(lambda t: 5.0)), 4000)
+  assert flat['converged'] is True and flat['learned'] is True
+  assert flat['first'] == pytest.approx(55.3) and flat['gain'] == pytest.approx(50.0)
+  rising = convergence.convergence(_curves(_learnt(lambda t: 5 + t / 1000)), 4000)
   assert rising['converged'] is True and rising['drop'] < 0
+
+
+def test_a_curve_that_never_learned_has_not_converged():
+  # Flat from the first evaluation on (an untrained or stuck model): settled,
+  # but it has not improved, so the rule does not call it converged.
+  never = convergence.convergence(_curves(lambda t: 5.0), 4000)
+  assert never['learned'] is False and never['converged'] is False
+  assert never['drop'] == pytest.approx(0.0)
+  # A gain within the noise is no gain either.
+  small = convergence.convergence(_curves(lambda t: 5.0 + (0.01 if t == STEPS[0] else 0)), 4000)
+  assert small['learned'] is False
 
 
 def test_noise_decides_a_small_drop():
@@ -39,7 +57,8 @@ def test_noise_decides_a_small_drop():
   # that of seeds spread by 3.
   slope = lambda t: 10 - 0.2 * t / 1000
   tight = [{'eval_step': STEPS, 'fid': [slope(t) + 0.01 * s for t in STEPS]} for s in range(3)]
-  loose = [{'eval_step': STEPS, 'fid': [slope(t) + 3.0 * s for t in STEPS]} for s in range(3)]
+  loose = [{'eval_step': STEPS, 'fid': [_learnt(slope)(t) + 3.0 * s for t in STEPS]}
+           for s in range(3)]
   assert convergence.convergence(tight, 4000)['converged'] is False
   assert convergence.convergence(loose, 4000)['converged'] is True
   # Higher-is-better metrics: a rising curve is still improving.
@@ -51,7 +70,7 @@ def test_evaluation_noise_floors_the_standard_error():
   # Three identical seeds (std 0) whose curves jump by +-2 between evaluations:
   # a drop of 0.5 is within that noise.
   jitter = [2.0 if i % 2 else -2.0 for i in range(len(STEPS))]
-  curve = [10 - 0.5 * t / 1000 + j for t, j in zip(STEPS, jitter)]
+  curve = [_learnt(lambda t: 10 - 0.5 * t / 1000)(t) + j for t, j in zip(STEPS, jitter)]
   result = convergence.convergence([{'eval_step': STEPS, 'fid': curve}] * 3, 4000)
   assert result['seed_std'] == 0 and result['eval_noise'] > 1
   assert result['converged'] is True
@@ -111,6 +130,25 @@ def test_summary_ranks_converged_families_or_says_it_is_provisional():
   # Another feature net than the ladder's: unchecked, so ranked.
   ladder['feature_net_sha256'] = 'other'
   assert report.ladder_status(results, 'fid') == 'unchecked'
+
+
+def test_summary_does_not_rank_a_family_whose_runs_collapsed():
+  import report  # pylint: disable=g-import-not-at-top
+
+  def fam(fids, collapsed_runs):
+    return {'params': {'total': 1}, 'loss_keys': [], 'convergence': {'converged': True},
+            'collapsed_runs': collapsed_runs,
+            'runs': {str(i): {'fid': v, 'feature_net_sha256': 'abc'} for i, v in enumerate(fids)}}
+
+  results = {'families': {'a': fam([1.0, 1.1, 1.2], 0), 'b': fam([5.0, 5.1, 5.2], 0),
+                          'c': fam([0.1, 0.1, 0.1], 1)}}
+  assert report.converged_families(results) == ['a', 'b', 'c']
+  assert report.rankable_families(results) == ['a', 'b']
+  text = '\n'.join(report.summary(results))
+  assert '**a** 1.10 vs b 5.10' in text and 'Not ranked: c (runs collapsed)' in text
+  results['families']['b']['collapsed_runs'] = 2
+  text = '\n'.join(report.summary(results))
+  assert '**Provisional**: only a has converged' in text and 'b (runs collapsed)' in text
 
 
 def test_report_names_the_commits_that_trained_and_reported():

@@ -196,6 +196,34 @@ def test_warmup_must_be_shorter_than_decay():
     validation.validate(config, devices=False)
   config.optim.g.warmup_steps = 10
   validation.validate(config, devices=False)
+  config = load_config('vae')  # The VAE's one optimiser has the same keys.
+  config.optim.decay_steps = 50
+  config.optim.warmup_steps = 50
+  with pytest.raises(validation.ConfigError, match=r'optim.warmup_steps=50 is not below'):
+    validation.validate(config, devices=False)
+
+
+@pytest.mark.parametrize('family', ['vae', 'gan', 'vaegan'])
+def test_every_optimiser_follows_its_cosine_schedule(family):
+  # decay_steps=3 (warm-up 1): lr 0 at count 0, the peak at 1, half at 2, 0 at 3,
+  # so updates 1 and 2 move the parameters and updates 0 and 3 do not.
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import state as state_lib  # pylint: disable=g-import-not-at-top
+  config = load_config(family)
+  sections = ([config.optim] if 'learning_rate' in config.optim
+              else [config.optim[k] for k in config.optim.keys()])
+  assert sections
+  for section in sections:
+    section.decay_steps = 3
+    tx = state_lib.adam(section)
+    params = {'w': jnp.ones(3)}
+    opt_state = tx.init(params)
+    moved = []
+    for _ in range(4):
+      new, opt_state = state_lib.update(tx, {'w': jnp.ones(3)}, opt_state, params)
+      moved.append(bool(jnp.any(new['w'] != params['w'])))
+      params = new
+    assert moved == [False, True, True, False], (family, moved)
 
 
 def test_conditional_needs_labels():
