@@ -189,11 +189,6 @@ def check_study(study):
   if study.get('features', 'own') == 'inception':  # Fail before hours of training.
     from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
     inception.resolve_weights_path(study.get('inception_weights', ''))
-  if study.get('conv_impl', ''):
-    from vaegan_jax.models import layers  # pylint: disable=g-import-not-at-top
-    if study.conv_impl not in layers.IMPLS:
-      raise UserError(f'config.conv_impl={study.conv_impl!r} must be one of '
-                      f'{", ".join(map(repr, layers.IMPLS))} or \'\' (each family\'s own).')
   if study.get('lr_schedule', 'constant') not in LR_SCHEDULES:
     raise UserError(f'config.lr_schedule={study.lr_schedule!r} must be one of '
                     f'{", ".join(map(repr, LR_SCHEDULES))}.')
@@ -204,6 +199,15 @@ def check_study(study):
   for f in study.overrides:
     if f not in study.families:
       raise UserError(f'config.overrides.{f} names a family that is not in config.families.')
+  # Every run's config through the trainer's own rules, before hours of
+  # training (conv_impl, overrides, the budget against each family's keys).
+  from vaegan_jax import validation  # pylint: disable=g-import-not-at-top
+  for entry in entries(study):
+    try:
+      validation.validate(run_config(study, entry, 0), devices=False)
+    except validation.ConfigError as e:
+      raise UserError(f'The study\'s {entry} runs would train with {e} Check the study '
+                      'keys and config.overrides in experiments/configs/compare.py.') from None
 
 
 # ---------------------------------------------------------------------------

@@ -225,7 +225,12 @@ def test_study_config_errors(tmp_path):
     compare.run_study(study, str(tmp_path))
   study = _study_config('smoke')
   study.conv_impl = 'cudnn'
-  with pytest.raises(UserError, match="conv_impl='cudnn' must be one of"):
+  with pytest.raises(UserError, match="vae runs would train with config.model.conv_impl='cudnn' "
+                     'is not allowed'):
+    compare.run_study(study, str(tmp_path))
+  study = _study_config('smoke')
+  study.overrides.vaegan = {'optim': {'dis': {'b1': 1.5}}}
+  with pytest.raises(UserError, match=r'vaegan runs would train with config.optim.dis.b1=1.5'):
     compare.run_study(study, str(tmp_path))
   study = _study_config('smoke')
   study.eval_every_steps = study.num_steps
