@@ -87,6 +87,16 @@ def test_lr_schedule_decays_every_optimiser_over_the_budget(tmp_path, monkeypatc
   compare.check_schedule(config, workdir)  # No checkpoint yet: starts afresh.
 
 
+def test_report_command_line_reproduces_non_default_study_keys():
+  import report  # pylint: disable=g-import-not-at-top
+  study = _study_config('').to_dict()
+  assert report.study_flags(study) == ''
+  study.update(lr_schedule='constant', seeds=5, out='/elsewhere')
+  assert report.study_flags(study) == ' --config.lr_schedule=constant --config.seeds=5'
+  smoke = _study_config('smoke').to_dict()
+  assert report.study_flags(smoke) == ''  # Compared with the smoke variant's defaults.
+
+
 def test_full_study_config():
   study = _study_config(None)
   assert list(study.families) == ['vae', 'gan', 'vaegan']
