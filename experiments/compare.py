@@ -50,6 +50,7 @@ FLAGS = flags.FLAGS
 RESULTS = 'results.json'
 EVAL_FILE = 'eval.json'
 TIMING_FILE = 'timing.json'
+DIVERGED_FILE = 'diverged.json'  # A run whose training produced NaN/Inf: its step and message.
 SPEED_FILE = 'speed.json'
 GRID_KEY = 7  # Fixed sample key of the report's grids.
 CONDITIONAL_SUFFIX = '_conditional'  # Row name of a family's class-conditional runs.
@@ -245,6 +246,13 @@ def finished(workdir: str, num_steps: int, num_samples: int, features: str = 'ow
           and result.get('features', 'own') == features and trained(workdir, num_steps))
 
 
+def diverged(workdir: str) -> dict | None:
+  """{'step', 'message'} of a run whose training stopped on a NaN/Inf, else None.
+  Such a run is not trained again (it would diverge again at the same step:
+  training is deterministic) and counts as collapsed."""
+  return _read_json(os.path.join(workdir, DIVERGED_FILE))
+
+
 def add_timing(workdir: str, mode: str, start_step: int, end_step: int, wall: float,
                group_size: int = 1):
   """Appends one training session to WORKDIR/timing.json."""
@@ -294,9 +302,10 @@ def train_family(study, out: str, family: str, echo=print):
   from vaegan_jax import vmap_seeds  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   todo = [s for s in range(study.seeds)
-          if not trained(run_dir(out, family, s), study.num_steps)]
+          if not trained(run_dir(out, family, s), study.num_steps)
+          and not diverged(run_dir(out, family, s))]
   if not todo:
-    echo(f'{family}: all {study.seeds} runs trained.')
+    echo(f'{family}: all {study.seeds} runs trained (or diverged).')
     return
   configs = [run_config(study, family, s) for s in todo]
   workdirs = [run_dir(out, family, s) for s in todo]
@@ -308,7 +317,13 @@ def train_family(study, out: str, family: str, echo=print):
   if study.vmap_seeds and len(todo) > 1 and jax.process_count() == 1:
     echo(f'{family}: training seeds {todo} as one vmapped step.')
     t0 = time.time()
-    _, info = vmap_seeds.train_and_evaluate(configs, workdirs, echo=echo)
+    try:
+      _, info = vmap_seeds.train_and_evaluate(configs, workdirs, echo=echo)
+    except train.NonFiniteError as e:
+      if e.seed is None:
+        raise
+      _mark_diverged(run_dir(out, family, e.seed), e, echo)
+      return train_family(study, out, family, echo)  # The other seeds go on.
     wall = time.time() - t0
     for w in workdirs:
       add_timing(w, 'vmap', info['start_step'], study.num_steps, wall / len(todo), len(todo))
@@ -317,8 +332,18 @@ def train_family(study, out: str, family: str, echo=print):
     echo(f'{family}: training seed {seed}.')
     start = _start_step(workdir)
     t0 = time.time()
-    train.train_and_evaluate(config, workdir)
+    try:
+      train.train_and_evaluate(config, workdir)
+    except train.NonFiniteError as e:
+      add_timing(workdir, 'sequential', start, e.step or start, time.time() - t0)
+      _mark_diverged(workdir, e, echo)
+      continue
     add_timing(workdir, 'sequential', start, study.num_steps, time.time() - t0)
+
+
+def _mark_diverged(workdir: str, error, echo):
+  _write_json(os.path.join(workdir, DIVERGED_FILE), {'step': error.step, 'message': str(error)})
+  echo(f'{workdir}: diverged ({error}); the study goes on and counts this run as collapsed.')
 
 
 def evaluate_family(study, out: str, family: str, echo=print):
@@ -327,7 +352,8 @@ def evaluate_family(study, out: str, family: str, echo=print):
   for s in range(study.seeds):
     workdir = run_dir(out, family, s)
     features = study.get('features', 'own')
-    if finished(workdir, study.num_steps, study.eval_num_samples, features):
+    if (finished(workdir, study.num_steps, study.eval_num_samples, features)
+        or diverged(workdir)):
       continue
     evaluate.run(workdir, num_samples=study.eval_num_samples, step=study.num_steps,
                  out=os.path.join(workdir, EVAL_FILE), iwae_k=study.iwae_k,
@@ -468,6 +494,9 @@ def collect(study, out: str) -> dict:
     for s in range(study.seeds):
       workdir = run_dir(out, family, s)
       metrics = _read_json(os.path.join(workdir, EVAL_FILE))
+      stopped = diverged(workdir)
+      if stopped:  # No final checkpoint: no final metrics; collapsed.
+        metrics = {'diverged_step': stopped['step'], 'fid': None}
       if not metrics:
         raise UserError(f'Run {workdir} has no {EVAL_FILE}; rerun the study without '
                         '--report_only to finish it.')
@@ -550,11 +579,14 @@ def write_grids(study, out: str, echo=print) -> dict:
   for family in entries(study):
     grids['samples'][family] = []
     for s in range(study.seeds):
+      if diverged(run_dir(out, family, s)):
+        grids['samples'][family].append(None)  # No final checkpoint to sample.
+        continue
       model = vaegan_jax.load(run_dir(out, family, s), study.num_steps)
       x = model.sample(jax.random.PRNGKey(GRID_KEY), 36,  # Conditional: classes 0, 1, ...
                        (jax.numpy.arange(36) % model.num_classes) if model.num_classes else None)
       grids['samples'][family].append(viz.make_grid(jax.device_get(x)))
-      if s == 0 and model.has_encoder:
+      if model.has_encoder and family not in grids['reconstructions']:  # First finished seed.
         grids['reconstructions'][family] = viz.make_grid(
             jax.device_get(model.reconstruct(
                 inputs, test_labels[:36] if model.num_classes else None)))

@@ -18,7 +18,10 @@ report shows the oscillation separately.
 A curve that never started to learn is flat too, so the rule also asks that
 training has improved the metric: the mean over seeds of (first evaluation -
 last-quarter mean) must exceed the same 2 SE. A family that fails this has
-*not* converged ('learned' False in the verdict). (A family that learns all it
+*not* converged ('learned' False in the verdict). Nor has a family one of
+whose runs stopped before the budget (diverged: a NaN/Inf stopped its
+training; 'unfinished' counts them); the others' curves still give the
+numbers. (A family that learns all it
 will before its first evaluation would fail it as well: evaluate early enough,
 `eval_every_steps` well below the budget, to see the fall.)
 
@@ -69,18 +72,21 @@ def convergence(curves, num_steps, key='fid', lower_is_better=True):
     minus last quarter), first, q3, q4 (means over seeds), seeds); converged
     is None where the curves lack two quarters.
   """
+  unfinished = sum(1 for c in curves
+                   if not c or not c.get('eval_step') or max(c['eval_step']) < num_steps)
   per_seed = [quarter_means(c['eval_step'], c[key], num_steps) for c in curves
               if c and c.get(key)]
   per_seed = [p for p in per_seed if p is not None]
   if not per_seed:
-    return {'converged': None, 'seeds': 0,
+    return {'converged': False if unfinished else None, 'seeds': 0, 'unfinished': unfinished,
             'reason': 'no evaluations in both of the last two quarters'}
   sign = 1.0 if lower_is_better else -1.0
   q3 = np.array([p[0] for p in per_seed])
   q4 = np.array([p[1] for p in per_seed])
   first = np.array([p[3] for p in per_seed])
   if not (np.all(np.isfinite(q3)) and np.all(np.isfinite(q4)) and np.all(np.isfinite(first))):
-    return {'converged': False, 'seeds': len(per_seed), 'reason': 'non-finite values'}
+    return {'converged': False, 'seeds': len(per_seed), 'unfinished': unfinished,
+            'reason': 'non-finite values'}
   drop = float(sign * np.mean(q3 - q4))  # > 0: still improving.
   n_eval = min(len(p[2]) for p in per_seed)
   diffs = np.concatenate([np.diff(p[2]) for p in per_seed])
@@ -91,7 +97,8 @@ def convergence(curves, num_steps, key='fid', lower_is_better=True):
   noise = 2.0 * se
   gain = float(sign * np.mean(first - q4))  # Improvement since the first evaluation.
   learned = bool(gain > noise)
-  return {'converged': bool(learned and drop < noise), 'drop': drop, 'noise': noise,
+  return {'converged': bool(learned and drop < noise and not unfinished), 'drop': drop,
+          'noise': noise, 'unfinished': unfinished,
           'learned': learned, 'gain': gain, 'first': float(np.mean(first)),
           'q3': float(np.mean(q3)), 'q4': float(np.mean(q4)), 'seeds': len(per_seed),
           'seed_std': seed_std, 'eval_noise': eval_noise}

@@ -252,7 +252,9 @@ def convergence_section(results) -> list[str]:
       'run. Training-time '
       f'FID: {study.get("curve_num_samples")} samples every {study.get("eval_every_steps")} '
       'steps. Oscillation: std / mean of the FID within the last quarter, mean over seeds. '
-      'Collapsed: final evaluation covers at most 3 of the 10 classes, or a non-finite FID.',
+      'Collapsed: final evaluation covers at most 3 of the 10 classes, or a non-finite FID, '
+      'or the run diverged (a NaN/Inf stopped its training; it has no final numbers, the '
+      'means and stds over seeds leave it out, and its family has not converged).',
       '',
       f'| family | converged | FID first evaluation | FID 3rd quarter | FID last quarter '
       f'| drop | 2·SE | oscillation | final FID std over seeds '
@@ -261,14 +263,19 @@ def convergence_section(results) -> list[str]:
   for f, fam in fams.items():
     c = fam.get('convergence') or {}
     verdict = {True: 'yes', False: '**no**', None: 'n/a'}[c.get('converged')]
-    if c.get('learned') is False:
+    if c.get('unfinished'):
+      verdict += f' ({c["unfinished"]} run{"s" if c["unfinished"] > 1 else ""} diverged)'
+    elif c.get('learned') is False:
       verdict += ' (no gain since the first evaluation)'
+    diverged = [f'seed {k} at step {r["diverged_step"]}' for k, r in fam['runs'].items()
+                if r.get('diverged_step') is not None]
     lines.append(
         f'| {f} | {verdict} | {_fmt(c.get("first"), ".2f")} | {_fmt(c.get("q3"), ".2f")} '
         f'| {_fmt(c.get("q4"), ".2f")} | '
         f'{_fmt(c.get("drop"), ".2f")} | {_fmt(c.get("noise"), ".2f")} | '
         f'{_fmt(fam.get("oscillation"), ".3f")} | {_fmt(_stat(results, f, "fid")[1], ".2f")} '
-        f'| {fam.get("collapsed_runs", 0)} |')
+        f'| {fam.get("collapsed_runs", 0)}'
+        f'{" (diverged: " + ", ".join(diverged) + ")" if diverged else ""} |')
   return lines + ['']
 
 
@@ -319,6 +326,8 @@ def per_seed_table(results) -> list[str]:
   for f, fam in results['families'].items():
     for s, run in fam['runs'].items():
       cells = [_fmt(run.get(k), labels[k][1], labels[k][2]) for k in PER_SEED]
+      if run.get('diverged_step') is not None:
+        cells = [f'diverged at step {run["diverged_step"]}'] + [''] * (len(PER_SEED) - 1)
       lines.append(f'| {f} | {s} | ' + ' | '.join(cells) + ' |')
   return lines
 
@@ -336,15 +345,16 @@ def _pyplot():
 
 
 def _mean_curve(runs, step_key, value_key):
-  """(steps, mean, min, max) over the seeds that logged every step."""
+  """(steps, mean, min, max) at every logged step, over the seeds that logged
+  it (a diverged run's curve ends early; the others' go on)."""
   series = [(r['curves'][step_key], r['curves'][value_key]) for r in runs
             if r.get('curves') and r['curves'].get(value_key)]
   if not series:
     return None
-  steps = sorted(set.intersection(*[set(s) for s, _ in series]))
+  steps = sorted(set.union(*[set(s) for s, _ in series]))
   if not steps:
     return None
-  table_ = np.array([[dict(zip(s, v))[t] if dict(zip(s, v))[t] is not None else np.nan
+  table_ = np.array([[np.nan if dict(zip(s, v)).get(t) is None else dict(zip(s, v))[t]
                       for t in steps] for s, v in series], np.float64)
   return np.asarray(steps), np.nanmean(table_, 0), np.nanmin(table_, 0), np.nanmax(table_, 0)
 
@@ -371,7 +381,8 @@ def plot_fid(results, path):
 
 
 def _curve_on(runs, x_key, value_key):
-  """(x, mean, min, max) over seeds, on the evaluation steps all seeds logged;
+  """(x, mean, min, max) over seeds, on the evaluation steps (each over the
+  seeds that logged it);
   x is the step itself for x_key 'step', else the mean over seeds of the
   curve `x_key` (e.g. 'train_seconds') at those steps."""
   c = _mean_curve(runs, 'eval_step', value_key)

@@ -49,7 +49,8 @@ def test_run_config_applies_budget_and_overrides():
 def test_lr_schedule_decays_every_optimiser_over_the_budget(tmp_path, monkeypatch):
   import compare  # pylint: disable=g-import-not-at-top
   study = _study_config('')
-  assert study.lr_schedule == 'cosine'
+  assert study.lr_schedule == 'constant'
+  study.lr_schedule = 'cosine'
   names = {'vae': ['optim'], 'gan': ['optim.d', 'optim.g'],
            'vaegan': ['optim.dec', 'optim.dis', 'optim.enc']}
   for name in study.families:
@@ -91,10 +92,36 @@ def test_report_command_line_reproduces_non_default_study_keys():
   import report  # pylint: disable=g-import-not-at-top
   study = _study_config('').to_dict()
   assert report.study_flags(study) == ''
-  study.update(lr_schedule='constant', seeds=5, out='/elsewhere')
-  assert report.study_flags(study) == ' --config.lr_schedule=constant --config.seeds=5'
+  study.update(lr_schedule='cosine', seeds=5, out='/elsewhere')
+  assert report.study_flags(study) == ' --config.lr_schedule=cosine --config.seeds=5'
   smoke = _study_config('smoke').to_dict()
   assert report.study_flags(smoke) == ''  # Compared with the smoke variant's defaults.
+
+
+def test_a_diverged_run_is_recorded_and_not_trained_again(tmp_path, monkeypatch):
+  import compare  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import train  # pylint: disable=g-import-not-at-top
+  study = _study_config('smoke')
+  study.vmap_seeds = False
+  out = str(tmp_path)
+  calls = []
+
+  def fake_train(config, workdir):
+    calls.append(config.seed)
+    if config.seed == 1:
+      raise train.NonFiniteError('Non-finite loss=nan at step 7; training stopped.', step=7)
+
+  monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
+  monkeypatch.setattr(compare, 'trained', lambda w, n: False)
+  compare.train_family(study, out, 'gan', echo=lambda m: None)
+  assert calls == [0, 1]  # Seed 1 diverged; the study went on.
+  record = compare.diverged(compare.run_dir(out, 'gan', 1))
+  assert record['step'] == 7 and 'Non-finite loss' in record['message']
+  assert compare.diverged(compare.run_dir(out, 'gan', 0)) is None
+  assert _sessions(compare.run_dir(out, 'gan', 1))[0]['end_step'] == 7
+  calls.clear()
+  compare.train_family(study, out, 'gan', echo=lambda m: None)
+  assert calls == [0]  # Not trained again: it would diverge at the same step.
 
 
 def test_full_study_config():

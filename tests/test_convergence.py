@@ -76,9 +76,20 @@ def test_evaluation_noise_floors_the_standard_error():
   assert result['converged'] is True
 
 
+def test_a_family_with_a_diverged_run_has_not_converged():
+  curves = _curves(_learnt(lambda t: 5.0))
+  curves[2] = {'eval_step': STEPS[:3], 'fid': curves[2]['fid'][:3]}  # Stopped at step 750.
+  result = convergence.convergence(curves, 4000)
+  assert result['unfinished'] == 1 and result['seeds'] == 2
+  assert result['converged'] is False and result['learned'] is True
+  assert convergence.convergence(_curves(_learnt(lambda t: 5.0)), 4000)['unfinished'] == 0
+
+
 def test_missing_quarters_and_non_finite_values():
-  short = [{'eval_step': [1000], 'fid': [3.0]}]
-  assert convergence.convergence(short, 4000)['converged'] is None
+  sparse = [{'eval_step': [1000, 4000], 'fid': [3.0, 2.0]}]  # No third-quarter evaluation.
+  assert convergence.convergence(sparse, 4000)['converged'] is None
+  stopped = [{'eval_step': [1000], 'fid': [3.0]}]  # Ended before the budget: diverged.
+  assert convergence.convergence(stopped, 4000)['converged'] is False
   bad = _curves(lambda t: 5.0)
   bad[1]['fid'][-1] = float('nan')
   assert convergence.convergence(bad, 4000)['converged'] is False
@@ -160,3 +171,20 @@ def test_report_names_the_commits_that_trained_and_reported():
   assert report._code_at(results) == ', code at bbb'  # pylint: disable=protected-access
   results['sessions'] = [{'report_only': False}]  # Written before sessions kept commits.
   assert report._code_at(results) == ', code at bbb'  # pylint: disable=protected-access
+
+
+def test_report_shows_a_diverged_run():
+  import report  # pylint: disable=g-import-not-at-top
+  curves = _curves(_learnt(lambda t: 5.0))
+  runs = {'0': {'fid': 5.0, 'curves': curves[0], 'collapsed': False},
+          '1': {'fid': None, 'diverged_step': 751, 'collapsed': True,
+                'curves': {'eval_step': STEPS[:3], 'fid': curves[1]['fid'][:3]}}}
+  fam = {'runs': runs, 'collapsed_runs': 1, 'params': {'total': 1}, 'loss_keys': [],
+         'convergence': convergence.convergence([r['curves'] for r in runs.values()], 4000)}
+  results = {'study': {'seeds': 2}, 'families': {'vaegan': fam}}
+  text = '\n'.join(report.convergence_section(results))
+  assert '| vaegan | **no** (1 run diverged) |' in text
+  assert '| 1 (diverged: seed 1 at step 751) |' in text
+  assert '| vaegan | 1 | diverged at step 751 |' in '\n'.join(report.per_seed_table(results))
+  steps, mean, _, _ = report._mean_curve(list(runs.values()), 'eval_step', 'fid')  # pylint: disable=protected-access
+  assert list(steps) == STEPS and mean[-1] == pytest.approx(5.0)  # The finished seed goes on.

@@ -32,7 +32,16 @@ _GRID_KEY = 0x5A3F1E    # Fixed purpose: the same latents in every grid.
 
 
 class NonFiniteError(UserError):
-  """Training produced a NaN or Inf."""
+  """Training produced a NaN or Inf.
+
+  Attributes:
+    step: the first step whose metrics were not finite (None if unknown).
+    seed: the seed that diverged, where several train as one (vmap_seeds).
+  """
+
+  def __init__(self, message: str, step: int | None = None, seed: int | None = None):
+    super().__init__(message)
+    self.step, self.seed = step, seed
 
 
 class Interrupted(UserError):
@@ -80,7 +89,7 @@ def _check_finite(pending: list, last_step: int):
         raise NonFiniteError(
             f'Non-finite {name}={float(np.ravel(value)[0])} at step {first_step + i}; '
             f'training stopped. The checkpoints before it are intact; lower the '
-            f'learning rate or check the data.')
+            f'learning rate or check the data.', step=first_step + i)
 
 
 def write_grid(grid_fn, state, key, test_images, path, test_labels=None,

@@ -141,7 +141,8 @@ def _check_finite(metrics_host, step, seeds):
       s = int(np.flatnonzero(bad.reshape(len(seeds), -1).any(axis=1))[0])
       raise train.NonFiniteError(
           f'Non-finite {name} for seed {seeds[s]} by step {step}; training stopped. '
-          f'The checkpoints before it are intact; lower the learning rate or check the data.')
+          f'The checkpoints before it are intact; lower the learning rate or check the data.',
+          step=step, seed=seeds[s])
 
 
 def train_and_evaluate(configs, workdirs, echo=print):
