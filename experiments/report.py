@@ -149,7 +149,7 @@ def ladder_status(results, key) -> str:
   if not ladder or key not in ladder.get('passed', {}):
     return 'unchecked'
   shas = {r.get('feature_net_sha256') for fam in results['families'].values()
-          for r in fam['runs'].values()}
+          for r in fam['runs'].values() if r.get('diverged_step') is None}  # Evaluated runs.
   if shas != {ladder.get('feature_net_sha256')}:
     return 'unchecked'  # The ladder judged another feature net.
   return 'passed' if ladder['passed'][key] else 'failed'

@@ -216,3 +216,44 @@ def test_build_is_cached(monkeypatch, tmp_path):
   assert os.path.basename(first).startswith('onednn_conv-')
   assert conv_onednn.build(str(tmp_path)) == first
   assert len(compiles) == 1
+
+
+@needs_library
+def test_concurrent_calls_from_many_threads_give_the_single_thread_result():
+  """XLA runs a step's custom calls from several of its threads, and runs
+  steps from several Python threads: every primitive (built once, cached) must
+  run on any thread, also concurrently with others, with the result of one
+  thread alone. Several geometries (their forward, input and kernel
+  gradients) in one jitted function, from 4 Python threads, 12 times each."""
+  import threading  # pylint: disable=g-import-not-at-top
+  shapes = [((8, 14, 14, 16), (5, 5, 16, 32), 2), ((8, 7, 7, 32), (3, 3, 32, 8), 1),
+            ((8, 28, 28, 1), (4, 4, 1, 16), 2)]
+  args = [(normal(x, i), normal(k, 10 + i)) for i, (x, k, _) in enumerate(shapes)]
+
+  def loss(args):
+    total = 0.0
+    for (x, kernel), (_, _, s) in zip(args, shapes):
+      y = conv_cpu.conv(x, kernel, strides=(s, s), padding=((1, 2), (1, 2)),
+                        lhs_dilation=(1, 1), plan=conv_cpu.ONEDNN)
+      total = total + jnp.sum(jnp.tanh(y))
+    return total
+
+  fn = jax.jit(jax.value_and_grad(loss))
+  expected = jax.device_get(fn(args))
+  failures, lock = [], threading.Lock()
+
+  def worker():
+    for _ in range(12):
+      got = jax.device_get(fn(args))
+      same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got),
+                                                      jax.tree.leaves(expected)))
+      if not same:
+        with lock:
+          failures.append(got)
+
+  threads = [threading.Thread(target=worker) for _ in range(4)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not failures, f'{len(failures)} of 48 concurrent calls differed from one thread alone'

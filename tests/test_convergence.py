@@ -138,6 +138,9 @@ def test_summary_ranks_converged_families_or_says_it_is_provisional():
   ladder['passed']['fid'] = False
   text = '\n'.join(report.summary(results))
   assert 'Not ranked by FID' in text and '0.10 vs' not in text
+  # A diverged run (no final evaluation, so no feature net) leaves the verdict as it is.
+  results['families']['c']['runs']['3'] = {'fid': None, 'diverged_step': 9}
+  assert report.ladder_status(results, 'fid') == 'failed'
   # Another feature net than the ladder's: unchecked, so ranked.
   ladder['feature_net_sha256'] = 'other'
   assert report.ladder_status(results, 'fid') == 'unchecked'

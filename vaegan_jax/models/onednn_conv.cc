@@ -14,10 +14,19 @@
 // oneDNN ("any") and reordered from / to HWIO at every call (forcing HWIO
 // sends the backward primitives to a slow reference GEMM). Primitives are
 // built once per (kind, shapes, strides, padding) and cached.
+//
+// XLA calls a handler from whichever of its threads runs the step, several at
+// once. oneDNN's default (library-managed, shared) scratchpad allows a
+// primitive to run only on the thread that created it, so every primitive
+// here is built with a user-managed scratchpad, and each call passes a buffer
+// of its own thread: then any thread may run any cached primitive, also
+// concurrently with others.
 
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <exception>
 #include <memory>
 #include <mutex>
@@ -58,7 +67,8 @@ struct Geometry {
   }
 };
 
-// The primitive and the reorders between the user layouts and its own.
+// The primitive and the reorders between the user layouts and its own, each
+// with the scratchpad it needs (user-managed, see above).
 struct Entry {
   dnnl::primitive prim;
   memory::desc src_user, wei_user, dst_user;  // NHWC, HWIO, NHWC
@@ -66,19 +76,50 @@ struct Entry {
   dnnl::primitive reorder_src, reorder_wei, reorder_dst;
   bool has_reorder_src = false, has_reorder_wei = false,
        has_reorder_dst = false;
+  memory::desc scratch_prim, scratch_src, scratch_wei, scratch_dst;
+  size_t scratch_bytes = 0;  // The largest of them.
 };
 
 std::mutex cache_mutex;
 std::unordered_map<std::string, std::shared_ptr<const Entry>> cache;
 
-dnnl::primitive Reorder(const memory::desc& from, const memory::desc& to) {
-  return dnnl::reorder(
-      dnnl::reorder::primitive_desc(Engine(), from, Engine(), to));
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+dnnl::primitive Reorder(const memory::desc& from, const memory::desc& to,
+                        memory::desc* scratch) {
+  auto pd = dnnl::reorder::primitive_desc(Engine(), from, Engine(), to,
+                                          UserScratchpad());
+  *scratch = pd.scratchpad_desc();
+  return dnnl::reorder(pd);
+}
+
+// This thread's scratchpad, 64-byte aligned, grown to `bytes` when needed.
+void* ThreadScratch(size_t bytes) {
+  struct Buffer {
+    void* ptr = nullptr;
+    size_t size = 0;
+    ~Buffer() { std::free(ptr); }
+  };
+  thread_local Buffer buffer;
+  if (bytes > buffer.size) {
+    size_t size = (std::max<size_t>(bytes, 64) + 63) / 64 * 64;
+    void* ptr = std::aligned_alloc(64, size);
+    if (ptr == nullptr) throw std::bad_alloc();
+    std::free(buffer.ptr);
+    buffer.ptr = ptr;
+    buffer.size = size;
+  }
+  return buffer.ptr;
 }
 
 std::shared_ptr<const Entry> Build(Kind kind, const Geometry& g) {
   using dt = memory::data_type;
   auto e = std::make_shared<Entry>();
+  const auto attr = UserScratchpad();
   e->src_user = memory::desc(g.src, dt::f32, tag::nhwc);
   e->wei_user = memory::desc(g.wei, dt::f32, tag::hwio);
   e->dst_user = memory::desc(g.dst, dt::f32, tag::nhwc);
@@ -86,28 +127,31 @@ std::shared_ptr<const Entry> Build(Kind kind, const Geometry& g) {
   auto fwd = dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training,
       dnnl::algorithm::convolution_direct, e->src_user, wei_any, e->dst_user,
-      g.strides, g.pad_l, g.pad_r);
+      g.strides, g.pad_l, g.pad_r, attr);
   if (kind == Kind::kFwd) {
     e->prim = dnnl::convolution_forward(fwd);
     e->src = fwd.src_desc();
     e->wei = fwd.weights_desc();
     e->dst = fwd.dst_desc();
+    e->scratch_prim = fwd.scratchpad_desc();
   } else if (kind == Kind::kBwdData) {
     auto pd = dnnl::convolution_backward_data::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, e->src_user, wei_any,
-        e->dst_user, g.strides, g.pad_l, g.pad_r, fwd);
+        e->dst_user, g.strides, g.pad_l, g.pad_r, fwd, attr);
     e->prim = dnnl::convolution_backward_data(pd);
     e->src = pd.diff_src_desc();
     e->wei = pd.weights_desc();
     e->dst = pd.diff_dst_desc();
+    e->scratch_prim = pd.scratchpad_desc();
   } else {
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, e->src_user, wei_any,
-        e->dst_user, g.strides, g.pad_l, g.pad_r, fwd);
+        e->dst_user, g.strides, g.pad_l, g.pad_r, fwd, attr);
     e->prim = dnnl::convolution_backward_weights(pd);
     e->src = pd.src_desc();
     e->wei = pd.diff_weights_desc();
     e->dst = pd.diff_dst_desc();
+    e->scratch_prim = pd.scratchpad_desc();
   }
   // The output of each kind is reordered primitive -> user, inputs the
   // other way.
@@ -115,14 +159,20 @@ std::shared_ptr<const Entry> Build(Kind kind, const Geometry& g) {
   e->has_reorder_wei = e->wei != e->wei_user;
   e->has_reorder_dst = e->dst != e->dst_user;
   if (e->has_reorder_src)
-    e->reorder_src = kind == Kind::kBwdData ? Reorder(e->src, e->src_user)
-                                            : Reorder(e->src_user, e->src);
+    e->reorder_src =
+        kind == Kind::kBwdData ? Reorder(e->src, e->src_user, &e->scratch_src)
+                               : Reorder(e->src_user, e->src, &e->scratch_src);
   if (e->has_reorder_wei)
-    e->reorder_wei = kind == Kind::kBwdWeights ? Reorder(e->wei, e->wei_user)
-                                               : Reorder(e->wei_user, e->wei);
+    e->reorder_wei =
+        kind == Kind::kBwdWeights ? Reorder(e->wei, e->wei_user, &e->scratch_wei)
+                                  : Reorder(e->wei_user, e->wei, &e->scratch_wei);
   if (e->has_reorder_dst)
-    e->reorder_dst = kind == Kind::kFwd ? Reorder(e->dst, e->dst_user)
-                                        : Reorder(e->dst_user, e->dst);
+    e->reorder_dst =
+        kind == Kind::kFwd ? Reorder(e->dst, e->dst_user, &e->scratch_dst)
+                           : Reorder(e->dst_user, e->dst, &e->scratch_dst);
+  for (const auto* d : {&e->scratch_prim, &e->scratch_src, &e->scratch_wei,
+                        &e->scratch_dst})
+    e->scratch_bytes = std::max(e->scratch_bytes, d->get_size());
   return e;
 }
 
@@ -149,32 +199,42 @@ ffi::Error Run(Kind kind, const Geometry& g, void* src, void* wei, void* dst) {
     memory src_mem = e->has_reorder_src ? memory(e->src, engine) : src_user;
     memory wei_mem = e->has_reorder_wei ? memory(e->wei, engine) : wei_user;
     memory dst_mem = e->has_reorder_dst ? memory(e->dst, engine) : dst_user;
+    // One buffer serves every primitive of this call: they run one after
+    // the other on this thread.
+    void* scratch_ptr = ThreadScratch(e->scratch_bytes);
+    auto scratch = [&](const memory::desc& d) {
+      return memory(d, engine, scratch_ptr);
+    };
     auto copy = [&](bool needed, const dnnl::primitive& reorder,
-                    memory& from, memory& to) {
+                    const memory::desc& scratch_desc, memory& from, memory& to) {
       if (needed)
-        reorder.execute(stream, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
+        reorder.execute(stream, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
+                                 {DNNL_ARG_SCRATCHPAD, scratch(scratch_desc)}});
     };
     if (kind == Kind::kFwd) {
-      copy(e->has_reorder_src, e->reorder_src, src_user, src_mem);
-      copy(e->has_reorder_wei, e->reorder_wei, wei_user, wei_mem);
+      copy(e->has_reorder_src, e->reorder_src, e->scratch_src, src_user, src_mem);
+      copy(e->has_reorder_wei, e->reorder_wei, e->scratch_wei, wei_user, wei_mem);
       e->prim.execute(stream, {{DNNL_ARG_SRC, src_mem},
                                {DNNL_ARG_WEIGHTS, wei_mem},
-                               {DNNL_ARG_DST, dst_mem}});
-      copy(e->has_reorder_dst, e->reorder_dst, dst_mem, dst_user);
+                               {DNNL_ARG_DST, dst_mem},
+                               {DNNL_ARG_SCRATCHPAD, scratch(e->scratch_prim)}});
+      copy(e->has_reorder_dst, e->reorder_dst, e->scratch_dst, dst_mem, dst_user);
     } else if (kind == Kind::kBwdData) {
-      copy(e->has_reorder_dst, e->reorder_dst, dst_user, dst_mem);
-      copy(e->has_reorder_wei, e->reorder_wei, wei_user, wei_mem);
+      copy(e->has_reorder_dst, e->reorder_dst, e->scratch_dst, dst_user, dst_mem);
+      copy(e->has_reorder_wei, e->reorder_wei, e->scratch_wei, wei_user, wei_mem);
       e->prim.execute(stream, {{DNNL_ARG_DIFF_SRC, src_mem},
                                {DNNL_ARG_WEIGHTS, wei_mem},
-                               {DNNL_ARG_DIFF_DST, dst_mem}});
-      copy(e->has_reorder_src, e->reorder_src, src_mem, src_user);
+                               {DNNL_ARG_DIFF_DST, dst_mem},
+                               {DNNL_ARG_SCRATCHPAD, scratch(e->scratch_prim)}});
+      copy(e->has_reorder_src, e->reorder_src, e->scratch_src, src_mem, src_user);
     } else {
-      copy(e->has_reorder_src, e->reorder_src, src_user, src_mem);
-      copy(e->has_reorder_dst, e->reorder_dst, dst_user, dst_mem);
+      copy(e->has_reorder_src, e->reorder_src, e->scratch_src, src_user, src_mem);
+      copy(e->has_reorder_dst, e->reorder_dst, e->scratch_dst, dst_user, dst_mem);
       e->prim.execute(stream, {{DNNL_ARG_SRC, src_mem},
                                {DNNL_ARG_DIFF_WEIGHTS, wei_mem},
-                               {DNNL_ARG_DIFF_DST, dst_mem}});
-      copy(e->has_reorder_wei, e->reorder_wei, wei_mem, wei_user);
+                               {DNNL_ARG_DIFF_DST, dst_mem},
+                               {DNNL_ARG_SCRATCHPAD, scratch(e->scratch_prim)}});
+      copy(e->has_reorder_wei, e->reorder_wei, e->scratch_wei, wei_mem, wei_user);
     }
     stream.wait();
   } catch (const dnnl::error& err) {
