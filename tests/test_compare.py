@@ -287,7 +287,7 @@ def test_committed_full_study_report():
     results = json.load(f)
   default = _study_config('')
   for key in ('num_steps', 'batch_size', 'seeds', 'eval_every_steps', 'curve_num_samples',
-              'eval_num_samples', 'conv_impl'):
+              'eval_num_samples', 'conv_impl', 'lr_schedule'):
     assert results['study'][key] == default[key], key
   assert sorted(results['families']) == sorted(default.families)
   for family in results['families'].values():
