@@ -41,6 +41,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from vaegan_jax import progress  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -282,12 +283,8 @@ def check_schedule(config, workdir: str):
   stored = _read_json(os.path.join(workdir, 'config.json'))
   if not stored or not _start_step(workdir):
     return
-  def decays(optim):
-    if 'learning_rate' in optim:
-      return {'optim': optim.get('decay_steps', 0)}
-    return {f'optim.{k}': v.get('decay_steps', 0) for k, v in sorted(optim.items())
-            if isinstance(v, dict) and 'learning_rate' in v}
-  old, new = decays(stored.get('optim', {})), decays(config.optim.to_dict())
+  decays = lambda c: [s.get('decay_steps', 0) for s in optimiser_sections(c)]
+  old, new = decays(ml_collections.ConfigDict(stored)), decays(config)
   if old != new:
     raise UserError(
         f'{workdir} was trained with decay_steps {old} and would go on with {new}: its '

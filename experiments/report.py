@@ -354,8 +354,9 @@ def _mean_curve(runs, step_key, value_key):
   steps = sorted(set.union(*[set(s) for s, _ in series]))
   if not steps:
     return None
-  table_ = np.array([[np.nan if dict(zip(s, v)).get(t) is None else dict(zip(s, v))[t]
-                      for t in steps] for s, v in series], np.float64)
+  by_step = [dict(zip(s, v)) for s, v in series]
+  table_ = np.array([[np.nan if d.get(t) is None else d[t] for t in steps] for d in by_step],
+                    np.float64)
   return np.asarray(steps), np.nanmean(table_, 0), np.nanmin(table_, 0), np.nanmax(table_, 0)
 
 
@@ -382,9 +383,8 @@ def plot_fid(results, path):
 
 def _curve_on(runs, x_key, value_key):
   """(x, mean, min, max) over seeds, on the evaluation steps (each over the
-  seeds that logged it);
-  x is the step itself for x_key 'step', else the mean over seeds of the
-  curve `x_key` (e.g. 'train_seconds') at those steps."""
+  seeds that logged it); x is the step itself for x_key 'step', else the mean
+  over seeds of the curve `x_key` (e.g. 'train_seconds') at those steps."""
   c = _mean_curve(runs, 'eval_step', value_key)
   if c is None:
     return None
