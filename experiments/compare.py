@@ -619,6 +619,16 @@ def compilation_cache(directory: str):
     jax.config.update('jax_persistent_cache_min_compile_time_secs', min_time)
 
 
+def record_stopped_session(results_path: str, session: dict):
+  """Appends the record of a session that stopped with an error to
+  RESULTS_PATH's sessions (creating the file if needed), so that the report's
+  study time still counts the training it did; the next complete session
+  rewrites every other field."""
+  results = _read_json(results_path, {})
+  results['sessions'] = results.get('sessions', []) + [session]
+  _write_json(results_path, results)
+
+
 class _StageTimer:
   """Seconds spent per stage and family, for results.json."""
 
@@ -647,28 +657,35 @@ def run_study(study, out: str, report_only: bool = False, echo=print) -> dict:
   have_runs = os.path.isdir(os.path.join(out, 'runs'))
   if report_only and not have_runs:
     results = _read_json(results_path)
-    if results is None:
-      raise UserError(f'--report_only: no runs and no {RESULTS} in {out}.')
+    if results is None or 'families' not in results:
+      raise UserError(f'--report_only: no runs and no complete {RESULTS} in {out}.')
     report.write(results, out)
     echo(f'Wrote {os.path.join(out, report.REPORT)} from {results_path}.')
     return results
+
+  def session(**extra):
+    return {'seconds': time.time() - t0, 'load_average_start': load_start,
+            'load_average_end': _load_average(), 'report_only': report_only,
+            'stage_seconds': timer.seconds, 'cpu_seconds': time.process_time() - cpu0,
+            'git_commit': _git_commit(), **extra}
+
   with compilation_cache(os.path.join(out, 'runs', 'jax_cache')):
-    if not report_only:
-      for family in progress.iterate(entries(study), 'study: train, evaluate', unit='run'):
-        timer.run('train', family, train_family, study, out, family, echo)
-        timer.run('evaluate', family, evaluate_family, study, out, family, echo)
-      for family in progress.iterate(entries(study), 'study: speed', unit='run'):
-        timer.run('speed', family, measure_speed, study, out, family, echo)
+    try:
+      if not report_only:
+        for family in progress.iterate(entries(study), 'study: train, evaluate', unit='run'):
+          timer.run('train', family, train_family, study, out, family, echo)
+          timer.run('evaluate', family, evaluate_family, study, out, family, echo)
+        for family in progress.iterate(entries(study), 'study: speed', unit='run'):
+          timer.run('speed', family, measure_speed, study, out, family, echo)
+    except BaseException as e:  # Ctrl-C included: the session's time still counts.
+      record_stopped_session(results_path, session(stopped=f'{type(e).__name__}: {e}'[:300]))
+      raise
     results = collect(study, out)
     grids = timer.run('grids', 'all', write_grids, study, out, echo)
   previous = _read_json(results_path, {})
   results['study'] = json.loads(study.to_json_best_effort())
   results['environment'] = environment()
-  session = {'seconds': time.time() - t0, 'load_average_start': load_start,
-             'load_average_end': _load_average(), 'report_only': report_only,
-             'stage_seconds': timer.seconds, 'cpu_seconds': time.process_time() - cpu0,
-             'git_commit': results['environment']['git_commit']}
-  results['sessions'] = previous.get('sessions', []) + [session]
+  results['sessions'] = previous.get('sessions', []) + [session()]
   report.write(results, out, grids)
   _write_json(results_path, results)
   echo(f'Wrote {results_path} and {os.path.join(out, report.REPORT)} '

@@ -581,6 +581,16 @@ def _code_at(results) -> str:
   return f', code at {env["git_commit"]}'
 
 
+def _stopped_sessions(sessions) -> str:
+  """'; N of the M sessions stopped early (...)' where a session ended with an
+  error or Ctrl-C: its time is in the total, its work resumed by the next."""
+  stopped = [x['stopped'] for x in sessions if x.get('stopped')]
+  if not stopped:
+    return ''
+  return (f'; {len(stopped)} of the {len(sessions)} sessions stopped early, their time '
+          f'included ({"; ".join(stopped)})')
+
+
 def write(results, out, grids=None):
   """Writes OUT/report.md and its PNGs; `grids` (from compare.write_grids) to
   redraw the sample/reconstruction figures, else the existing ones are linked."""
@@ -617,7 +627,7 @@ def write(results, out, grids=None):
       + _code_at(results) + ')'
       + (f'; load average at start {", ".join(f"{l[0]:.1f}" for l in loads)} '
          '(other jobs shared the machine when it is above the core count)' if loads else '')
-      + '.',
+      + _stopped_sessions(train_sessions) + '.',
       '',
       '## Summary',
       '',

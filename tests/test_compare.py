@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import sys
+import time
 
 import pytest
 
@@ -122,6 +123,35 @@ def test_a_diverged_run_is_recorded_and_not_trained_again(tmp_path, monkeypatch)
   calls.clear()
   compare.train_family(study, out, 'gan', echo=lambda m: None)
   assert calls == [0]  # Not trained again: it would diverge at the same step.
+
+
+def test_a_stopped_session_still_counts_in_the_study_time(tmp_path, monkeypatch):
+  import compare  # pylint: disable=g-import-not-at-top
+  import report  # pylint: disable=g-import-not-at-top
+  study = _study_config('smoke')
+  out = str(tmp_path)
+
+  def interrupted(*args, **kwargs):
+    time.sleep(0.05)
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(compare, 'train_family', interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    compare.run_study(study, out, echo=lambda m: None)
+  results = compare._read_json(os.path.join(out, compare.RESULTS))
+  [session] = results['sessions']
+  assert session['stopped'] == 'KeyboardInterrupt: ' and session['seconds'] >= 0.05
+  assert session['stage_seconds']['train/vae'] >= 0.05
+  assert report._stopped_sessions([session, {'seconds': 1.0}]) == (
+      '; 1 of the 2 sessions stopped early, their time included (KeyboardInterrupt: )')
+  assert report._stopped_sessions([{'seconds': 1.0}]) == ''
+  with pytest.raises(UserError, match='no complete results.json'):
+    compare.run_study(study, str(tmp_path / 'elsewhere'), report_only=True)
+  os.makedirs(os.path.join(str(tmp_path / 'elsewhere')), exist_ok=True)
+  with open(os.path.join(str(tmp_path / 'elsewhere'), compare.RESULTS), 'w') as f:
+    json.dump(results, f)  # Only a stopped session: no report to write from it.
+  with pytest.raises(UserError, match='no complete results.json'):
+    compare.run_study(study, str(tmp_path / 'elsewhere'), report_only=True)
 
 
 def test_full_study_config():
