@@ -403,6 +403,12 @@ def test_too_little_space_for_a_checkpoint_is_one_line_before_training(tmp_path,
                                       r'needs about 1.1 MiB'):
     train.train_and_evaluate(tiny(data_dir), str(tmp_path))
   assert not iterators and not os.path.exists(checkpoint.checkpoint_dir(str(tmp_path)))
+  config = tiny(data_dir)
+  config.eval.generative_metrics = True  # A best checkpoint by FID: room for two.
+  with pytest.raises(UserError, match=r'has 0.3 MiB free, and a checkpoint of this model and '
+                                      r'its best-checkpoint copy \(2 in all\) need about 2.2 MiB'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not iterators
 
 
 def test_disk_full_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, data_dir,

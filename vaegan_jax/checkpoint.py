@@ -232,20 +232,23 @@ def state_bytes(abstract_state) -> int:
   return sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
 
 
-def check_free_space(workdir: str, abstract_state, margin: float = 1.25,
+def check_free_space(workdir: str, abstract_state, copies: int = 1, margin: float = 1.25,
                      slack: int = 1 << 18):
-  """A UserError if `workdir` lacks room for one more checkpoint.
+  """A UserError if `workdir` lacks room for `copies` more checkpoints (2 where
+  an evaluation step may save the periodic and the best checkpoint at once).
 
   The estimate is the state's size times `margin` plus `slack` bytes for
-  Orbax's metadata files.
+  Orbax's metadata files, per copy.
   """
-  need = int(state_bytes(abstract_state) * margin) + slack
+  need = copies * (int(state_bytes(abstract_state) * margin) + slack)
   free = shutil.disk_usage(workdir).free
   if free < need:
+    what = ('a checkpoint of this model' if copies == 1 else
+            f'a checkpoint of this model and its best-checkpoint copy ({copies} in all)')
     raise UserError(
-        f'--workdir={workdir} has {free / 2**20:.1f} MiB free, and a checkpoint of '
-        f'this model needs about {need / 2**20:.1f} MiB; free space or choose '
-        'another --workdir.')
+        f'--workdir={workdir} has {free / 2**20:.1f} MiB free, and {what} '
+        f'{"needs" if copies == 1 else "need"} about {need / 2**20:.1f} MiB; free space '
+        'or choose another --workdir.')
   return need
 
 

@@ -154,7 +154,12 @@ def train_and_evaluate(config, workdir: str):
   root_key = jax.random.PRNGKey(config.seed)
   init_fn = functools.partial(family.init_state, config)
   abstract_state = jax.eval_shape(init_fn, root_key)
-  checkpoint.check_free_space(workdir, abstract_state)
+  # Room for the periodic checkpoint and, where one may be kept, the best one.
+  eval_cfg = config.get('eval') or {}
+  keeps_best = bool(eval_cfg.get('best_metric', '')) and (
+      eval_cfg['best_metric'] not in generative.METRIC_KEYS
+      or eval_cfg.get('generative_metrics', True))
+  checkpoint.check_free_space(workdir, abstract_state, copies=2 if keeps_best else 1)
   state_sharding = sharding.state_sharding(mesh, abstract_state)
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
   state, restored = checkpoint.restore_or_init(
