@@ -56,6 +56,7 @@ from vaegan_jax import families  # pylint: disable=g-import-not-at-top,wrong-imp
 from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax import validation  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax.errors import UsageError, UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax.models import layers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -275,7 +276,7 @@ def measure(config, reference='keras', jax_impls=(), steps=30, warmup=3, rounds=
   if steps < 1 or warmup < 0 or rounds < 1:
     raise UsageError('--steps and --rounds must be at least 1, --warmup at least 0.')
   input_pipeline.get_spec(config.data.name)
-  sharding.check_batch_size(config.train.batch_size)
+  validation.check_devices(config)  # The batch splits over the devices and processes.
   load_start = os.getloadavg()[0]
   # The train split as training reads it (decoded into memory when it fits
   # config.data.cache_mb, else streamed); labels=None.

@@ -127,13 +127,6 @@ def test_download_probe_answers_within_its_timeout():
   assert time.time() - t < 3
 
 
-def test_batch_size_must_divide_over_devices(monkeypatch):
-  monkeypatch.setattr(jax, 'device_count', lambda: 4)
-  with pytest.raises(UserError, match='not divisible by the number of devices'):
-    sharding.check_batch_size(30)
-  sharding.check_batch_size(32)
-
-
 def test_epoch_order_is_the_documented_permutation():
   # The contract other code (vmap_seeds, feature_net) relies on, bit for bit.
   perm = np.random.default_rng([3, 1]).permutation(100)

@@ -8,7 +8,6 @@ one place to add FSDP-style rules later (shard large kernels over 'data').
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vaegan_jax.errors import UserError
 
 DATA_AXIS = 'data'
 
@@ -31,14 +30,3 @@ def data_sharding(mesh) -> NamedSharding:
 def state_sharding(mesh, abstract_state):
   """Shardings for every leaf of the train state: replicated for now."""
   return jax.tree.map(lambda _: replicated(mesh), abstract_state)
-
-
-def check_batch_size(batch_size: int):
-  """The global batch must split evenly over devices and processes."""
-  n = jax.device_count()
-  if batch_size % n:
-    raise UserError(f'config.train.batch_size={batch_size} is not divisible by '
-                    f'the number of devices ({n}); use a multiple of {n}.')
-  if batch_size % jax.process_count():
-    raise UserError(f'config.train.batch_size={batch_size} is not divisible by '
-                    f'the number of processes ({jax.process_count()}).')
