@@ -460,42 +460,21 @@ def plot_losses(results, path):
   plt.close(fig)
 
 
-def _label_image(text, width, height):
-  """White uint8 (height, width) strip with `text` in black."""
-  from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
-  img = Image.new('L', (width, height), 255)
-  ImageDraw.Draw(img).text((4, max(0, (height - 11) // 2)), text, fill=0)
-  return np.asarray(img)
-
-
-def grid_figure(rows, col_titles, row_titles, path, gap=8):
-  """Grids side by side (rows x columns) with text labels, pixel for pixel.
+def grid_figure(rows, col_titles, row_titles, path):
+  """Grids side by side (rows x columns) with text labels, pixel for pixel
+  (viz.render at scale 1).
 
   Args:
-    rows: rows[i][j] a uint8 grid (H, W, 1) or None (left blank).
+    rows: rows[i][j] a uint8 grid (H, W, C), all of one shape, or None (left
+      blank).
     col_titles: one title per column; row_titles: one per row, or None.
   """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  h = max(g.shape[0] for r in rows for g in r if g is not None)
-  w = max(g.shape[1] for r in rows for g in r if g is not None)
-  left = 56 if row_titles else 0
-  head = 16
-  ncol = len(col_titles)
-  canvas = np.full((head + len(rows) * (h + gap), left + ncol * (w + gap)), 255, np.uint8)
-  for j, title in enumerate(col_titles):
-    canvas[:head, left + j * (w + gap):left + j * (w + gap) + w] = _label_image(title, w, head)
-  for i, row in enumerate(rows):
-    top = head + i * (h + gap)
-    if row_titles:
-      canvas[top:top + h, :left] = _label_image(row_titles[i], left, h)
-    for j, grid in enumerate(row):
-      if grid is None:
-        continue
-      g = np.asarray(grid)[..., 0] if np.asarray(grid).shape[-1] == 1 else np.asarray(
-          grid).mean(-1).astype(np.uint8)
-      x0 = left + j * (w + gap)
-      canvas[top:top + g.shape[0], x0:x0 + g.shape[1]] = g
-  Image.fromarray(canvas).save(path, format='PNG', optimize=True)
+  from vaegan_jax import viz  # pylint: disable=g-import-not-at-top
+  cells = [np.asarray(g) for r in rows for g in r if g is not None]
+  blank = np.full_like(cells[0], viz.WHITE)
+  images = np.stack([blank if g is None else np.asarray(g) for r in rows for g in r])
+  viz.save(path, [viz.Panel(images, ncol=len(col_titles), row_labels=row_titles,
+                            col_labels=col_titles)], scale=1)
 
 
 def write_images(results, out, grids):
