@@ -466,3 +466,21 @@ def test_an_asynchronous_save_failure_names_the_last_good_checkpoint(tmp_path):
                      match='RESOURCE_EXHAUSTED.*the last good checkpoint is step 6.*free disk'):
     checkpoint.finish(Manager())
   assert Manager.closed and sorted(os.listdir(ckpts)) == ['3', '6']
+
+
+@pytest.mark.parametrize('family, key, bad', [('gan', 'ema_decay', 1.0), ('gan', 'd_steps', 0),
+                                              ('vaegan', 'feature_std', 0.0)])
+def test_a_family_building_its_state_applies_validations_rules(family, key, bad):
+  # init_state (also behind vaegan_jax.load and evaluation) checks the family's
+  # section with validation.RULES, and does not require keys a stored config
+  # predates.
+  from vaegan_jax import families  # pylint: disable=g-import-not-at-top
+  fam = families.get(family)
+  config = load_config(family)
+  bad_config = config.copy_and_resolve_references()
+  bad_config[family][key] = bad
+  with pytest.raises(validation.ConfigError, match=rf'config\.{family}\.{key}={bad}'):
+    fam.check_config(bad_config)
+  old = config.copy_and_resolve_references()
+  del old[family][key]  # A config from before the key: accepted.
+  fam.check_config(old)

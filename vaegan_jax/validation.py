@@ -457,6 +457,20 @@ CROSS_RULES = [
 ]
 
 
+def check_family_sections(config, sections: Sequence[str]):
+  """The rules of every key under `sections` (e.g. ('gan',)) and the
+  conditional-model cross rules: what a family checks when it builds a state
+  (`init_state`: training, `vaegan_jax.load`, evaluation). Only the keys the
+  config has are checked, so a stored config that predates a key still loads;
+  `validate` checks a whole run config before training."""
+  flat = flatten(_as_dict(config))
+  for key, value in flat.items():
+    if key.split('.', 1)[0] in sections:
+      check_value(key, value)
+  for rule in (_conditional_needs_labels, _aux_needs_conditional, _conditional_arch):
+    rule(config, flat)
+
+
 def check_devices(config, device_count: int | None = None, process_count: int | None = None):
   """The global batch must split evenly over the devices and the processes."""
   import jax  # pylint: disable=g-import-not-at-top

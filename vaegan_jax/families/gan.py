@@ -32,6 +32,7 @@ from vaegan_jax import families
 from vaegan_jax import input_pipeline
 from vaegan_jax import objectives
 from vaegan_jax import state as state_lib
+from vaegan_jax import validation
 from vaegan_jax.families import conditional
 from vaegan_jax.errors import UserError
 from vaegan_jax.models import dcgan_literature
@@ -57,26 +58,9 @@ def compute_dtype(config):
 
 
 def check_config(config):
-  """UserError for GAN settings that cannot work."""
-  if config.gan.loss not in objectives.GAN_LOSSES:
-    raise UserError(f'Unknown config.gan.loss {config.gan.loss!r}; known: '
-                    f'{", ".join(objectives.GAN_LOSSES)}.')
-  if int(config.gan.d_steps) < 1:
-    raise UserError(f'config.gan.d_steps must be at least 1, not {config.gan.d_steps}.')
-  for key in ('gp_weight', 'r1_gamma'):
-    if config.gan[key] < 0:
-      raise UserError(f'config.gan.{key} must be >= 0, not {config.gan[key]}.')
-  if not 0.0 <= config.gan.ema_decay < 1.0:
-    raise UserError(f'config.gan.ema_decay must be in [0, 1), not {config.gan.ema_decay}.')
-  if aux_weight(config) < 0:
-    raise UserError(f'config.gan.aux_weight must be >= 0, not {aux_weight(config)}.')
-  if aux_weight(config) > 0 and not conditional.is_conditional(config):
-    raise UserError('config.gan.aux_weight > 0 (the ACGAN loss) needs '
-                    'config.model.conditional=True.')
-  conditional.num_classes(config)  # A dataset without labels: one clear error.
-  if conditional.is_conditional(config) and config.model.get('arch', 'tutorial') != 'tutorial':
-    raise UserError(f'config.model.conditional=True is built for model.arch=\'tutorial\' '
-                    f'only, not {config.model.arch!r}.')
+  """ConfigError (a UserError) for settings that cannot work: validation's
+  rules of config.gan and the conditional-model rules."""
+  validation.check_family_sections(config, ('gan',))
 
 
 def aux_weight(config) -> float:

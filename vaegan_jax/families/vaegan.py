@@ -56,8 +56,8 @@ from vaegan_jax import families
 from vaegan_jax import input_pipeline
 from vaegan_jax import objectives
 from vaegan_jax import state as state_lib
+from vaegan_jax import validation
 from vaegan_jax.families import conditional
-from vaegan_jax.errors import UserError
 from vaegan_jax.models import gan as gan_models
 from vaegan_jax.models import vae as vae_models
 from vaegan_jax.models import vaegan as vaegan_models
@@ -83,16 +83,9 @@ def network_losses(config) -> dict:
 
 
 def check_config(config):
-  """UserError for VAE/GAN settings that cannot work."""
-  v = config.vaegan
-  if v.gan_loss not in objectives.GAN_LOSSES:
-    raise UserError(f'Unknown config.vaegan.gan_loss {v.gan_loss!r}; known: '
-                    f'{", ".join(objectives.GAN_LOSSES)}.')
-  if v.gamma < 0:
-    raise UserError(f'config.vaegan.gamma must be >= 0, not {v.gamma}.')
-  if v.feature_std <= 0:
-    raise UserError(f'config.vaegan.feature_std must be > 0, not {v.feature_std}.')
-  conditional.num_classes(config)  # A dataset without labels: one clear error.
+  """ConfigError (a UserError) for settings that cannot work: validation's
+  rules of config.vaegan and the conditional-model rules."""
+  validation.check_family_sections(config, ('vaegan',))
 
 
 def compute_dtype(config):
