@@ -68,6 +68,26 @@ def test_choose_onednn_keeps_single_channel_up_maps_in_plain_jax():
     assert (plan.down, plan.wgrad) == ('onednn', 'onednn')
 
 
+def test_conv_into_one_channel_runs_down_and_wgrad_as_swap():
+  """A unit-step Conv into one channel (the VAE's output conv) takes 'swap'
+  for its forward and kernel gradient under both choosers, and that plan
+  gives XLA's outputs, gradients and gradient-penalty gradients; strided or
+  wider outputs keep their plans. 8 output channels exercise wgrad 'swap''s
+  gather path (more than 4 channels of small)."""
+  pads = ((1, 1), (1, 1))
+  unit, _ = conv_cpu.conv_dims((7, 8), (3, 3), (1, 1), pads, (1, 1))
+  strided, _ = conv_cpu.conv_dims((7, 8), (3, 3), (2, 2), pads, (1, 1))
+  want = conv_cpu.Plan(down='swap', up='onednn', wgrad='swap')
+  assert conv_cpu.choose_onednn(unit, 256, 32, 1) == want
+  assert conv_cpu.choose(unit, 256, 32, 1).down == 'swap'
+  assert conv_cpu.choose_onednn(unit, 256, 32, 2) == conv_cpu.ONEDNN
+  assert conv_cpu.choose_onednn(strided, 256, 32, 1) == conv_cpu.ONEDNN
+  assert conv_cpu.choose(unit, 256, 32, 2).down == 'xla'
+  plain = want._replace(up='xla')  # The same maps without the library.
+  check_conv((2, 7, 8, 32), (3, 3, 32, 1), (1, 1), pads, (1, 1), [plain])
+  check_conv((2, 7, 8, 64), (3, 3, 64, 8), (1, 1), pads, (1, 1), [plain])
+
+
 @needs_library
 def test_layer_to_one_channel_runs_its_up_map_in_plain_jax():
   """impl='onednn' ConvTranspose(1): the forward (an `up` map into a single

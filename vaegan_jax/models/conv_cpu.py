@@ -44,6 +44,9 @@ GEMMs. Forward-mode autodiff (`jax.jvp`) is not defined through them.
 Each map has several formulations, named in `FORMULATIONS`:
   down   'im2col'  one GEMM on the stacked patch matrix G (N * small, T * C_big)
          'taps'    one GEMM per tap on a strided slice of big, summed
+         'swap'    big . W^T first (one GEMM to T * C_small columns), then
+                   each tap's strided slice of it added up: the patches of
+                   the side with fewer channels (for C_small = 1)
          'xla'     XLA's own convolution (lax.conv_general_dilated)
   up     'col2im'  one GEMM small (N * small, C_small) . W^T -> (.., T * C_big),
                    then the phase-wise col2im above
@@ -52,7 +55,8 @@ Each map has several formulations, named in `FORMULATIONS`:
   wgrad  'im2col'  one GEMM G^T . small contracting batch and space
          'taps'    one GEMM per tap (taps stacked while C_big is small)
          'swap'    (unit steps only) the patches of small instead of big,
-                   contracted with big: cheaper when C_small < C_big
+                   contracted with big: cheaper when C_small < C_big (built
+                   from per-tap slices up to 4 channels of small)
          'xla'     XLA's kernel-gradient convolution
 and in every map 'onednn': oneDNN's convolution forward (down),
 backward-data (up) and backward-weights (wgrad) as XLA custom calls
@@ -74,7 +78,7 @@ import numpy as np
 from vaegan_jax.models import conv_onednn
 
 FORMULATIONS = {
-    'down': ('im2col', 'taps', 'xla', 'onednn'),
+    'down': ('im2col', 'taps', 'swap', 'xla', 'onednn'),
     'up': ('col2im', 'taps', 'xla', 'onednn'),
     'wgrad': ('im2col', 'taps', 'swap', 'xla', 'onednn'),
 }
@@ -330,6 +334,20 @@ def _down_impl(big, w, dims, precision, how):
                              precision=precision)
       y = part if y is None else y + part
     return y
+  if how == 'swap':
+    # Contract big's channels first, z[p, t] = big[p] . W[t] (one GEMM to
+    # T * C_small columns), then add each tap's strided slice of z: the
+    # patches are taken of the side with fewer channels, as in wgrad 'swap'.
+    c_small = w.shape[-1]
+    z = lax.dot_general(big, w.reshape(-1, w.shape[1], c_small).transpose(1, 0, 2),
+                        (((big.ndim - 1,), (0,)), ((), ())), precision=precision)
+    z = z.reshape(z.shape[:-2] + (-1,))  # (N, *n_big, T * C_small)
+    padded, offsets = _padded_big(z, dims)
+    y = None
+    for i, tap in enumerate(_taps(dims)):
+      part = _tap_slice(padded, offsets, dims, tap)[..., i * c_small:(i + 1) * c_small]
+      y = part if y is None else y + part
+    return y
   raise ValueError(f'Unknown down formulation {how!r}.')
 
 
@@ -355,6 +373,8 @@ def _up_impl(small, w, dims, precision, how):
 
 # Taps of 'taps' wgrad are stacked into one GEMM while big has few channels.
 _TAP_STACK_CHANNELS = 32
+# wgrad 'swap' builds small's patches from per-tap slices up to this many channels.
+_SLICE_GATHER_CHANNELS = 4
 
 
 def _wgrad_impl(big, small, dims, precision, how):
@@ -380,6 +400,17 @@ def _wgrad_impl(big, small, dims, precision, how):
     # 1 - k - base give the taps in reverse order.
     sdims = tuple(Dim(n_big=d.n_small, n_small=d.n_big, k=d.k, step=1,
                       base=1 - d.k - d.base) for d in dims)
+    t, c_small = math.prod(d.k for d in dims), small.shape[-1]
+    if c_small <= _SLICE_GATHER_CHANNELS:
+      # One strided slice per tap and channel, stacked last: XLA's gather of
+      # single floats ran 3-4x slower (the VAE's 32 -> 1 output conv).
+      # The patches as the GEMM's lhs (Eigen ran this order 2-3x faster).
+      padded, offsets = _padded_big(small, sdims)
+      g = jnp.stack([_tap_slice(padded, offsets, sdims, tap)[..., c]
+                     for tap in _taps(sdims) for c in range(c_small)], axis=-1)
+      dw = lax.dot_general(g.reshape(-1, t * c_small), _flat(big, 1),
+                           (((0,), (0,)), ((), ())), precision=precision)
+      return jnp.transpose(dw.reshape(t, c_small, -1), (0, 2, 1))[::-1]
     g = gather(small, sdims)  # (N, *n_big, T, C_small), taps reversed
     dw = lax.dot_general(big, g, ((contract, contract), ((), ())),
                          precision=precision)  # (C_big, T, C_small)
@@ -503,7 +534,9 @@ def choose(dims, batch, c_big, c_small):
   2-3 s per layer):
     down   'xla': XLA:CPU's strided convolution packs patches block by block
            and ran as fast as or faster than im2col + GEMM, which writes all
-           patches out first.
+           patches out first; 'swap' for a unit-step Conv into one channel
+           from at least 8 (3.9 against XLA's 14.0 ms for the VAE's 32 -> 1
+           output conv at batch 256).
     up     'col2im' when strided (XLA's input-dilated convolution ran
            1.2-2x slower), else 'xla'.
     wgrad  strided: 'im2col' when C_big >= 32 and C_small <= 64 (the
@@ -526,17 +559,29 @@ def choose(dims, batch, c_big, c_small):
     wgrad_how = 'im2col' if c_big >= 32 and c_small <= 64 else 'xla'
     return Plan(down='xla', up='col2im', wgrad=wgrad_how)
   wgrad_how = 'swap' if 8 * c_small <= c_big else 'xla'
-  return Plan(down='xla', up='xla', wgrad=wgrad_how)
+  return Plan(down='swap' if _one_channel_out(c_big, c_small) else 'xla', up='xla',
+              wgrad=wgrad_how)
+
+
+def _one_channel_out(c_big, c_small):
+  """A unit-step Conv into one channel from at least 8 (the VAE's output
+  conv): its down and wgrad maps run fastest as 'swap' (patches of the
+  one-channel side)."""
+  return c_small == 1 and c_big >= 8
 
 
 def choose_onednn(dims, batch, c_big, c_small):
-  """conv_impl='onednn': every map in oneDNN, except `up` into a single
-  channel (c_big == 1: a ConvTranspose to an image, a first Conv's input
-  gradient), where oneDNN's backward-data ran 3.5-7x slower than `choose`'s
-  pick (conv_primitives.py rows V1 dx, G3 fwd, D1 dx: 7.7 / 28.6 / 24.4 ms
-  against col2im's 2.2 / 4.8 / 3.7 at batch 256)."""
+  """conv_impl='onednn': every map in oneDNN, except
+    - `up` into a single channel (c_big == 1: a ConvTranspose to an image, a
+      first Conv's input gradient), where oneDNN's backward-data ran 3.5-7x
+      slower than `choose`'s pick (conv_primitives.py rows V1 dx, G3 fwd, D1
+      dx: 7.7 / 28.6 / 24.4 ms against col2im's 2.2 / 4.8 / 3.7 at batch 256);
+    - `down` and `wgrad` of a unit-step Conv into one channel (row V5, the
+      VAE's output conv), 'swap' (4 and 6 ms against oneDNN's 11 and 16)."""
   if c_big == 1:
     return ONEDNN._replace(up=choose(dims, batch, c_big, c_small).up)
+  if _one_channel_out(c_big, c_small) and all(d.step == 1 for d in dims):
+    return ONEDNN._replace(down='swap', wgrad='swap')
   return ONEDNN
 
 
