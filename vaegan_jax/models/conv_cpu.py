@@ -535,8 +535,8 @@ def choose(dims, batch, c_big, c_small):
     down   'xla': XLA:CPU's strided convolution packs patches block by block
            and ran as fast as or faster than im2col + GEMM, which writes all
            patches out first; 'swap' for a unit-step Conv into one channel
-           from at least 8 (3.9 against XLA's 14.0 ms for the VAE's 32 -> 1
-           output conv at batch 256).
+           from at least 8 (conv_primitives.py row V5, the VAE's 32 -> 1
+           output conv at batch 256: 7.8 against XLA's 14.8 ms).
     up     'col2im' when strided (XLA's input-dilated convolution ran
            1.2-2x slower), else 'xla'.
     wgrad  strided: 'im2col' when C_big >= 32 and C_small <= 64 (the
@@ -577,7 +577,8 @@ def choose_onednn(dims, batch, c_big, c_small):
       slower than `choose`'s pick (conv_primitives.py rows V1 dx, G3 fwd, D1
       dx: 7.7 / 28.6 / 24.4 ms against col2im's 2.2 / 4.8 / 3.7 at batch 256);
     - `down` and `wgrad` of a unit-step Conv into one channel (row V5, the
-      VAE's output conv), 'swap' (4 and 6 ms against oneDNN's 11 and 16)."""
+      VAE's output conv), 'swap' (7.8 and 7.8 ms against oneDNN's 13.8 and
+      12.2, TF's 13.8 and 12.7)."""
   if c_big == 1:
     return ONEDNN._replace(up=choose(dims, batch, c_big, c_small).up)
   if _one_channel_out(c_big, c_small) and all(d.step == 1 for d in dims):
