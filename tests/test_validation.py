@@ -356,7 +356,9 @@ def test_cli_worker_fault_ends_the_process_in_seconds(tmp_path):
   assert end - injected < 60, (end - injected, end - t0)
 
 
-def test_ctrl_c_keeps_the_last_good_checkpoint_and_says_so(tmp_path, data_dir, monkeypatch):
+def test_ctrl_c_saves_the_step_reached_and_resumes_exactly(tmp_path, data_dir, monkeypatch):
+  config = tiny(data_dir)
+  straight = train.train_and_evaluate(config, str(tmp_path / 'straight'))
   original = input_pipeline.TrainIterator.__next__
 
   def interrupt_at_8(self):
@@ -365,15 +367,51 @@ def test_ctrl_c_keeps_the_last_good_checkpoint_and_says_so(tmp_path, data_dir, m
     return original(self)
 
   monkeypatch.setattr(input_pipeline.TrainIterator, '__next__', interrupt_at_8)
+  workdir = str(tmp_path / 'interrupted')
+  with pytest.raises(train.Interrupted,
+                     match=r'Interrupted \(Ctrl-C\) at step 7; saved it; the last good '
+                           r'checkpoint is step 7 in .*rerun the same command to resume '
+                           r'from it') as info:
+    train.train_and_evaluate(config, workdir)
+  assert cli.error_line(info.value)[1] == 130
+  assert checkpoint.finalized_steps(checkpoint.checkpoint_dir(workdir)) == [3, 6, 7]
+  assert int(jax.device_get(restore_latest(workdir, config).step)) == 7
+  monkeypatch.setattr(input_pipeline.TrainIterator, '__next__', original)
+  resumed = train.train_and_evaluate(config, workdir)  # From step 7: as if never stopped.
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.params),
+               jax.device_get(resumed.params))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.opt_state),
+               jax.device_get(resumed.opt_state))
+
+
+def test_ctrl_c_saves_nothing_it_cannot_trust(tmp_path, data_dir, monkeypatch):
+  # A non-finite state is not saved on Ctrl-C: the message names the last
+  # periodic checkpoint.
+  original = input_pipeline.TrainIterator.__next__
+  original_check = train._check_finite  # pylint: disable=protected-access
+
+  interrupted = []
+
+  def interrupt_at_8(self):
+    if self.step == 7:
+      interrupted.append(True)
+      raise KeyboardInterrupt
+    return original(self)
+
+  def nan_at_interrupt(pending, last_step):
+    if interrupted:  # The check before the save on Ctrl-C finds a NaN.
+      raise train.NonFiniteError('Non-finite loss=nan at step 7', step=7)
+    return original_check(pending, last_step)
+
+  monkeypatch.setattr(input_pipeline.TrainIterator, '__next__', interrupt_at_8)
+  monkeypatch.setattr(train, '_check_finite', nan_at_interrupt)
   workdir = str(tmp_path)
   config = tiny(data_dir)
   with pytest.raises(train.Interrupted,
                      match=r'Interrupted \(Ctrl-C\) at step 7; the last good checkpoint is '
-                           r'step 6 in .*rerun the same command to resume from it') as info:
+                           r'step 6 in .*rerun the same command to resume from it'):
     train.train_and_evaluate(config, workdir)
-  assert cli.error_line(info.value)[1] == 130
   assert checkpoint.finalized_steps(checkpoint.checkpoint_dir(workdir)) == [3, 6]
-  assert int(jax.device_get(restore_latest(workdir, config).step)) == 6
 
 
 def test_workdir_checks(tmp_path, monkeypatch):

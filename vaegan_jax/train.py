@@ -76,6 +76,36 @@ def _format_duration(seconds):
   return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
 
 
+def _save_on_interrupt(mngr, state, pending) -> int | None:
+  """On Ctrl-C, starts a save of the state the loop holds, so that a rerun
+  resumes from the step reached instead of the last periodic checkpoint (the
+  batches follow from the step, so the result equals an uninterrupted run's).
+
+  Returns the step saved, or None where nothing is saved: a multi-process run
+  (a save is collective and the other processes were not interrupted), a
+  state whose buffers went to a step that did not return (donated), a step
+  already saved, or non-finite values (never save a NaN state).
+  """
+  try:
+    if jax.process_count() > 1:
+      return None
+    leaves = jax.tree.leaves(state)
+    if any(x.is_deleted() for x in leaves if isinstance(x, jax.Array)):
+      return None
+    step = int(jax.device_get(state.step))
+    if step in mngr.all_steps():
+      return None
+    _check_finite(jax.device_get(pending), step)
+    host = jax.device_get(leaves)
+    if not all(np.all(np.isfinite(x)) for x in host
+               if np.issubdtype(np.asarray(x).dtype, np.floating)):
+      return None
+    checkpoint.save(mngr, step, state, force=True)
+    return step
+  except (NonFiniteError, checkpoint.CheckpointWriteError):
+    return None
+
+
 def _check_finite(pending: list, last_step: int):
   """Raises NonFiniteError naming the first step and metric that is NaN/Inf.
 
@@ -254,6 +284,9 @@ def train_and_evaluate(config, workdir: str):
         jax.block_until_ready(state)
         t_last, steps_last = time.time(), step
   except BaseException as e:
+    interrupt_step = None
+    if isinstance(e, KeyboardInterrupt):
+      interrupt_step = _save_on_interrupt(mngr, state, pending)
     # Stop the workers and finish (or clean up) the saves in flight without
     # hiding `e`; a failed save is reported by the manager's error instead.
     managers = [m for m in (mngr, best_mngr) if m]
@@ -267,10 +300,12 @@ def train_and_evaluate(config, workdir: str):
         logging.exception('Error while shutting down after %r.', e)
     if isinstance(e, KeyboardInterrupt):
       last = checkpoint.last_good_step(workdir)
-      kept = (f'the last good checkpoint is step {last} in {checkpoint.checkpoint_dir(workdir)}; '
-              'rerun the same command to resume from it' if last is not None
-              else 'no checkpoint was written yet')
-      raise Interrupted(f'Interrupted (Ctrl-C) at step {step}; {kept}.') from None
+      saved = 'saved it; ' if interrupt_step is not None and interrupt_step == last else ''
+      kept = (f'{saved}the last good checkpoint is step {last} in '
+              f'{checkpoint.checkpoint_dir(workdir)}; rerun the same command to resume from it'
+              if last is not None else 'no checkpoint was written yet')
+      at = step if interrupt_step is None else interrupt_step
+      raise Interrupted(f'Interrupted (Ctrl-C) at step {at}; {kept}.') from None
     raise e
   it.close()
   checkpoint.finish(mngr)
