@@ -342,11 +342,29 @@ def _down_impl(big, w, dims, precision, how):
     z = lax.dot_general(big, w.reshape(-1, w.shape[1], c_small).transpose(1, 0, 2),
                         (((big.ndim - 1,), (0,)), ((), ())), precision=precision)
     z = z.reshape(z.shape[:-2] + (-1,))  # (N, *n_big, T * C_small)
-    padded, offsets = _padded_big(z, dims)
+    # Each tap's slice of z where it lands inside big, zero-padded to small's
+    # extent (padding each slice, not z, lets XLA fuse it all into one pass).
     y = None
     for i, tap in enumerate(_taps(dims)):
-      part = _tap_slice(padded, offsets, dims, tap)[..., i * c_small:(i + 1) * c_small]
-      y = part if y is None else y + part
+      start, limit, strides, pads = [0], [z.shape[0]], [1], [(0, 0, 0)]
+      for d, t in zip(dims, tap):
+        lo = max(0, -(-(-d.base - t) // d.step))                     # First o with p >= 0.
+        hi = min(d.n_small - 1, (d.n_big - 1 - d.base - t) // d.step)  # Last o with p < n_big.
+        if hi < lo:
+          break  # This tap never lands inside big.
+        start.append(d.step * lo + d.base + t)
+        limit.append(d.step * hi + d.base + t + 1)
+        strides.append(d.step)
+        pads.append((lo, d.n_small - 1 - hi, 0))
+      else:
+        start.append(i * c_small)
+        limit.append((i + 1) * c_small)
+        strides.append(1)
+        pads.append((0, 0, 0))
+        part = lax.pad(lax.slice(z, start, limit, strides), jnp.zeros((), z.dtype), pads)
+        y = part if y is None else y + part
+    if y is None:  # No tap lands inside big.
+      y = jnp.zeros((z.shape[0], *(d.n_small for d in dims), c_small), z.dtype)
     return y
   raise ValueError(f'Unknown down formulation {how!r}.')
 
