@@ -186,9 +186,9 @@ def train_and_evaluate(config, workdir: str):
   abstract_state = jax.eval_shape(init_fn, root_key)
   # Room for the periodic checkpoint and, where one may be kept, the best one.
   eval_cfg = config.get('eval') or {}
-  keeps_best = bool(eval_cfg.get('best_metric', '')) and (
-      eval_cfg['best_metric'] not in generative.METRIC_KEYS
-      or eval_cfg.get('generative_metrics', True))
+  best_metric = eval_cfg.get('best_metric', '')
+  keeps_best = bool(best_metric) and (best_metric not in generative.METRIC_KEYS
+                                      or eval_cfg.get('generative_metrics', True))
   checkpoint.check_free_space(workdir, abstract_state, copies=2 if keeps_best else 1)
   state_sharding = sharding.state_sharding(mesh, abstract_state)
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
@@ -214,7 +214,6 @@ def train_and_evaluate(config, workdir: str):
   grid_labels = np.asarray(data.test_labels[:GRID_SIZE], np.int32)
   gen_eval = generative.training_evaluator(config, family, data.test_images, mesh,
                                            test_labels=data.test_labels)
-  best_metric = (config.get('eval') or {}).get('best_metric', '')
   if best_metric in generative.METRIC_KEYS and gen_eval is None:
     best_metric = ''  # Generative metrics are off: no best checkpoint by them.
   best_mngr = (checkpoint.best_manager(workdir, best_metric, config.eval.best_mode)
