@@ -10,7 +10,8 @@ its input gradient (dx) and its kernel gradient (dk). conv_cpu writes every
 conv as three maps between a "big" and a "small" array (its docstring):
 down (Conv forward, ConvTranspose dx), up (ConvTranspose forward, Conv dx)
 and wgrad (dk), each in several formulations (im2col, col2im, per-tap GEMMs,
-XLA's own convolution, oneDNN's convolution as a custom call:
+XLA's own convolution, oneDNN's convolution as a custom call, the same
+library's loops for a one-channel small side ('narrow', row V5):
 conv_cpu.FORMULATIONS; 'onednn' is built on first use, models/conv_onednn.py,
 and left out with a note where it cannot be). Every formulation of the
 primitive's map is timed, then TensorFlow's kernels as Keras runs them
@@ -164,7 +165,9 @@ def layer_rows(row, batch, repeats, ceiling):
     for how in conv_cpu.FORMULATIONS[m]:
       if how == 'swap' and any(d.step > 1 for d in dims):
         continue
-      if how == 'onednn' and not conv_onednn.available():
+      if how in conv_cpu.LIBRARY and not conv_onednn.available():
+        continue
+      if how == 'narrow' and c_small != 1:
         continue
       calls[how] = jax_call(
           lambda a, b, how=how, fn=fn: fn(a, b, dims, None, how), a, b)

@@ -12,8 +12,9 @@ from conftest import load_config
 from vaegan_jax import families
 from vaegan_jax.models import conv_cpu, layers
 
-# The plain-JAX formulations; 'onednn' (a built library) has tests/test_conv_onednn.py.
-PLAIN = {m: tuple(h for h in v if h != 'onednn')
+# The plain-JAX formulations; the built library's ('onednn', 'narrow') have
+# tests/test_conv_onednn.py.
+PLAIN = {m: tuple(h for h in v if h not in conv_cpu.LIBRARY)
          for m, v in conv_cpu.FORMULATIONS.items()}
 
 HIGHEST = lax.Precision.HIGHEST

@@ -2,6 +2,7 @@
 
 import functools
 import os
+import re
 
 import flax.linen as nn
 import jax
@@ -13,7 +14,11 @@ import pytest
 from test_conv_cpu import CASES, assert_close, check_conv, geometry, normal
 from vaegan_jax.models import conv_cpu, conv_onednn, layers
 
-TARGETS = tuple(conv_onednn.TARGETS)
+# oneDNN's three convolution primitives; the fused and narrow targets below.
+TARGETS = ('vaegan_onednn_conv_fwd', 'vaegan_onednn_conv_bwd_data',
+           'vaegan_onednn_conv_bwd_weights')
+FUSED = ('vaegan_onednn_conv_fwd_bias_act', 'vaegan_onednn_deconv_fwd_bias_act')
+NARROW = ('vaegan_narrow_down', 'vaegan_narrow_up', 'vaegan_narrow_wgrad')
 
 
 # Built (or found in the cache) once. Where it cannot be built (no C++
@@ -25,9 +30,9 @@ needs_library = pytest.mark.skipif(
 
 
 def custom_calls(fn, *args):
-  """Which of the three oneDNN targets the jitted fn's HLO calls."""
+  """Which of the library's targets the jitted fn's HLO calls."""
   text = jax.jit(fn).lower(*args).as_text()
-  return {t for t in TARGETS if t in text}
+  return {t for t in conv_onednn.TARGETS if re.search(rf'\b{t}\b', text)}
 
 
 @needs_library
@@ -68,24 +73,144 @@ def test_choose_onednn_keeps_single_channel_up_maps_in_plain_jax():
     assert (plan.down, plan.wgrad) == ('onednn', 'onednn')
 
 
-def test_conv_into_one_channel_runs_down_and_wgrad_as_swap():
-  """A unit-step Conv into one channel (the VAE's output conv) takes 'swap'
-  for its forward and kernel gradient under both choosers, and that plan
-  gives XLA's outputs, gradients and gradient-penalty gradients; strided or
-  wider outputs keep their plans. 8 output channels exercise wgrad 'swap''s
-  gather path (more than 4 channels of small)."""
+def test_conv_into_one_channel_plans():
+  """A unit-step Conv into one channel from >= 8 (the VAE's output conv)
+  runs every map 'narrow' under choose_onednn and 'swap' forward and kernel
+  gradient under choose, and the 'swap' plan gives XLA's outputs, gradients
+  and gradient-penalty gradients ('narrow' below); strided or wider outputs
+  keep their plans. 8 output channels exercise wgrad 'swap''s gather path
+  (more than 4 channels of small)."""
   pads = ((1, 1), (1, 1))
   unit, _ = conv_cpu.conv_dims((7, 8), (3, 3), (1, 1), pads, (1, 1))
   strided, _ = conv_cpu.conv_dims((7, 8), (3, 3), (2, 2), pads, (1, 1))
-  want = conv_cpu.Plan(down='swap', up='onednn', wgrad='swap')
-  assert conv_cpu.choose_onednn(unit, 256, 32, 1) == want
-  assert conv_cpu.choose(unit, 256, 32, 1).down == 'swap'
+  assert conv_cpu.choose_onednn(unit, 256, 32, 1) == conv_cpu.NARROW
+  assert conv_cpu.NARROW in conv_cpu.valid_plans(unit, c_small=1)
+  assert conv_cpu.NARROW not in conv_cpu.valid_plans(unit, c_small=2)
+  assert conv_cpu.choose(unit, 256, 32, 1) == conv_cpu.Plan('swap', 'xla', 'swap')
   assert conv_cpu.choose_onednn(unit, 256, 32, 2) == conv_cpu.ONEDNN
+  assert conv_cpu.choose_onednn(unit, 256, 4, 1) == conv_cpu.ONEDNN
   assert conv_cpu.choose_onednn(strided, 256, 32, 1) == conv_cpu.ONEDNN
   assert conv_cpu.choose(unit, 256, 32, 2).down == 'xla'
-  plain = want._replace(up='xla')  # The same maps without the library.
-  check_conv((2, 7, 8, 32), (3, 3, 32, 1), (1, 1), pads, (1, 1), [plain])
-  check_conv((2, 7, 8, 64), (3, 3, 64, 8), (1, 1), pads, (1, 1), [plain])
+  swap = conv_cpu.Plan(down='swap', up='xla', wgrad='swap')
+  check_conv((2, 7, 8, 32), (3, 3, 32, 1), (1, 1), pads, (1, 1), [swap])
+  check_conv((2, 7, 8, 64), (3, 3, 64, 8), (1, 1), pads, (1, 1), [swap])
+
+
+@needs_library
+@pytest.mark.parametrize('transpose,n,k,s,padding', CASES)
+def test_narrow_maps_and_second_order_match_xla(transpose, n, k, s, padding):
+  """Every map 'narrow' (the small side has one channel: a Conv into one
+  channel, a ConvTranspose from one) == XLA: outputs, gradients and
+  gradient-penalty gradients at every geometry of CASES, with big sides of
+  3 (the loops' any-width build), 8 and 32 channels (their fixed-width
+  builds)."""
+  strides, pads, dilation = geometry(transpose, n, k, s, padding)
+  c_big = (3, 8, 32)[CASES.index((transpose, n, k, s, padding)) % 3]
+  dims, is_t = conv_cpu.conv_dims((n, n + 1), (k, k), strides, pads, dilation)
+  if is_t:  # small = x.
+    x_shape, kernel_shape = (2, n, n + 1, 1), (k, k, 1, c_big)
+  else:
+    x_shape, kernel_shape = (2, n, n + 1, c_big), (k, k, c_big, 1)
+  assert conv_cpu.NARROW in conv_cpu.valid_plans(dims, c_small=1)
+  check_conv(x_shape, kernel_shape, strides, pads, dilation, [conv_cpu.NARROW])
+
+
+@needs_library
+def test_narrow_one_dimensional_and_its_calls():
+  check_conv((2, 9, 8), (3, 8, 1), (1,), ((1, 1),), (1,), [conv_cpu.NARROW])
+  check_conv((2, 5, 1), (4, 1, 3), (1,), ((2, 3),), (2,), [conv_cpu.NARROW])
+  x, kernel = normal((2, 7, 8, 16), 0), normal((3, 3, 16, 1), 1)
+  conv = functools.partial(conv_cpu.conv, strides=(1, 1),
+                           padding=((1, 1), (1, 1)), lhs_dilation=(1, 1),
+                           plan='onednn')
+  loss = lambda x, kernel: jnp.sum(conv(x, kernel)**2)
+  assert custom_calls(conv, x, kernel) == {'vaegan_narrow_down'}
+  assert custom_calls(jax.grad(loss, (0, 1)), x, kernel) == set(NARROW)
+
+
+def fused_pair(transpose, activation, slope, **kw):
+  """(layer with the activation inside, impl='onednn'; the function it must
+  equal: impl='xla' then flax's activation)."""
+  cls = layers.ConvTranspose if transpose else layers.Conv
+  ours = cls(impl='onednn', activation=activation, negative_slope=slope,
+             precision=jax.lax.Precision.HIGHEST, **kw)
+  ref = cls(impl='xla', precision=jax.lax.Precision.HIGHEST, **kw)
+  act = nn.relu if activation == 'relu' else functools.partial(
+      nn.leaky_relu, negative_slope=slope)
+  return ours, lambda p, x: act(ref.apply(p, x))
+
+
+@needs_library
+@pytest.mark.parametrize('transpose,activation,kw,x_shape,fused', [
+    (True, 'relu', dict(kernel_size=(3, 3), strides=(2, 2)), (2, 7, 7, 5), True),
+    (True, 'leaky_relu', dict(kernel_size=(4, 4), strides=(2, 2)), (2, 7, 6, 5), True),
+    (True, 'relu', dict(kernel_size=(5, 5), strides=(2, 2)), (2, 5, 5, 3), True),
+    (True, 'relu', dict(kernel_size=(3, 3), strides=(2, 2), padding='VALID'),
+     (2, 5, 5, 3), True),
+    # Padding beyond the kernel: output rows no tap reaches, left unfused.
+    (True, 'relu', dict(kernel_size=(3, 3), strides=(2, 2), padding=((3, 3), (3, 3))),
+     (2, 5, 5, 3), False),
+    (False, 'relu', dict(kernel_size=(3, 3), strides=(2, 2)), (2, 9, 9, 5), True),
+    (False, 'leaky_relu', dict(kernel_size=(5, 5), strides=(2, 2), padding='VALID'),
+     (2, 11, 12, 5), True),
+    (False, 'leaky_relu', dict(kernel_size=(3,), padding=1), (2, 9, 5), True),
+])
+def test_fused_bias_activation_matches_xla_then_activation(
+    transpose, activation, kw, x_shape, fused):
+  """activation='relu' / 'leaky_relu' under impl='onednn': one fused oneDNN
+  call where it applies, and outputs, gradients and gradient-penalty
+  gradients equal to impl='xla' followed by flax's activation."""
+  ours, ref = fused_pair(transpose, activation, 0.2, features=6, **kw)
+  x = normal(x_shape, 0)
+  params = ours.init(jax.random.key(0), x)
+  params = jax.tree.map(lambda p: p + 0.3 * normal(p.shape, 5), params)
+
+  def outputs_and_grads(apply):
+    def loss(p, x):
+      y = apply(p, x)
+      return jnp.sum(jnp.tanh(y) * jnp.cos(jnp.arange(y.size).reshape(y.shape)))
+    penalty = lambda p, x: jnp.sum(jax.grad(loss, argnums=1)(p, x)**2)
+    return jax.jit(lambda p, x: (apply(p, x), jax.grad(loss, (0, 1))(p, x),
+                                 jax.grad(penalty)(p, x)))(params, x)
+
+  jax.tree.map(assert_close, outputs_and_grads(ref),
+               outputs_and_grads(ours.apply))
+  calls = custom_calls(ours.apply, params, x)
+  want = {FUSED[1] if transpose and kw['strides'] != 1 else FUSED[0]}
+  assert (calls == want) if fused else not calls & set(FUSED)
+
+
+def test_activation_field_equals_flax_activation_bitwise():
+  """For every impl that does not fuse ('xla', 'fast', 'gemm'), and without a
+  bias, activation='relu' / 'leaky_relu' computes exactly nn.relu /
+  nn.leaky_relu of the layer's output: bit-identical outputs and gradients
+  (so the default runs' numbers do not move)."""
+  x = normal((2, 7, 7, 3), 0)
+  for impl, transpose, use_bias in [('xla', False, True), ('fast', True, True),
+                                    ('gemm', True, True), ('fast', False, False)]:
+    cls = layers.ConvTranspose if transpose else layers.Conv
+    for activation, act in [('relu', nn.relu),
+                            ('leaky_relu', lambda y: nn.leaky_relu(y, 0.2))]:
+      kw = dict(features=4, kernel_size=(3, 3), strides=(2, 2), impl=impl,
+                use_bias=use_bias)
+      ours = cls(activation=activation, negative_slope=0.2, **kw)
+      plain = cls(**kw)
+      params = plain.init(jax.random.key(0), x)
+      params = jax.tree.map(lambda p: p + 0.3 * normal(p.shape, 5), params)
+      f = lambda p, x: jnp.sum(jnp.tanh(ours.apply(p, x)))
+      g = lambda p, x: jnp.sum(jnp.tanh(act(plain.apply(p, x))))
+      for a, b in [(ours.apply(params, x), act(plain.apply(params, x))),
+                   (jax.grad(f, (0, 1))(params, x), jax.grad(g, (0, 1))(params, x))]:
+        jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_activation_names_are_checked():
+  x = normal((2, 5, 5, 3), 0)
+  with pytest.raises(ValueError, match="Unknown activation 'gelu'"):
+    layers.Conv(4, (3, 3), activation='gelu').init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match='negative_slope >= 0'):
+    layers.Conv(4, (3, 3), activation='leaky_relu',
+                negative_slope=-0.1).init(jax.random.key(0), x)
 
 
 @needs_library
@@ -247,18 +372,24 @@ def test_concurrent_calls_from_many_threads_give_the_single_thread_result():
   gradients) in one jitted function, from 4 Python threads, 12 times each."""
   import threading  # pylint: disable=g-import-not-at-top
   shapes = [((8, 14, 14, 16), (5, 5, 16, 32), 2), ((8, 7, 7, 32), (3, 3, 32, 8), 1),
-            ((8, 28, 28, 1), (4, 4, 1, 16), 2)]
+            ((8, 28, 28, 1), (4, 4, 1, 16), 2), ((8, 14, 14, 32), (3, 3, 32, 1), 1)]
   args = [(normal(x, i), normal(k, 10 + i)) for i, (x, k, _) in enumerate(shapes)]
+  bias = normal((32,), 20)
 
   def loss(args):
     total = 0.0
     for (x, kernel), (_, _, s) in zip(args, shapes):
       y = conv_cpu.conv(x, kernel, strides=(s, s), padding=((1, 2), (1, 2)),
-                        lhs_dilation=(1, 1), plan=conv_cpu.ONEDNN)
+                        lhs_dilation=(1, 1), plan='onednn')  # narrow for -> 1
       total = total + jnp.sum(jnp.tanh(y))
-    return total
+    (x, kernel), _ = args[0], shapes[0]  # Bias + ReLU fused, and a ConvT.
+    y = conv_cpu.conv_bias_act(x, kernel, bias, (2, 2), ((1, 2), (1, 2)), (1, 1))
+    z = conv_cpu.conv_bias_act(y, jnp.swapaxes(kernel, 2, 3), bias[:16], (1, 1),
+                               ((2, 3), (2, 3)), (2, 2), slope=0.2)
+    return total + jnp.sum(jnp.tanh(z))
 
   fn = jax.jit(jax.value_and_grad(loss))
+  assert custom_calls(fn, args) == set(conv_onednn.TARGETS)
   expected = jax.device_get(fn(args))
   failures, lock = [], threading.Lock()
 

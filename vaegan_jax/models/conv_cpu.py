@@ -60,7 +60,10 @@ Each map has several formulations, named in `FORMULATIONS`:
          'xla'     XLA's kernel-gradient convolution
 and in every map 'onednn': oneDNN's convolution forward (down),
 backward-data (up) and backward-weights (wgrad) as XLA custom calls
-(`conv_onednn`; float32, 1-D / 2-D; needs its library built, see there).
+(`conv_onednn`; float32, 1-D / 2-D; needs its library built, see there),
+and 'narrow': the same library's own loops for a small side of one channel
+(C_small = 1, e.g. a Conv into one channel), vectorised over C_big, where
+oneDNN's kernels, which vectorise over output channels, have one.
 `choose` picks one per map from the shapes (`Plan`); any fixed `Plan` can be
 passed instead (the tests check every formulation against XLA's).
 """
@@ -78,10 +81,13 @@ import numpy as np
 from vaegan_jax.models import conv_onednn
 
 FORMULATIONS = {
-    'down': ('im2col', 'taps', 'swap', 'xla', 'onednn'),
-    'up': ('col2im', 'taps', 'xla', 'onednn'),
-    'wgrad': ('im2col', 'taps', 'swap', 'xla', 'onednn'),
+    'down': ('im2col', 'taps', 'swap', 'xla', 'onednn', 'narrow'),
+    'up': ('col2im', 'taps', 'xla', 'onednn', 'narrow'),
+    'wgrad': ('im2col', 'taps', 'swap', 'xla', 'onednn', 'narrow'),
 }
+# The formulations in the built library (conv_onednn): float32 and at most 2
+# spatial dims; 'narrow' only for one channel on the small side.
+LIBRARY = ('onednn', 'narrow')
 
 
 class Dim(NamedTuple):
@@ -108,6 +114,8 @@ class Plan(NamedTuple):
 # Every map in oneDNN (float32, 1-D / 2-D); conv_impl='onednn' uses
 # `choose_onednn`'s plan.
 ONEDNN = Plan('onednn', 'onednn', 'onednn')
+# Every map in the library's loops for a one-channel small side.
+NARROW = Plan('narrow', 'narrow', 'narrow')
 
 
 # ---------------------------------------------------------------------------
@@ -162,20 +170,99 @@ def conv(x, kernel, strides, padding, lhs_dilation, precision=None,
   """
   chooser = choose_onednn if plan == 'onednn' else choose
   plan = None if plan == 'onednn' else plan
+  dims, transpose, w = _maps_of(x, kernel, strides, padding, lhs_dilation)
+  plan = plan or chooser(dims, x.shape[0], *w.shape[1:])
+  return (up if transpose else down)(x, w, dims, precision, plan)
+
+
+def _maps_of(x, kernel, strides, padding, lhs_dilation):
+  """The conv as a map: (dims, transpose, W (T, C_big, C_small))."""
   ksize = kernel.shape[:-2]
   dims, transpose = conv_dims(x.shape[1:-1], ksize, strides, padding,
                               lhs_dilation)
   c_in, c_out = kernel.shape[-2:]
   taps = math.prod(ksize)
   if not transpose:
-    w = kernel.reshape(taps, c_in, c_out)
-    plan = plan or chooser(dims, x.shape[0], c_in, c_out)
-    return down(x, w, dims, precision, plan)
+    return dims, transpose, kernel.reshape(taps, c_in, c_out)
   # big = y, small = x: W[t'] = K[k - 1 - t']^T, (T, C_out, C_in).
   w = lax.rev(kernel, tuple(range(len(ksize))))
-  w = jnp.swapaxes(w, -1, -2).reshape(taps, c_out, c_in)
-  plan = plan or chooser(dims, x.shape[0], c_out, c_in)
-  return up(x, w, dims, precision, plan)
+  return dims, transpose, jnp.swapaxes(w, -1, -2).reshape(taps, c_out, c_in)
+
+
+# ---------------------------------------------------------------------------
+# A layer's forward pass with its bias and activation, fused in oneDNN.
+# ---------------------------------------------------------------------------
+
+
+def activation(y, slope):
+  """ReLU (slope 0) or leaky ReLU: exactly flax's nn.relu / nn.leaky_relu."""
+  return jax.nn.relu(y) if slope == 0 else jax.nn.leaky_relu(y, slope)
+
+
+def conv_bias_act(x, kernel, bias, strides, padding, lhs_dilation,
+                  precision=None, slope=0.0):
+  """activation(conv(x, kernel) + bias, slope) for conv_impl='onednn'.
+
+  Where `choose_onednn` runs the forward map in oneDNN (float32, 1-D / 2-D,
+  and for a ConvTranspose, an output exactly spanned by the taps), the
+  convolution, bias and activation are one oneDNN call
+  (`conv_onednn.down_bias_act` / `up_bias_act`): the separate pass of XLA
+  over the output for bias + activation is gone. Its custom VJP takes the
+  activation's derivative from the output (v > 0 iff the pre-activation is;
+  v >= 0 for a leaky ReLU), the same values as differentiating
+  `activation`, then the maps' own gradients. Elsewhere it is
+  `activation(conv(...) + bias)`.
+
+  Args:
+    x, kernel, strides, padding, lhs_dilation, precision: as for `conv`.
+    bias: (C_out,).
+    slope: 0 for ReLU, > 0 for a leaky ReLU with that negative slope.
+
+  Returns:
+    (N, *out_spatial, C_out).
+  """
+  dims, transpose, w = _maps_of(x, kernel, strides, padding, lhs_dilation)
+  plan = choose_onednn(dims, x.shape[0], *w.shape[1:])
+  fused = (getattr(plan, 'up' if transpose else 'down') == 'onednn'
+           and slope >= 0 and len(dims) <= 2
+           and all(a.dtype == jnp.float32 for a in (x, kernel, bias))
+           and (not transpose or conv_onednn.up_fusable(dims)))
+  if not fused:
+    y = (up if transpose else down)(x, w, dims, precision, plan)
+    return activation(y + bias.reshape((1,) * (y.ndim - 1) + (-1,)), slope)
+  return _bias_act(x, w, bias, dims, transpose, precision, plan, float(slope))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _bias_act(x, w, bias, dims, transpose, precision, plan, slope):
+  del precision, plan  # Used by the gradients.
+  if transpose:
+    return conv_onednn.up_bias_act(x, w, bias, dims, slope)
+  return conv_onednn.down_bias_act(x, w, bias, dims, slope)
+
+
+def _bias_act_fwd(x, w, bias, dims, transpose, precision, plan, slope):
+  y = _bias_act(x, w, bias, dims, transpose, precision, plan, slope)
+  return y, (x, w, y)
+
+
+def _bias_act_bwd(dims, transpose, precision, plan, slope, res, dy):
+  x, w, y = res
+  if slope == 0:  # jax.nn.relu's derivative: dy where the input is > 0.
+    g = jnp.where(y > 0, dy, jnp.zeros_like(dy))
+  else:  # jax.nn.leaky_relu's: dy where the input is >= 0, else slope * dy.
+    g = jnp.where(y >= 0, dy, slope * dy)
+  db = jnp.sum(g, axis=tuple(range(g.ndim - 1)))
+  if transpose:  # y = up(x, W): x is small, y big.
+    dx = down(g, w, dims, precision, plan)
+    dw = wgrad(g, x, dims, precision, plan)
+  else:
+    dx = up(g, w, dims, precision, plan)
+    dw = wgrad(x, g, dims, precision, plan)
+  return dx.astype(x.dtype), dw.astype(w.dtype), db.astype(dy.dtype)
+
+
+_bias_act.defvjp(_bias_act_fwd, _bias_act_bwd)
 
 
 # ---------------------------------------------------------------------------
@@ -319,6 +406,8 @@ def _down_impl(big, w, dims, precision, how):
     return _xla_down(big, w, dims, precision)
   if how == 'onednn':
     return conv_onednn.down(big, w, dims)
+  if how == 'narrow':
+    return conv_onednn.narrow_down(big, w, dims)
   out_shape = (big.shape[0],) + tuple(d.n_small for d in dims)
   if how == 'im2col':
     g = _flat(gather(big, dims), 2)  # (M, T, C_big)
@@ -372,6 +461,8 @@ def _down_impl(big, w, dims, precision, how):
 def _up_impl(small, w, dims, precision, how):
   if how == 'onednn':
     return conv_onednn.up(small, w, dims)
+  if how == 'narrow':
+    return conv_onednn.narrow_up(small, w, dims)
   if how == 'xla':
     big_shape = (small.shape[0], *(d.n_big for d in dims), w.shape[1])
     _, vjp = jax.vjp(lambda b: _xla_down(b, w, dims, precision),
@@ -400,6 +491,8 @@ def _wgrad_impl(big, small, dims, precision, how):
   contract = tuple(range(nsp + 1))
   if how == 'onednn':
     return conv_onednn.wgrad(big, small, dims)
+  if how == 'narrow':
+    return conv_onednn.narrow_wgrad(big, small, dims)
   if how == 'xla':
     taps = math.prod(d.k for d in dims)
     w0 = jnp.zeros((taps, big.shape[-1], small.shape[-1]), big.dtype)
@@ -592,21 +685,22 @@ def choose_onednn(dims, batch, c_big, c_small):
       first Conv's input gradient), where oneDNN's backward-data ran 3.5-7x
       slower than `choose`'s pick (conv_primitives.py rows V1 dx, G3 fwd, D1
       dx: 7.7 / 28.6 / 24.4 ms against col2im's 2.2 / 4.8 / 3.7 at batch 256);
-    - `down` and `wgrad` of a unit-step Conv into one channel (row V5, the
-      VAE's output conv), 'swap' (7.8 and 7.8 ms against oneDNN's 13.8 and
-      12.2, TF's 13.8 and 12.7)."""
+    - a unit-step Conv into one channel from at least 8 (row V5, the VAE's
+      output conv): every map 'narrow' (README "CPU speed": ahead of
+      oneDNN's and of 'swap' in the training step)."""
   if c_big == 1:
     return ONEDNN._replace(up=choose(dims, batch, c_big, c_small).up)
   if _one_channel_out(c_big, c_small) and all(d.step == 1 for d in dims):
-    return ONEDNN._replace(down='swap', wgrad='swap')
+    return NARROW
   return ONEDNN
 
 
-def valid_plans(dims):
-  """Every `Plan` that `dims` allow ('swap' needs unit steps, 'onednn' at
-  most 2 spatial dims)."""
+def valid_plans(dims, c_small=None):
+  """Every `Plan` that `dims` allow ('swap' needs unit steps, the library's
+  formulations at most 2 spatial dims, 'narrow' c_small == 1)."""
   unit = all(d.step == 1 for d in dims)
-  ok = lambda how: (how != 'onednn' or len(dims) <= 2)
+  ok = lambda how: ((how not in LIBRARY or len(dims) <= 2)
+                    and (how != 'narrow' or c_small == 1))
   downs = [h for h in FORMULATIONS['down'] if ok(h)]
   ups = [h for h in FORMULATIONS['up'] if ok(h)]
   wgrads = [h for h in FORMULATIONS['wgrad']

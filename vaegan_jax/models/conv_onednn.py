@@ -11,6 +11,14 @@ and `down`, `up`, `wgrad` below are conv_cpu's three maps on them:
   up(small, W)      = convolution backward-data  (the adjoint of down in big)
   wgrad(big, small) = convolution backward-weights
 
+`down_bias_act` and `up_bias_act` are down and up followed by a bias and a
+ReLU / leaky ReLU, in one oneDNN call each (the bias and activation applied
+as post-ops while the output is written; conv_cpu.conv_bias_act).
+`narrow_down`, `narrow_up` and `narrow_wgrad` are the three maps for a small
+side of one channel (conv_cpu formulation 'narrow'), as loops of the same
+file vectorised over big's channels: oneDNN's kernels vectorise over output
+channels and have one there.
+
 They are formulation 'onednn' of each map in conv_cpu, so conv_cpu's
 custom VJPs (each map's gradient made of the other maps) carry over: the
 gradients and gradients of gradients (WGAN-GP, R1) run in oneDNN too.
@@ -66,6 +74,11 @@ TARGETS = {
     'vaegan_onednn_conv_fwd': 'VaeganOnednnConvFwd',
     'vaegan_onednn_conv_bwd_data': 'VaeganOnednnConvBwdData',
     'vaegan_onednn_conv_bwd_weights': 'VaeganOnednnConvBwdWeights',
+    'vaegan_onednn_conv_fwd_bias_act': 'VaeganOnednnConvFwdBiasAct',
+    'vaegan_onednn_deconv_fwd_bias_act': 'VaeganOnednnDeconvFwdBiasAct',
+    'vaegan_narrow_down': 'VaeganNarrowDown',
+    'vaegan_narrow_up': 'VaeganNarrowUp',
+    'vaegan_narrow_wgrad': 'VaeganNarrowWgrad',
 }
 
 
@@ -124,6 +137,11 @@ def find_compiler():
                     else f'C++ compiler CXX={env!r} not found')
 
 
+# Compiler flags (part of the build's hash). -fopenmp-simd: the narrow
+# loops' `omp simd` pragmas, without the OpenMP runtime.
+FLAGS = ('-O3', '-fopenmp-simd', '-std=c++17')
+
+
 def library_name(include, library, version):
   """onednn_conv-<hash>.so: the hash of everything the binary depends on."""
   digest = hashlib.sha256()
@@ -131,7 +149,7 @@ def library_name(include, library, version):
     digest.update(f.read())
   import jaxlib  # pylint: disable=g-import-not-at-top
   for part in (jax.__version__, jaxlib.__version__, version, include,
-               library, jax.ffi.include_dir()):
+               library, jax.ffi.include_dir(), *FLAGS):
     digest.update(b'\0' + str(part).encode())
   return f'onednn_conv-{digest.hexdigest()[:16]}.so'
 
@@ -167,7 +185,7 @@ def build(cache_dir=None):
     raise Unavailable(f'cache directory {cache_dir} not writable '
                       f'({e.strerror})') from None
   lib_dir = os.path.dirname(library)
-  cmd = [compiler, '-O2', '-std=c++17', '-shared', '-fPIC', SOURCE,
+  cmd = [compiler, *FLAGS, '-shared', '-fPIC', SOURCE,
          f'-I{jax.ffi.include_dir()}', f'-I{include}', library,
          f'-Wl,-rpath,{lib_dir}', '-o', tmp]
   try:
@@ -372,3 +390,162 @@ def wgrad(big, small, dims):
              _pad(_as_2d(big, nsp), extra), _as_2d(small, nsp),
              **_attrs(strides, pads))
   return dw.reshape(taps, big.shape[-1], small.shape[-1])
+
+
+# ---------------------------------------------------------------------------
+# down / up + bias + activation in one call (conv_cpu.conv_bias_act).
+# ---------------------------------------------------------------------------
+
+
+def _bias_act_attrs(strides, pads, slope):
+  return dict(_attrs(strides, pads), slope=np.float32(slope))
+
+
+def up_fusable(dims):
+  """Whether `up_bias_act` can take these dims: oneDNN's deconvolution
+  writes every output position, so big must be exactly what the taps span
+  (no positions that need a zero pad or crop around the call)."""
+  if not 1 <= len(dims) <= 2:
+    return False
+  strides, pads, extra = _geometry(dims)
+  dims2 = [None] * (2 - len(dims)) + list(dims)
+  for d, s, (lo, hi), ex in zip(dims2, strides, pads, extra):
+    n_big, n_small, k = (1, 1, 1) if d is None else (d.n_big, d.n_small, d.k)
+    if ex != (0, 0) or (n_small - 1) * s + k - lo - hi != n_big:
+      return False
+  return True
+
+
+def down_bias_act(big, w, bias, dims, slope):
+  """act(down(big, W) + bias), act(v) = v if v > 0 else slope * v.
+
+  Args:
+    big: (N, *n_big, C_big) float32, 1 or 2 spatial dims.
+    w: (T, C_big, C_small).
+    bias: (C_small,).
+    dims: tuple of conv_cpu.Dim.
+    slope: the activation's negative slope (0: ReLU).
+
+  Returns:
+    (N, *n_small, C_small).
+  """
+  _check(big, w, bias)
+  nsp = len(dims)
+  strides, pads, extra = _geometry(dims)
+  big2 = _pad(_as_2d(big, nsp), extra)
+  out = (big.shape[0],) + tuple(d.n_small for d in dims) + (w.shape[-1],)
+  y = _call('vaegan_onednn_conv_fwd_bias_act',
+            out if nsp == 2 else out[:1] + (1,) + out[1:], big2,
+            _kernel(w, dims), bias, **_bias_act_attrs(strides, pads, slope))
+  return y.reshape(out)
+
+
+def up_bias_act(small, w, bias, dims, slope):
+  """act(up(small, W) + bias) where `up_fusable(dims)`.
+
+  Args:
+    small: (N, *n_small, C_small) float32.
+    w: (T, C_big, C_small).
+    bias: (C_big,).
+    dims: tuple of conv_cpu.Dim.
+    slope: the activation's negative slope (0: ReLU).
+
+  Returns:
+    (N, *n_big, C_big).
+  """
+  _check(small, w, bias)
+  if not up_fusable(dims):
+    raise ValueError(f'up_bias_act: big is not what the taps span: {dims}.')
+  nsp = len(dims)
+  strides, pads, _ = _geometry(dims)
+  out = (small.shape[0],) + tuple(d.n_big for d in dims) + (w.shape[1],)
+  big = _call('vaegan_onednn_deconv_fwd_bias_act',
+              out if nsp == 2 else out[:1] + (1,) + out[1:],
+              _as_2d(small, nsp), _kernel(w, dims), bias,
+              **_bias_act_attrs(strides, pads, slope))
+  return big.reshape(out)
+
+
+# ---------------------------------------------------------------------------
+# The same maps for a one-channel small side: conv_cpu formulation 'narrow'.
+# ---------------------------------------------------------------------------
+
+
+def _narrow_dims(dims):
+  """2-D conv_cpu `Dim`s (1-D dims get a unit height in front)."""
+  if len(dims) == 1:
+    dims = (type(dims[0])(1, 1, 1, 1, 0),) + tuple(dims)
+  return dims
+
+
+def _narrow_attrs(dims):
+  (dh, dw) = _narrow_dims(dims)
+  return dict(sh=np.int64(dh.step), sw=np.int64(dw.step),
+              bh=np.int64(dh.base), bw=np.int64(dw.base))
+
+
+def _check_narrow(big_channels, small_channels, *arrays):
+  _check(*arrays)
+  if small_channels != 1:
+    raise ValueError("conv formulation 'narrow' needs one channel on the "
+                     f'small side, not {small_channels}.')
+
+
+def narrow_down(big, w, dims):
+  """small = G . W (conv_cpu.down) for C_small == 1, as a custom call.
+
+  Args:
+    big: (N, *n_big, C_big) float32, 1 or 2 spatial dims.
+    w: (T, C_big, 1).
+    dims: tuple of conv_cpu.Dim.
+
+  Returns:
+    (N, *n_small, 1).
+  """
+  _check_narrow(big.shape[-1], w.shape[-1], big, w)
+  d2 = _narrow_dims(dims)
+  out = (big.shape[0],) + tuple(d.n_small for d in d2) + (1,)
+  small = _call('vaegan_narrow_down', out, _as_2d(big, len(dims)),
+                w.reshape(d2[0].k, d2[1].k, w.shape[1], 1),
+                **_narrow_attrs(dims))
+  return small.reshape((big.shape[0],) + tuple(d.n_small for d in dims) + (1,))
+
+
+def narrow_up(small, w, dims):
+  """big = gather^T(small . W^T) (conv_cpu.up) for C_small == 1.
+
+  Args:
+    small: (N, *n_small, 1) float32.
+    w: (T, C_big, 1).
+    dims: tuple of conv_cpu.Dim.
+
+  Returns:
+    (N, *n_big, C_big).
+  """
+  _check_narrow(w.shape[1], small.shape[-1], small, w)
+  d2 = _narrow_dims(dims)
+  out = (small.shape[0],) + tuple(d.n_big for d in d2) + (w.shape[1],)
+  big = _call('vaegan_narrow_up', out, _as_2d(small, len(dims)),
+              w.reshape(d2[0].k, d2[1].k, w.shape[1], 1),
+              **_narrow_attrs(dims))
+  return big.reshape((small.shape[0],) + tuple(d.n_big for d in dims)
+                     + (w.shape[1],))
+
+
+def narrow_wgrad(big, small, dims):
+  """dW = G^T . small (conv_cpu.wgrad) for C_small == 1.
+
+  Args:
+    big: (N, *n_big, C_big) float32.
+    small: (N, *n_small, 1) float32.
+    dims: tuple of conv_cpu.Dim.
+
+  Returns:
+    (T, C_big, 1).
+  """
+  _check_narrow(big.shape[-1], small.shape[-1], big, small)
+  d2 = _narrow_dims(dims)
+  nsp = len(dims)
+  dw = _call('vaegan_narrow_wgrad', (d2[0].k, d2[1].k, big.shape[-1], 1),
+             _as_2d(big, nsp), _as_2d(small, nsp), **_narrow_attrs(dims))
+  return dw.reshape(d2[0].k * d2[1].k, big.shape[-1], 1)

@@ -13,7 +13,9 @@ checkpoints move freely between these layers and flax's, CPU and TPU.
                faster on CPU, equal to 'xla' up to float rounding.
   impl='onednn' every convolution and gradient through `conv_cpu`'s maps
                in oneDNN's CPU kernels, as XLA custom calls (`conv_onednn`:
-               built on first use; 'gemm' where it cannot be, with a note).
+               built on first use; 'gemm' where it cannot be, with a note);
+               a layer given an `activation` has conv, bias and activation
+               in one oneDNN call (`conv_cpu.conv_bias_act`).
   impl='auto'  'fast' on the CPU backend, 'xla' elsewhere (GPU/TPU keep
                their own convolution kernels).
 
@@ -274,6 +276,24 @@ def _transpose_padding(k: int, s: int, padding: str) -> tuple[int, int]:
   return lo, total - lo
 
 
+ACTIVATIONS = (None, 'relu', 'leaky_relu')
+
+
+def _negative_slope(module):
+  """None without an activation, 0 for ReLU, the leaky ReLU's slope."""
+  if module.activation not in ACTIVATIONS:
+    raise ValueError(f'Unknown activation {module.activation!r}; use one of '
+                     f'{ACTIVATIONS}.')
+  if module.activation is None:
+    return None
+  if module.activation == 'relu':
+    return 0.0
+  if module.negative_slope < 0:
+    raise ValueError('leaky_relu needs negative_slope >= 0, not '
+                     f'{module.negative_slope}.')
+  return float(module.negative_slope)
+
+
 def _apply_conv(module, inputs, transpose: bool):
   """Shared body of `Conv` and `ConvTranspose` (mirrors flax's)."""
   ksize = _tuple(module.kernel_size, 1)
@@ -314,11 +334,21 @@ def _apply_conv(module, inputs, transpose: bool):
   if isinstance(precision, list):
     precision = tuple(precision)
 
-  conv = {'xla': _xla_conv, 'fast': _fast_conv, 'gemm': conv_cpu.conv,
-          'onednn': _onednn_conv}[impl]
-  y = conv(inputs, kernel, window_strides, padding, lhs_dilation, precision)
-  if bias is not None:
-    y += bias.reshape((1,) * (y.ndim - 1) + (-1,))
+  slope = _negative_slope(module)
+  if (impl == 'onednn' and slope is not None and bias is not None
+      and inputs.dtype == kernel.dtype == bias.dtype
+      and conv_onednn.supports(inputs.dtype, ksize)):
+    # Bias and activation in the convolution's oneDNN call where it can.
+    y = conv_cpu.conv_bias_act(inputs, kernel, bias, window_strides, padding,
+                               lhs_dilation, precision, slope)
+  else:
+    conv = {'xla': _xla_conv, 'fast': _fast_conv, 'gemm': conv_cpu.conv,
+            'onednn': _onednn_conv}[impl]
+    y = conv(inputs, kernel, window_strides, padding, lhs_dilation, precision)
+    if bias is not None:
+      y += bias.reshape((1,) * (y.ndim - 1) + (-1,))
+    if slope is not None:
+      y = conv_cpu.activation(y, slope)
   if num_batch != 1:
     y = y.reshape(batch_shape + y.shape[1:])
   return y
@@ -338,6 +368,11 @@ class Conv(nn.Module):
     precision: `lax.Precision` of the convolution and its gradient GEMMs.
     kernel_init, bias_init: initialisers (flax's defaults).
     impl: 'auto', 'xla', 'fast', 'gemm' or 'onednn' (module docstring).
+    activation: None, 'relu' or 'leaky_relu' (with `negative_slope`),
+      applied to conv + bias: the same as calling nn.relu / nn.leaky_relu on
+      the layer's output; with impl='onednn' and a bias, one oneDNN call
+      does all three where it can (`conv_cpu.conv_bias_act`).
+    negative_slope: leaky_relu's slope for negative inputs (flax's default).
 
   Input (*batch, *spatial, C_in) -> output (*batch, *out_spatial, C_out);
   params 'kernel' (*kernel_size, C_in, C_out) and 'bias' (C_out,).
@@ -353,6 +388,8 @@ class Conv(nn.Module):
   kernel_init: Any = flax_linear.default_kernel_init
   bias_init: Any = nn.initializers.zeros_init()
   impl: str = 'auto'
+  activation: str | None = None
+  negative_slope: float = 0.01
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -377,6 +414,11 @@ class ConvTranspose(nn.Module):
     precision: `lax.Precision` of the convolution and its gradient GEMMs.
     kernel_init, bias_init: initialisers (flax's defaults).
     impl: 'auto', 'xla', 'fast', 'gemm' or 'onednn' (module docstring).
+    activation: None, 'relu' or 'leaky_relu' (with `negative_slope`),
+      applied to conv + bias: the same as calling nn.relu / nn.leaky_relu on
+      the layer's output; with impl='onednn' and a bias, one oneDNN call
+      does all three where it can (`conv_cpu.conv_bias_act`).
+    negative_slope: leaky_relu's slope for negative inputs (flax's default).
 
   Input (*batch, *spatial, C_in) -> output (*batch, *out_spatial, C_out);
   params 'kernel' (*kernel_size, C_in, C_out) and 'bias' (C_out,).
@@ -392,6 +434,8 @@ class ConvTranspose(nn.Module):
   kernel_init: Any = flax_linear.default_kernel_init
   bias_init: Any = nn.initializers.zeros_init()
   impl: str = 'auto'
+  activation: str | None = None
+  negative_slope: float = 0.01
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:

@@ -45,8 +45,7 @@ class Encoder(nn.Module):
     for i in range(num_stages(x.shape[1])):
       k = self.kernel_size
       x = layers.Conv(self.width * 2**i, (k, k), strides=(2, 2), padding='SAME',
-                      dtype=self.dtype, impl=self.conv_impl)(x)
-      x = nn.relu(x)
+                      dtype=self.dtype, impl=self.conv_impl, activation='relu')(x)
     x = x.reshape(x.shape[0], -1)
     if self.num_classes:
       x = jnp.concatenate([x, conditioning.one_hot(labels, self.num_classes, x.dtype)], -1)
@@ -89,8 +88,7 @@ class Decoder(nn.Module):
       k = self.kernel_size
       x = layers.ConvTranspose(self.width * 2**(stages - 1 - i), (k, k),
                                strides=(2, 2), padding='SAME', dtype=self.dtype,
-                               impl=self.conv_impl)(x)
-      x = nn.relu(x)
+                               impl=self.conv_impl, activation='relu')(x)
     x = layers.Conv(channels, (3, 3), padding='SAME', dtype=self.dtype,
                     impl=self.conv_impl)(x)
     if self.learn_scale:
