@@ -408,3 +408,26 @@ def test_concurrent_calls_from_many_threads_give_the_single_thread_result():
   for t in threads:
     t.join()
   assert not failures, f'{len(failures)} of 48 concurrent calls differed from one thread alone'
+
+
+@needs_library
+def test_vae_convs_run_fused_and_narrow():
+  """The VAE (convvae28's shapes) under conv_impl='onednn': every Conv and
+  ConvT + ReLU is one fused call, the output conv into one channel runs
+  'narrow'; its training gradient adds oneDNN's backward maps, and no
+  unfused forward call is left."""
+  from vaegan_jax.models import vae  # pylint: disable=g-import-not-at-top
+  encoder = vae.Encoder(latent_dim=16, width=32, hidden=16, kernel_size=3,
+                        conv_impl='onednn')
+  decoder = vae.Decoder(image_shape=(28, 28, 1), width=32, hidden=0,
+                        kernel_size=3, conv_impl='onednn')
+  x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
+  z = jnp.zeros((2, 16))
+  enc_params = encoder.init(jax.random.key(1), x)
+  dec_params = decoder.init(jax.random.key(2), z)
+  assert custom_calls(encoder.apply, enc_params, x) == {FUSED[0]}
+  assert custom_calls(decoder.apply, dec_params, z) == {FUSED[1], NARROW[0]}
+  loss = lambda p: jnp.sum(decoder.apply(p, encoder.apply(enc_params, x)[0])**2)
+  assert custom_calls(jax.grad(loss), dec_params) == {
+      FUSED[0], FUSED[1], *NARROW, 'vaegan_onednn_conv_fwd',
+      'vaegan_onednn_conv_bwd_weights'}
