@@ -297,6 +297,11 @@ def _attrs(strides, pads):
               pr=np.int64(pr))
 
 
+def _shape_2d(shape, nsp):
+  """(N, L, C) -> (N, 1, L, C) for a 1-D shape; 2-D shapes unchanged."""
+  return tuple(shape) if nsp == 2 else (shape[0], 1) + tuple(shape[1:])
+
+
 def _as_2d(a, nsp):
   """(N, L, C) -> (N, 1, L, C); 2-D arrays unchanged."""
   return a[:, None] if nsp == 1 else a
@@ -340,8 +345,8 @@ def down(big, w, dims):
   strides, pads, extra = _geometry(dims)
   big2 = _pad(_as_2d(big, nsp), extra)
   out = (big.shape[0],) + tuple(d.n_small for d in dims) + (w.shape[-1],)
-  y = _call('vaegan_onednn_conv_fwd', out if nsp == 2 else out[:1] + (1,) + out[1:],
-            big2, _kernel(w, dims), **_attrs(strides, pads))
+  y = _call('vaegan_onednn_conv_fwd', _shape_2d(out, nsp), big2,
+            _kernel(w, dims), **_attrs(strides, pads))
   return y.reshape(out)
 
 
@@ -434,8 +439,7 @@ def down_bias_act(big, w, bias, dims, slope):
   strides, pads, extra = _geometry(dims)
   big2 = _pad(_as_2d(big, nsp), extra)
   out = (big.shape[0],) + tuple(d.n_small for d in dims) + (w.shape[-1],)
-  y = _call('vaegan_onednn_conv_fwd_bias_act',
-            out if nsp == 2 else out[:1] + (1,) + out[1:], big2,
+  y = _call('vaegan_onednn_conv_fwd_bias_act', _shape_2d(out, nsp), big2,
             _kernel(w, dims), bias, **_bias_act_attrs(strides, pads, slope))
   return y.reshape(out)
 
@@ -459,8 +463,7 @@ def up_bias_act(small, w, bias, dims, slope):
   nsp = len(dims)
   strides, pads, _ = _geometry(dims)
   out = (small.shape[0],) + tuple(d.n_big for d in dims) + (w.shape[1],)
-  big = _call('vaegan_onednn_deconv_fwd_bias_act',
-              out if nsp == 2 else out[:1] + (1,) + out[1:],
+  big = _call('vaegan_onednn_deconv_fwd_bias_act', _shape_2d(out, nsp),
               _as_2d(small, nsp), _kernel(w, dims), bias,
               **_bias_act_attrs(strides, pads, slope))
   return big.reshape(out)

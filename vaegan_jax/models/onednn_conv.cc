@@ -623,34 +623,36 @@ ffi::Error BadNarrow() {
                     "narrow convolution: inconsistent shapes");
 }
 
+// Checks the shapes, then runs per_image(g, n) for every image n.
+template <typename PerImage>
+ffi::Error NarrowMap(ffi::ThreadPool& pool, const Array::Dimensions& big,
+                     const Array::Dimensions& small,
+                     const Array::Dimensions& w, int64_t sh, int64_t sw,
+                     int64_t bh, int64_t bw, const PerImage& per_image) {
+  Narrow g;
+  if (!MakeNarrow(big, small, w, sh, sw, bh, bw, &g)) return BadNarrow();
+  ParallelFor(pool, g.n, [&](int64_t n) { per_image(g, n); });
+  return ffi::Error::Success();
+}
+
 ffi::Error NarrowDown(ffi::ThreadPool pool, Array big, Array w, Result small,
                       int64_t sh, int64_t sw, int64_t bh, int64_t bw) {
-  Narrow g;
-  if (!MakeNarrow(big.dimensions(), small->dimensions(), w.dimensions(), sh,
-                  sw, bh, bw, &g))
-    return BadNarrow();
-  const float* x = big.typed_data();
-  const float* k = w.typed_data();
-  float* y = small->typed_data();
-  ParallelFor(pool, g.n, [&](int64_t n) {
-    VAEGAN_BY_CHANNELS(NarrowDownImage, g.c, g, x, k, y, n);
-  });
-  return ffi::Error::Success();
+  return NarrowMap(pool, big.dimensions(), small->dimensions(), w.dimensions(),
+                   sh, sw, bh, bw, [&](const Narrow& g, int64_t n) {
+                     VAEGAN_BY_CHANNELS(NarrowDownImage, g.c, g,
+                                        big.typed_data(), w.typed_data(),
+                                        small->typed_data(), n);
+                   });
 }
 
 ffi::Error NarrowUp(ffi::ThreadPool pool, Array small, Array w, Result big,
                     int64_t sh, int64_t sw, int64_t bh, int64_t bw) {
-  Narrow g;
-  if (!MakeNarrow(big->dimensions(), small.dimensions(), w.dimensions(), sh,
-                  sw, bh, bw, &g))
-    return BadNarrow();
-  const float* y = small.typed_data();
-  const float* k = w.typed_data();
-  float* x = big->typed_data();
-  ParallelFor(pool, g.n, [&](int64_t n) {
-    VAEGAN_BY_CHANNELS(NarrowUpImageAny, g.c, g, y, k, x, n);
-  });
-  return ffi::Error::Success();
+  return NarrowMap(pool, big->dimensions(), small.dimensions(), w.dimensions(),
+                   sh, sw, bh, bw, [&](const Narrow& g, int64_t n) {
+                     VAEGAN_BY_CHANNELS(NarrowUpImageAny, g.c, g,
+                                        small.typed_data(), w.typed_data(),
+                                        big->typed_data(), n);
+                   });
 }
 
 ffi::Error NarrowWgrad(ffi::ThreadPool pool, Array big, Array small, Result w,
