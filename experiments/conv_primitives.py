@@ -4,6 +4,7 @@ formulation of models/conv_cpu.py beside TensorFlow's oneDNN kernels.
   python experiments/conv_primitives.py                 # all rows, minutes on 2 cores
   python experiments/conv_primitives.py --only V3,G2 --batch 64
   python experiments/conv_primitives.py --ceiling       # only the matmul ceiling
+  python experiments/conv_primitives.py --chooser=onednn  # mark conv_impl='onednn''s picks
 
 Per layer at its real shapes (batch 256), the median ms of the forward conv,
 its input gradient (dx) and its kernel gradient (dk). conv_cpu writes every
@@ -23,7 +24,8 @@ alternation, so load from other processes hits them alike.
 Also printed: the float32 matmul ceiling of this machine measured in the same
 run (GFLOP/s of a 2048^3 jax matmul, best of the repeats), each time as % of
 that ceiling (2 * N * small pixels * taps * C_in * C_out FLOPs), the
-formulation `conv_cpu.choose` picks (*), and the chosen time over TF's.
+formulation `conv_cpu.choose` (or with --chooser=onednn, `choose_onednn`)
+picks (*), and the chosen time over TF's.
 """
 
 import argparse
@@ -127,7 +129,7 @@ def tf_primitives(kind, x, kernel, dy, s):
           strides=[1, s, s, 1], padding='SAME'), xt, dyt)}
 
 
-def layer_rows(row, batch, repeats, ceiling):
+def layer_rows(row, batch, repeats, ceiling, chooser=conv_cpu.choose):
   """Timings of one layer's three primitives: a list of printable lines."""
   name, kind, h, ci, co, k, s = row
   rng = np.random.default_rng(0)
@@ -150,7 +152,7 @@ def layer_rows(row, batch, repeats, ceiling):
   w = jnp.asarray(0.1 * rng.standard_normal((k * k, c_big, c_small)),
                   jnp.float32)
   flops = 2 * batch * math.prod(d.n_small for d in dims) * k * k * ci * co
-  plan = conv_cpu.choose(dims, batch, c_big, c_small)
+  plan = chooser(dims, batch, c_big, c_small)
   maps = {'fwd': 'up' if transpose else 'down',
           'dx': 'down' if transpose else 'up', 'dk': 'wgrad'}
   impls = {'down': (conv_cpu._down_impl, big, w),  # pylint: disable=protected-access
@@ -191,6 +193,9 @@ def main():
   parser.add_argument('--only', default='', help='row ids, e.g. V3,G2')
   parser.add_argument('--ceiling', action='store_true',
                       help='print only the matmul ceiling')
+  parser.add_argument('--chooser', choices=('gemm', 'onednn'), default='gemm',
+                      help="whose pick * marks: conv_cpu.choose (conv_impl="
+                      "'gemm') or conv_cpu.choose_onednn (conv_impl='onednn')")
   args = parser.parse_args()
   load = os.getloadavg()[0]
   ceiling = ceiling_gflops(args.repeats)
@@ -202,12 +207,14 @@ def main():
     print('TensorFlow not importable: no TF column '
           '(pip install -r requirements-tf.txt)')
   only = set(filter(None, args.only.split(',')))
+  chooser = {'gemm': conv_cpu.choose, 'onednn': conv_cpu.choose_onednn}[
+      args.chooser]
   print(f'batch {args.batch}; ms (median) and % of the ceiling; * = '
-        'conv_cpu.choose\'s pick', flush=True)
+        f'conv_cpu.{chooser.__name__}\'s pick', flush=True)
   for row in ROWS:
     if only and row[0].split()[0] not in only:
       continue
-    for line in layer_rows(row, args.batch, args.repeats, ceiling):
+    for line in layer_rows(row, args.batch, args.repeats, ceiling, chooser):
       print(line, flush=True)
   print(f'ceiling again: {ceiling_gflops(args.repeats):.1f} GFLOP/s; load '
         f'average {os.getloadavg()[0]:.2f}', flush=True)

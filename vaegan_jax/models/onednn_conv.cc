@@ -680,17 +680,21 @@ ffi::Error NarrowWgrad(ffi::ThreadPool pool, Array big, Array small, Result w,
 
 }  // namespace
 
-#define VAEGAN_ONEDNN_BINDING             \
-  ffi::Ffi::Bind()                        \
-      .Arg<Array>()                       \
-      .Arg<Array>()                       \
-      .Ret<ffi::BufferR4<ffi::F32>>()     \
-      .Attr<int64_t>("sh")                \
+// The geometry attributes of the oneDNN calls.
+#define VAEGAN_ONEDNN_GEOMETRY            \
+  .Attr<int64_t>("sh")                    \
       .Attr<int64_t>("sw")                \
       .Attr<int64_t>("pt")                \
       .Attr<int64_t>("pb")                \
       .Attr<int64_t>("pl")                \
       .Attr<int64_t>("pr")
+
+#define VAEGAN_ONEDNN_BINDING             \
+  ffi::Ffi::Bind()                        \
+      .Arg<Array>()                       \
+      .Arg<Array>()                       \
+      .Ret<ffi::BufferR4<ffi::F32>>()     \
+      VAEGAN_ONEDNN_GEOMETRY
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VaeganOnednnConvFwd, Fwd, VAEGAN_ONEDNN_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VaeganOnednnConvBwdData, BwdData,
@@ -704,12 +708,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VaeganOnednnConvBwdWeights, BwdWeights,
       .Arg<Array>()                       \
       .Arg<Bias>()                        \
       .Ret<ffi::BufferR4<ffi::F32>>()     \
-      .Attr<int64_t>("sh")                \
-      .Attr<int64_t>("sw")                \
-      .Attr<int64_t>("pt")                \
-      .Attr<int64_t>("pb")                \
-      .Attr<int64_t>("pl")                \
-      .Attr<int64_t>("pr")                \
+      VAEGAN_ONEDNN_GEOMETRY              \
       .Attr<float>("slope")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VaeganOnednnConvFwdBiasAct, FwdBiasAct,
