@@ -11,6 +11,7 @@ import importlib.util
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -382,6 +383,30 @@ def test_ctrl_c_saves_the_step_reached_and_resumes_exactly(tmp_path, data_dir, m
                jax.device_get(resumed.params))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.opt_state),
                jax.device_get(resumed.opt_state))
+
+
+def test_sigterm_saves_the_step_reached_like_ctrl_c(tmp_path, data_dir, monkeypatch):
+  """SIGTERM (a scheduler's preemption) during training saves the step
+  reached and stops with exit code 143; the handler is the previous one
+  again afterwards."""
+  original = input_pipeline.TrainIterator.__next__
+
+  def terminate_at_8(self):
+    if self.step == 7:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return original(self)
+
+  monkeypatch.setattr(input_pipeline.TrainIterator, '__next__', terminate_at_8)
+  before = signal.getsignal(signal.SIGTERM)
+  workdir = str(tmp_path)
+  with pytest.raises(train.Terminated,
+                     match=r'Terminated \(SIGTERM\) at step 7; saved it; the last good '
+                           r'checkpoint is step 7 in .*rerun the same command to resume '
+                           r'from it') as info:
+    train.train_and_evaluate(tiny(data_dir), workdir)
+  assert cli.error_line(info.value)[1] == 143
+  assert checkpoint.finalized_steps(checkpoint.checkpoint_dir(workdir)) == [3, 6, 7]
+  assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_ctrl_c_saves_nothing_it_cannot_trust(tmp_path, data_dir, monkeypatch):

@@ -7,7 +7,10 @@
 import collections
 import functools
 import json
+import contextlib
 import os
+import signal
+import threading
 import time
 
 from absl import logging
@@ -49,6 +52,37 @@ class Interrupted(UserError):
   exit_code = 130
 
 
+class Terminated(Interrupted):
+  """SIGTERM (e.g. a cluster scheduler's preemption), handled as Ctrl-C."""
+  exit_code = 143  # 128 + SIGTERM, as a shell reports a process it killed.
+
+
+class _SigTerm(KeyboardInterrupt):
+  """Raised in the training loop by the SIGTERM handler below."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+  """During training, SIGTERM raises _SigTerm in the main thread, so the loop
+  saves the step reached as on Ctrl-C (a scheduler's preemption notice).
+  Only in a one-process run's main thread (multi-process runs keep
+  jax.distributed's own handler); the previous handler is restored after."""
+  if (threading.current_thread() is not threading.main_thread()
+      or jax.process_count() > 1):
+    yield
+    return
+
+  def handler(signum, frame):
+    del signum, frame
+    raise _SigTerm()
+
+  previous = signal.signal(signal.SIGTERM, handler)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 def _is_main():
   return jax.process_index() == 0
 
@@ -77,7 +111,7 @@ def _format_duration(seconds):
 
 
 def _save_on_interrupt(mngr, state, pending) -> int | None:
-  """On Ctrl-C, starts a save of the state the loop holds, so that a rerun
+  """On Ctrl-C or SIGTERM, starts a save of the state the loop holds, so that a rerun
   resumes from the step reached instead of the last periodic checkpoint (the
   batches follow from the step, so the result equals an uninterrupted run's).
 
@@ -233,55 +267,56 @@ def train_and_evaluate(config, workdir: str):
   t_start = time.time()
   step = start_step
   try:
-    while step < num_steps:
-      batch = next(it)
-      state, metrics = train_step(state, batch)
-      step += 1
-      pending.append(metrics)
-      if max_in_flight:
-        in_flight.append(metrics)
-        if len(in_flight) > max_in_flight:
-          jax.block_until_ready(in_flight.popleft())
+    with _sigterm_as_interrupt():
+      while step < num_steps:
+        batch = next(it)
+        state, metrics = train_step(state, batch)
+        step += 1
+        pending.append(metrics)
+        if max_in_flight:
+          in_flight.append(metrics)
+          if len(in_flight) > max_in_flight:
+            jax.block_until_ready(in_flight.popleft())
 
-      is_last = step == num_steps
-      if step % tc.log_every_steps == 0 or is_last:
-        host = jax.device_get(pending)
-        _check_finite(host, step)
-        scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-        pending = []
-        now = time.time()
-        steps_per_s = (step - steps_last) / max(now - t_last, 1e-9)
-        t_last, steps_last = now, step
-        scalars['steps_per_s'] = steps_per_s
-        scalars['images_per_s'] = steps_per_s * tc.batch_size
-        log.write(step, scalars)
-        eta = (num_steps - step) / max(steps_per_s, 1e-9)
-        main = ' '.join(f'{k} {scalars[k]:.4g}' for k in family.CONSOLE_METRICS if k in scalars)
-        print(f'step {step}/{num_steps} | {steps_per_s:.2f} steps/s '
-              f'{scalars["images_per_s"]:.0f} img/s | ETA {_format_duration(eta)} | {main}',
-              flush=True)
+        is_last = step == num_steps
+        if step % tc.log_every_steps == 0 or is_last:
+          host = jax.device_get(pending)
+          _check_finite(host, step)
+          scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+          pending = []
+          now = time.time()
+          steps_per_s = (step - steps_last) / max(now - t_last, 1e-9)
+          t_last, steps_last = now, step
+          scalars['steps_per_s'] = steps_per_s
+          scalars['images_per_s'] = steps_per_s * tc.batch_size
+          log.write(step, scalars)
+          eta = (num_steps - step) / max(steps_per_s, 1e-9)
+          main = ' '.join(f'{k} {scalars[k]:.4g}' for k in family.CONSOLE_METRICS if k in scalars)
+          print(f'step {step}/{num_steps} | {steps_per_s:.2f} steps/s '
+                f'{scalars["images_per_s"]:.0f} img/s | ETA {_format_duration(eta)} | {main}',
+                flush=True)
 
-      if step % tc.sample_every_steps == 0 or is_last:
-        write_grid(grid_fn, state, grid_key, grid_images,
-                   os.path.join(workdir, 'samples', f'step_{step:07d}.png'), grid_labels,
-                   family.GRID_TITLES, conditional.num_classes(config))
+        if step % tc.sample_every_steps == 0 or is_last:
+          write_grid(grid_fn, state, grid_key, grid_images,
+                     os.path.join(workdir, 'samples', f'step_{step:07d}.png'), grid_labels,
+                     family.GRID_TITLES, conditional.num_classes(config))
 
-      if step % tc.eval_every_steps == 0 or is_last:
-        scalars = evaluate(config, family, eval_fn, state, data, mesh, gen_eval)
-        if best_mngr:
-          checkpoint.save_if_best(best_mngr, step, state, scalars, best_metric,
-                                  config.eval.best_mode)
-        log.write(step, scalars)
-        print(console.eval_block(step, scalars, family.EVAL_CONSOLE_METRICS), flush=True)
+        if step % tc.eval_every_steps == 0 or is_last:
+          scalars = evaluate(config, family, eval_fn, state, data, mesh, gen_eval)
+          if best_mngr:
+            checkpoint.save_if_best(best_mngr, step, state, scalars, best_metric,
+                                    config.eval.best_mode)
+          log.write(step, scalars)
+          print(console.eval_block(step, scalars, family.EVAL_CONSOLE_METRICS), flush=True)
 
-      periodic = (step % tc.sample_every_steps == 0 or step % tc.eval_every_steps == 0
-                  or step % tc.checkpoint_every_steps == 0)
-      if step % tc.checkpoint_every_steps == 0 or is_last:
-        _check_finite(jax.device_get(pending), step)  # Never save a NaN state.
-        checkpoint.save(mngr, step, state, force=True)
-      if periodic:  # Keep grids, evals and saves out of the throughput numbers.
-        jax.block_until_ready(state)
-        t_last, steps_last = time.time(), step
+        periodic = (step % tc.sample_every_steps == 0 or step % tc.eval_every_steps == 0
+                    or step % tc.checkpoint_every_steps == 0)
+        if step % tc.checkpoint_every_steps == 0 or is_last:
+          _check_finite(jax.device_get(pending), step)  # Never save a NaN state.
+          checkpoint.save(mngr, step, state, force=True)
+        if periodic:  # Keep grids, evals and saves out of the throughput numbers.
+          jax.block_until_ready(state)
+          t_last, steps_last = time.time(), step
   except BaseException as e:
     interrupt_step = None
     if isinstance(e, KeyboardInterrupt):
@@ -304,6 +339,8 @@ def train_and_evaluate(config, workdir: str):
               f'{checkpoint.checkpoint_dir(workdir)}; rerun the same command to resume from it'
               if last is not None else 'no checkpoint was written yet')
       at = step if interrupt_step is None else interrupt_step
+      if isinstance(e, _SigTerm):
+        raise Terminated(f'Terminated (SIGTERM) at step {at}; {kept}.') from None
       raise Interrupted(f'Interrupted (Ctrl-C) at step {at}; {kept}.') from None
     raise e
   it.close()
