@@ -8,6 +8,7 @@ import pytest
 
 from conftest import load_config
 
+from vaegan_jax import checkpoint
 from vaegan_jax import families
 from vaegan_jax import input_pipeline
 from vaegan_jax import vmap_seeds
@@ -65,3 +66,37 @@ def test_vmapped_configs_must_differ_only_in_seed():
   b.train.batch_size = 64
   with pytest.raises(UserError, match='except `seed`'):
     vmap_seeds._check_same_config([a, b])  # pylint: disable=protected-access
+
+
+def test_ctrl_c_saves_every_seeds_step_and_resumes_exactly(tmp_path, data_dir, monkeypatch):
+  """Ctrl-C in the vmapped loop saves each seed's state at the step reached
+  (periodic checkpoints 3 and 6, then 7); rerunning resumes there and ends
+  with the states of a run never stopped."""
+  from test_validation import tiny  # pylint: disable=g-import-not-at-top
+  configs = []
+  for seed in (3, 5):
+    config = tiny(data_dir)
+    config.seed = seed
+    configs.append(config)
+  straight, _ = vmap_seeds.train_and_evaluate(
+      configs, [str(tmp_path / f'straight{s}') for s in (3, 5)], echo=lambda _: None)
+  original = vmap_seeds.seed_batches
+
+  def interrupt_at_8(images, labels, batch_size, seeds, step):
+    if step == 7:
+      raise KeyboardInterrupt
+    return original(images, labels, batch_size, seeds, step)
+
+  workdirs = [str(tmp_path / f'stopped{s}') for s in (3, 5)]
+  monkeypatch.setattr(vmap_seeds, 'seed_batches', interrupt_at_8)
+  with pytest.raises(KeyboardInterrupt):
+    vmap_seeds.train_and_evaluate(configs, workdirs, echo=lambda _: None)
+  for w in workdirs:
+    assert checkpoint.finalized_steps(checkpoint.checkpoint_dir(w)) == [3, 6, 7]
+  monkeypatch.setattr(vmap_seeds, 'seed_batches', original)
+  resumed, info = vmap_seeds.train_and_evaluate(configs, workdirs, echo=lambda _: None)
+  assert info['start_step'] == 7
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.params),
+               jax.device_get(resumed.params))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.opt_state),
+               jax.device_get(resumed.opt_state))

@@ -145,6 +145,18 @@ def _check_finite(metrics_host, step, seeds):
           step=step, seed=seeds[s])
 
 
+def _save_on_interrupt(mngrs, states, pending):
+  """On Ctrl-C or SIGTERM: each seed's state at the step reached, saved as
+  `train` saves a one-run's (not where the buffers went to an unfinished
+  step, nor a non-finite seed), so a rerun resumes from there."""
+  if any(x.is_deleted() for x in jax.tree.leaves(states) if isinstance(x, jax.Array)):
+    return
+  host = jax.device_get(pending)
+  for s, mngr in enumerate(mngrs):
+    seed_pending = [{k: v[s] for k, v in m.items()} for m in host]
+    train._save_on_interrupt(mngr, unstack(states, s), seed_pending)  # pylint: disable=protected-access
+
+
 def train_and_evaluate(configs, workdirs, echo=print):
   """Trains the runs `configs` (equal but for `seed`) in one vmapped loop.
 
@@ -152,7 +164,8 @@ def train_and_evaluate(configs, workdirs, echo=print):
   workdirs[s])` would: config.json, checkpoints/<step>, metrics.jsonl (the
   step metrics of that seed; `images_per_s` counts that seed's images),
   samples/step_N.png and the eval rows. Resumes from the latest step that
-  every seed has checkpointed.
+  every seed has checkpointed; Ctrl-C or SIGTERM saves every seed's state at
+  the step reached first (as `train` does for one run).
 
   Returns:
     (states, info): the final stacked state and {'train_seconds': time in the
@@ -202,49 +215,53 @@ def train_and_evaluate(configs, workdirs, echo=print):
   pending, step = [], start_step
   t_last, steps_last, loop_seconds = time.time(), start_step, 0.0
   try:
-    while step < tc.num_steps:
-      states, metrics = step_fn(states, batch_of(step))
-      step += 1
-      pending.append(metrics)
-      is_last = step == tc.num_steps
-      if step % tc.log_every_steps == 0 or is_last:
-        host = jax.device_get(pending)
-        pending = []
-        stacked = {k: np.stack([m[k] for m in host]) for k in host[0]}  # (T, S)
-        _check_finite(stacked, step, seeds)
-        now = time.time()
-        steps_per_s = (step - steps_last) / max(now - t_last, 1e-9)
-        loop_seconds += now - t_last
-        t_last, steps_last = now, step
-        for s, log in enumerate(logs):
-          scalars = {k: float(np.mean(v[:, s])) for k, v in stacked.items()}
-          scalars.update(steps_per_s=steps_per_s, images_per_s=steps_per_s * tc.batch_size)
-          log.write(step, scalars)
-        echo(f'step {step}/{tc.num_steps} | {len(seeds)} seeds vmapped | '
-             f'{steps_per_s:.2f} steps/s {steps_per_s * tc.batch_size * len(seeds):.0f} img/s')
+    with train._sigterm_as_interrupt():  # pylint: disable=protected-access
+      while step < tc.num_steps:
+        states, metrics = step_fn(states, batch_of(step))
+        step += 1
+        pending.append(metrics)
+        is_last = step == tc.num_steps
+        if step % tc.log_every_steps == 0 or is_last:
+          host = jax.device_get(pending)
+          pending = []
+          stacked = {k: np.stack([m[k] for m in host]) for k in host[0]}  # (T, S)
+          _check_finite(stacked, step, seeds)
+          now = time.time()
+          steps_per_s = (step - steps_last) / max(now - t_last, 1e-9)
+          loop_seconds += now - t_last
+          t_last, steps_last = now, step
+          for s, log in enumerate(logs):
+            scalars = {k: float(np.mean(v[:, s])) for k, v in stacked.items()}
+            scalars.update(steps_per_s=steps_per_s, images_per_s=steps_per_s * tc.batch_size)
+            log.write(step, scalars)
+          echo(f'step {step}/{tc.num_steps} | {len(seeds)} seeds vmapped | '
+               f'{steps_per_s:.2f} steps/s {steps_per_s * tc.batch_size * len(seeds):.0f} img/s')
 
-      sample_now = step % tc.sample_every_steps == 0 or is_last
-      eval_now = step % tc.eval_every_steps == 0 or is_last
-      save_now = step % tc.checkpoint_every_steps == 0 or is_last
-      if sample_now or eval_now or save_now:
-        jax.block_until_ready(states)
-        loop_seconds += time.time() - t_last
-        if pending:
-          _check_finite({k: np.stack([m[k] for m in jax.device_get(pending)])
-                         for k in pending[0]}, step, seeds)
-        for s, w in enumerate(workdirs):
-          state_s = unstack(states, s)
-          if sample_now:
-            train.write_grid(grid_fn, state_s, grid_keys[s], grid_images,
-                             os.path.join(w, 'samples', f'step_{step:07d}.png'), grid_labels,
-                             family.GRID_TITLES, conditional.num_classes(configs[s]))
-          if eval_now:
-            scalars = train.evaluate(configs[s], family, eval_fn, state_s, data, mesh,
-                                     gen_evals[s])
-            logs[s].write(step, scalars)
-          if save_now and step not in mngrs[s].all_steps():
-            checkpoint.save(mngrs[s], step, state_s, force=True)
-        t_last = time.time()  # Keep grids, evals and saves out of the throughput.
+        sample_now = step % tc.sample_every_steps == 0 or is_last
+        eval_now = step % tc.eval_every_steps == 0 or is_last
+        save_now = step % tc.checkpoint_every_steps == 0 or is_last
+        if sample_now or eval_now or save_now:
+          jax.block_until_ready(states)
+          loop_seconds += time.time() - t_last
+          if pending:
+            _check_finite({k: np.stack([m[k] for m in jax.device_get(pending)])
+                           for k in pending[0]}, step, seeds)
+          for s, w in enumerate(workdirs):
+            state_s = unstack(states, s)
+            if sample_now:
+              train.write_grid(grid_fn, state_s, grid_keys[s], grid_images,
+                               os.path.join(w, 'samples', f'step_{step:07d}.png'), grid_labels,
+                               family.GRID_TITLES, conditional.num_classes(configs[s]))
+            if eval_now:
+              scalars = train.evaluate(configs[s], family, eval_fn, state_s, data, mesh,
+                                       gen_evals[s])
+              logs[s].write(step, scalars)
+            if save_now and step not in mngrs[s].all_steps():
+              checkpoint.save(mngrs[s], step, state_s, force=True)
+          t_last = time.time()  # Keep grids, evals and saves out of the throughput.
+  except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the step reached.
+    _save_on_interrupt(mngrs, states, pending)
+    raise
   finally:
     for m in mngrs:
       m.wait_until_finished()
