@@ -409,6 +409,22 @@ def test_sigterm_saves_the_step_reached_like_ctrl_c(tmp_path, data_dir, monkeypa
   assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_entry_points_exit_143_on_sigterm_and_130_on_ctrl_c():
+  """cli.run ends a SIGTERM that reached it (the vmapped study loop re-raises
+  it after saving) with one line and status 143, Ctrl-C with 130."""
+  for exc, line, code in [('SigTerm', 'error: terminated (SIGTERM).', 143),
+                          ('KeyboardInterrupt', 'error: interrupted (Ctrl-C).', 130)]:
+    script = ('from vaegan_jax import cli\n'
+              'from vaegan_jax.errors import SigTerm\n'
+              'def main(argv):\n'
+              f'  raise {exc}()\n'
+              'cli.run(main)\n')
+    proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == line
+
+
 def test_ctrl_c_saves_nothing_it_cannot_trust(tmp_path, data_dir, monkeypatch):
   # A non-finite state is not saved on Ctrl-C: the message names the last
   # periodic checkpoint.

@@ -26,6 +26,7 @@ from absl import flags
 from absl import logging
 
 from vaegan_jax import console
+from vaegan_jax.errors import SigTerm
 from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
 from vaegan_jax.errors import WorkerError
@@ -33,6 +34,7 @@ from vaegan_jax.errors import WorkerError
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM.
 TRACEBACK_ENV = 'VAEGAN_JAX_TRACEBACK'
 
 
@@ -120,9 +122,12 @@ def run(main):
       logging.get_absl_handler().addFilter(_drop_orbax_errors)  # error line reports.
     try:
       main(argv)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
       if want_traceback():
         traceback.print_exc()
+      if isinstance(e, SigTerm):
+        print('error: terminated (SIGTERM).', file=sys.stderr, flush=True)
+        os._exit(EXIT_TERMINATED)  # pylint: disable=protected-access
       print('error: interrupted (Ctrl-C).', file=sys.stderr, flush=True)
       os._exit(EXIT_INTERRUPTED)  # pylint: disable=protected-access
     except SystemExit:

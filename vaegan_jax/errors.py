@@ -17,3 +17,9 @@ class UsageError(UserError):
 
 class WorkerError(RuntimeError):
   """A worker thread (input prefetch, ...) died; raised in the main thread."""
+
+
+class SigTerm(KeyboardInterrupt):
+  """SIGTERM during training (a scheduler's preemption), raised in the main
+  thread by train's handler and handled as Ctrl-C: the step reached is
+  saved; entry points exit with status 143."""

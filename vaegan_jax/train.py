@@ -28,6 +28,7 @@ from vaegan_jax import summaries
 from vaegan_jax import viz
 from vaegan_jax.families import conditional
 from vaegan_jax.metrics import generative
+from vaegan_jax.errors import SigTerm
 from vaegan_jax.errors import UserError
 
 GRID_SIZE = 36          # Images per panel of a sample grid.
@@ -57,13 +58,9 @@ class Terminated(Interrupted):
   exit_code = 143  # 128 + SIGTERM, as a shell reports a process it killed.
 
 
-class _SigTerm(KeyboardInterrupt):
-  """Raised in the training loop by the SIGTERM handler below."""
-
-
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
-  """During training, SIGTERM raises _SigTerm in the main thread, so the loop
+  """During training, SIGTERM raises SigTerm in the main thread, so the loop
   saves the step reached as on Ctrl-C (a scheduler's preemption notice).
   Only in a one-process run's main thread (multi-process runs keep
   jax.distributed's own handler); the previous handler is restored after."""
@@ -74,7 +71,7 @@ def _sigterm_as_interrupt():
 
   def handler(signum, frame):
     del signum, frame
-    raise _SigTerm()
+    raise SigTerm()
 
   previous = signal.signal(signal.SIGTERM, handler)
   try:
@@ -339,7 +336,7 @@ def train_and_evaluate(config, workdir: str):
               f'{checkpoint.checkpoint_dir(workdir)}; rerun the same command to resume from it'
               if last is not None else 'no checkpoint was written yet')
       at = step if interrupt_step is None else interrupt_step
-      if isinstance(e, _SigTerm):
+      if isinstance(e, SigTerm):
         raise Terminated(f'Terminated (SIGTERM) at step {at}; {kept}.') from None
       raise Interrupted(f'Interrupted (Ctrl-C) at step {at}; {kept}.') from None
     raise e
