@@ -474,20 +474,15 @@ def up_bias_act(small, w, bias, dims, slope):
 # ---------------------------------------------------------------------------
 
 
-def _narrow_dims(dims):
-  """2-D conv_cpu `Dim`s (1-D dims get a unit height in front)."""
-  if len(dims) == 1:
-    dims = (type(dims[0])(1, 1, 1, 1, 0),) + tuple(dims)
-  return dims
-
-
 def _narrow_attrs(dims):
-  (dh, dw) = _narrow_dims(dims)
+  """Steps and bases of the 'narrow' calls (1-D dims: a unit height first)."""
+  (dh, dw) = ((dims[0]._replace(n_big=1, n_small=1, k=1, step=1, base=0),)
+              if len(dims) == 1 else ()) + tuple(dims)
   return dict(sh=np.int64(dh.step), sw=np.int64(dw.step),
               bh=np.int64(dh.base), bw=np.int64(dw.base))
 
 
-def _check_narrow(big_channels, small_channels, *arrays):
+def _check_narrow(small_channels, *arrays):
   _check(*arrays)
   if small_channels != 1:
     raise ValueError("conv formulation 'narrow' needs one channel on the "
@@ -505,13 +500,12 @@ def narrow_down(big, w, dims):
   Returns:
     (N, *n_small, 1).
   """
-  _check_narrow(big.shape[-1], w.shape[-1], big, w)
-  d2 = _narrow_dims(dims)
-  out = (big.shape[0],) + tuple(d.n_small for d in d2) + (1,)
-  small = _call('vaegan_narrow_down', out, _as_2d(big, len(dims)),
-                w.reshape(d2[0].k, d2[1].k, w.shape[1], 1),
-                **_narrow_attrs(dims))
-  return small.reshape((big.shape[0],) + tuple(d.n_small for d in dims) + (1,))
+  _check_narrow(w.shape[-1], big, w)
+  nsp = len(dims)
+  out = (big.shape[0],) + tuple(d.n_small for d in dims) + (1,)
+  small = _call('vaegan_narrow_down', _shape_2d(out, nsp), _as_2d(big, nsp),
+                _kernel(w, dims), **_narrow_attrs(dims))
+  return small.reshape(out)
 
 
 def narrow_up(small, w, dims):
@@ -525,14 +519,12 @@ def narrow_up(small, w, dims):
   Returns:
     (N, *n_big, C_big).
   """
-  _check_narrow(w.shape[1], small.shape[-1], small, w)
-  d2 = _narrow_dims(dims)
-  out = (small.shape[0],) + tuple(d.n_big for d in d2) + (w.shape[1],)
-  big = _call('vaegan_narrow_up', out, _as_2d(small, len(dims)),
-              w.reshape(d2[0].k, d2[1].k, w.shape[1], 1),
-              **_narrow_attrs(dims))
-  return big.reshape((small.shape[0],) + tuple(d.n_big for d in dims)
-                     + (w.shape[1],))
+  _check_narrow(small.shape[-1], small, w)
+  nsp = len(dims)
+  out = (small.shape[0],) + tuple(d.n_big for d in dims) + (w.shape[1],)
+  big = _call('vaegan_narrow_up', _shape_2d(out, nsp), _as_2d(small, nsp),
+              _kernel(w, dims), **_narrow_attrs(dims))
+  return big.reshape(out)
 
 
 def narrow_wgrad(big, small, dims):
@@ -546,9 +538,9 @@ def narrow_wgrad(big, small, dims):
   Returns:
     (T, C_big, 1).
   """
-  _check_narrow(big.shape[-1], small.shape[-1], big, small)
-  d2 = _narrow_dims(dims)
+  _check_narrow(small.shape[-1], big, small)
   nsp = len(dims)
-  dw = _call('vaegan_narrow_wgrad', (d2[0].k, d2[1].k, big.shape[-1], 1),
-             _as_2d(big, nsp), _as_2d(small, nsp), **_narrow_attrs(dims))
-  return dw.reshape(d2[0].k * d2[1].k, big.shape[-1], 1)
+  shape = (1,) * (2 - nsp) + tuple(d.k for d in dims) + (big.shape[-1], 1)
+  dw = _call('vaegan_narrow_wgrad', shape, _as_2d(big, nsp), _as_2d(small, nsp),
+             **_narrow_attrs(dims))
+  return dw.reshape(-1, big.shape[-1], 1)
