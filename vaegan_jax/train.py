@@ -107,6 +107,12 @@ def _format_duration(seconds):
   return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
 
 
+def donated(tree) -> bool:
+  """Whether any array of tree went to a jitted step as a donated buffer
+  (a step interrupted before it returned): nothing of it can be read."""
+  return any(x.is_deleted() for x in jax.tree.leaves(tree) if isinstance(x, jax.Array))
+
+
 def _save_on_interrupt(mngr, state, pending) -> int | None:
   """On Ctrl-C or SIGTERM, starts a save of the state the loop holds, so that a rerun
   resumes from the step reached instead of the last periodic checkpoint (the
@@ -120,14 +126,13 @@ def _save_on_interrupt(mngr, state, pending) -> int | None:
   try:
     if jax.process_count() > 1:
       return None
-    leaves = jax.tree.leaves(state)
-    if any(x.is_deleted() for x in leaves if isinstance(x, jax.Array)):
+    if donated(state):
       return None
     step = int(jax.device_get(state.step))
     if step in mngr.all_steps():
       return None
     _check_finite(jax.device_get(pending), step)
-    host = jax.device_get(leaves)
+    host = jax.device_get(jax.tree.leaves(state))
     if not all(np.all(np.isfinite(x)) for x in host
                if np.issubdtype(np.asarray(x).dtype, np.floating)):
       return None

@@ -149,7 +149,7 @@ def _save_on_interrupt(mngrs, states, pending):
   """On Ctrl-C or SIGTERM: each seed's state at the step reached, saved as
   `train` saves a one-run's (not where the buffers went to an unfinished
   step, nor a non-finite seed), so a rerun resumes from there."""
-  if any(x.is_deleted() for x in jax.tree.leaves(states) if isinstance(x, jax.Array)):
+  if train.donated(states):  # Nothing to unstack.
     return
   host = jax.device_get(pending)
   for s, mngr in enumerate(mngrs):
