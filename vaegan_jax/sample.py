@@ -181,6 +181,7 @@ def run(workdir, mode='samples', num=None, seed=0, out='', step=None, images='',
   from vaegan_jax import applications as apps  # pylint: disable=g-import-not-at-top
   from vaegan_jax import families  # pylint: disable=g-import-not-at-top
   from vaegan_jax import viz  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top
   from vaegan_jax.families import conditional  # pylint: disable=g-import-not-at-top
 
   stored = api.load_config(workdir)
@@ -307,7 +308,7 @@ def run(workdir, mode='samples', num=None, seed=0, out='', step=None, images='',
            f'grey fill {result["psnr_grey_fill"]:.2f} dB, observed-mean fill '
            f'{result["psnr_mean_fill"]:.2f} dB -> completed {result["psnr_completed"]:.2f} dB')
 
-  figure = [viz.Panel(np.asarray(jax.device_get(images)), title, **options)
+  figure = [viz.Panel(sharding.to_host(images), title, **options)
             for images, title, options in panels]
   out = out or os.path.join(workdir, f'{mode}_step{model.step}.png')
   rendered = viz.render(figure, scale)

@@ -59,6 +59,7 @@ import numpy as np
 from jax import lax
 
 from vaegan_jax import progress as progress_lib
+from vaegan_jax import sharding as sharding_lib
 from vaegan_jax.errors import UserError
 
 INPUT_SIZE = 299
@@ -484,13 +485,13 @@ class InceptionNetwork:
         if valid < batch_size:
           chunk = np.concatenate([chunk, np.zeros((batch_size - valid, *chunk.shape[1:]),
                                                   np.uint8)])
-        x = jax.device_put(chunk, sharding) if sharding is not None else chunk
+        x = sharding_lib.put(chunk, sharding) if sharding is not None else chunk
         outs.append((valid, self(x)))
         done += valid
         bar.update(valid)
         if done >= total:
           break
-    fetched = jax.device_get([o for _, o in outs])
+    fetched = sharding_lib.to_host([o for _, o in outs])
     return {name: np.concatenate([o[j][:v] for (v, _), o in zip(outs, fetched)])
             for j, name in enumerate(('pool3', 'logits', 'logits_unbiased'))}
 
