@@ -25,6 +25,11 @@ same --num_samples.
 
   --step=N      a checkpoint in DIR/checkpoints (default: the latest);
   --step=best   the best checkpoint kept in DIR/checkpoints_best.
+
+In several processes (--coordinator_address, --num_processes, --process_id,
+as for training; vaegan_jax/distributed.py) sampling and features are split
+over every device of every process; every process computes the same JSON and
+process 0 writes --out.
 """
 
 import functools
@@ -143,6 +148,7 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
     raise UsageError(f'--num_samples={num_samples} is too small; use at least 10 '
                     '(FID and KID need many; 10000 is the usual count).')
   import time  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
   from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
 
   t0 = time.time()  # Weights first: a missing file fails before the slow imports.
@@ -163,7 +169,8 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
     incep_ref = inception.reference_features(
         incep, name, reference, lambda: input_pipeline.load_split(
             name, reference, data_dir, image_size=config.data.get('image_size'))[0],
-        num_reference or None, echo=echo)
+        num_reference or None, echo=echo, sharding=sharding.data_sharding(mesh),
+        batch_size=-(-32 // mesh.devices.size) * mesh.devices.size)  # Over every device.
   evaluator = generative.Evaluator(
       config, family, test_images, mesh, iwae_k=None if iwae_k < 0 else iwae_k,
       inception_net=incep, inception_reference=None if incep is None else incep_ref['pool3'],
@@ -181,7 +188,7 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
                   inception_source_sha256=incep.source_sha256)
   if evaluator.iwae_k and generative.has_likelihood(family):
     result['iwae_k'] = evaluator.iwae_k
-  if out:
+  if out and jax.process_index() == 0:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, 'w') as f:
       json.dump(result, f, indent=2, sort_keys=True)
@@ -195,6 +202,8 @@ def main(argv):
     raise UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS.workdir:
     raise UsageError('--workdir is required.')
+  from vaegan_jax import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize()
   result = run(FLAGS.workdir, FLAGS.num_samples, FLAGS.step, FLAGS.out, FLAGS.iwae_k,
                FLAGS.data_dir, echo=lambda m: print(m, file=sys.stderr, flush=True),
                features=FLAGS.features, inception_weights=FLAGS.inception_weights,
@@ -204,5 +213,7 @@ def main(argv):
 
 if __name__ == '__main__':
   from vaegan_jax import cli  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import distributed  # pylint: disable=g-import-not-at-top
   define_flags()
+  distributed.define_flags()
   cli.run(main)

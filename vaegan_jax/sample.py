@@ -324,6 +324,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS.workdir:
     raise UsageError('--workdir is required: the directory of a training run.')
+  from vaegan_jax import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize()
   run(FLAGS.workdir, mode=FLAGS.mode, num=FLAGS.num, seed=FLAGS.seed, out=FLAGS.out,
       steps=FLAGS.steps, scale=FLAGS.scale,
       step=FLAGS.step, images=FLAGS.images, data_dir=FLAGS.data_dir, noise=FLAGS.noise,
@@ -333,5 +335,7 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  from vaegan_jax import distributed  # pylint: disable=g-import-not-at-top
   define_flags()
+  distributed.define_flags()
   cli.run(main)

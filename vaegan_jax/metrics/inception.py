@@ -607,6 +607,8 @@ def reference_features(net: InceptionNetwork, dataset: str, split: str,
   p64 = pool3.astype(np.float64)
   out = {'pool3': pool3, 'mu': p64.mean(0), 'sigma': np.cov(p64, rowvar=False)}
   try:
+    if jax.process_index() != 0:  # One writer in a multi-process job.
+      return {**out, 'num_images': len(pool3), 'cache': path}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + '.tmp.npz'
     np.savez(tmp, **out, weights_sha256=np.array(net.sha256), dataset=np.array(dataset),
