@@ -16,9 +16,6 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'configs'))
-sys.path.insert(0, os.path.join(ROOT, 'tests'))
 
 NUM_SAMPLES = 20     # Two evaluator batches, the second one partly used.
 BATCH = 16           # Images per sampling call (a multiple of 1, 2 and 4 devices).
@@ -26,8 +23,8 @@ NUM_TEST = 40        # Test images: reference set, reconstructions, likelihood.
 
 
 def config_of(data_dir):
-  import vae  # pylint: disable=g-import-not-at-top
-  config = vae.get_config('conditional')
+  from vaegan_jax import config_base  # pylint: disable=g-import-not-at-top
+  config = config_base.load(os.path.join(ROOT, 'configs', 'vae.py'), 'conditional')
   config.data.data_dir = data_dir
   config.model.width, config.model.hidden, config.model.latent_dim = 8, 32, 8
   config.train.batch_size = BATCH
@@ -72,6 +69,8 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from train_families import child_args  # pylint: disable=g-import-not-at-top
   out_path, data_dir = child_args(argv)
+  from vaegan_jax import kernels  # pylint: disable=g-import-not-at-top
+  kernels.setup()  # As the commands do.
   out = run(data_dir)
   if jax.process_index() == 0:
     np.savez(out_path, **out)

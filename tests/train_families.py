@@ -14,8 +14,6 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'configs'))
 
 NUM_STEPS = 4
 EVERY = 2            # Log, grid, evaluate and save every EVERY steps (twice per run).
@@ -52,9 +50,9 @@ def child_args(argv):
 
 def default_config(name):
   """configs/<module>.py:get_config(arg) for a name 'module' or 'module:arg'."""
-  import importlib  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import config_base  # pylint: disable=g-import-not-at-top
   module, _, arg = name.partition(':')
-  return importlib.import_module(module).get_config(arg or None)
+  return config_base.load(os.path.join(ROOT, 'configs', f'{module}.py'), arg or None)
 
 
 def workdir_name(name):
@@ -94,7 +92,8 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   args = child_args(argv)
-  from vaegan_jax import train  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import kernels, train  # pylint: disable=g-import-not-at-top
+  kernels.setup()  # As vaegan_jax.main does.
   root, data_dir, names = args[0], args[1], args[2:]
   for name in names:
     config = tiny_config(name, data_dir)

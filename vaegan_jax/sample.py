@@ -31,6 +31,7 @@ from absl import app
 from absl import flags
 
 from vaegan_jax import cli
+from vaegan_jax import kernels
 from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
 
@@ -324,6 +325,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS.workdir:
     raise UsageError('--workdir is required: the directory of a training run.')
+  kernels.setup()
   from vaegan_jax import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize()
   run(FLAGS.workdir, mode=FLAGS.mode, num=FLAGS.num, seed=FLAGS.seed, out=FLAGS.out,
@@ -334,8 +336,13 @@ def main(argv):
       restarts=FLAGS.restarts, label=FLAGS.label)
 
 
-if __name__ == '__main__':
+def cli_main():
+  """The `vaegan-sample` command: the same as `python -m vaegan_jax.sample`."""
   from vaegan_jax import distributed  # pylint: disable=g-import-not-at-top
   define_flags()
   distributed.define_flags()
   cli.run(main)
+
+
+if __name__ == '__main__':
+  cli_main()
