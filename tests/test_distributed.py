@@ -30,7 +30,7 @@ import train_families
 
 FAMILIES = ('vae', 'gan', 'vaegan')
 NAMES = (*FAMILIES, 'vae:conditional')  # Each family's default, and a conditional one.
-TIMEOUT_S = 600
+TIMEOUT_S = 1500  # Generous: a guard against hangs on a loaded 2-core machine.
 
 
 def env_with_devices(n):
@@ -244,7 +244,7 @@ def test_evaluate_and_sample_on_a_two_process_checkpoint(two_processes, tmp_path
   two = _two_processes([*evaluate, f'--out={tmp_path}/two.json'])
   want = json.load(open(tmp_path / 'one.json'))
   got = json.load(open(tmp_path / 'two.json'))
-  assert json.loads(two[1]).keys() == got.keys()  # Process 1 computed it too.
+  assert json.loads(two[1][two[1].index('{'):]).keys() == got.keys()  # Process 1 too.
   assert want['step'] == got['step'] == train_families.NUM_STEPS
   assert {'fid', 'kid', 'nll_nats', 'psnr'} <= want.keys()
   for k, v in want.items():
