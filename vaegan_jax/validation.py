@@ -287,7 +287,8 @@ RULES = {
     'data.name': Dataset(),
     'data.data_dir': Str(),
     'data.cache_mb': COUNT,                # 0 = always stream the train split.
-    'data.image_size': Int(min=8),        # folder:PATH only; data/sources.get_spec's minimum.
+    'data.image_size': COUNT,             # folder:PATH only; 0 = native; data/sources.get_spec's minimum is 8.
+    'data.channels': Int(min=0, max=3),   # folder:PATH only: 0 (the majority's), 1 or 3 (2 is refused when indexing).
     # train
     'train.batch_size': POSITIVE,
     'train.num_steps': POSITIVE,

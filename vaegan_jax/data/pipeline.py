@@ -192,19 +192,26 @@ def eval_batches(images, labels, batch_size: int, sharding):
     yield make_global_batch(batch, sharding), int(valid.sum())
 
 
-def read_all(source, max_examples: int | None = None, chunk: int = 1024):
-  """The first `max_examples` (all by default) examples of a source, in order.
+def read_all(source, max_examples: int | None = None, chunk: int = 1024, seed: int = 0):
+  """Every example of a source in order, or `max_examples` of them: a fixed,
+  class-balanced sample (`balanced_sample` on the labels the source knows
+  without decoding; a seeded random one where it knows none).
 
   Returns:
     images: uint8 (N, H, W, C); labels: int32 (N,).
   """
   n = len(source) if not max_examples else min(len(source), max_examples)
+  rows = np.arange(n)
+  if n < len(source):
+    known = getattr(source, 'labels', None)
+    rows = (balanced_sample(known, n, seed) if known is not None else
+            np.sort(np.random.default_rng([seed, 0x6B1D]).permutation(len(source))[:n]))
   if isinstance(source, sources.ArraySource):  # Already in memory.
-    return (source.images[:n].astype(np.uint8, copy=False),
-            source.labels[:n].astype(np.int32, copy=False))
+    return (source.images[rows].astype(np.uint8, copy=False),
+            source.labels[rows].astype(np.int32, copy=False))
   if n == 0:
     return (np.zeros((0, *source.spec.image_shape), np.uint8), np.zeros(0, np.int32))
-  parts = [source.read(np.arange(s, min(s + chunk, n))) for s in range(0, n, chunk)]
+  parts = [source.read(rows[s:s + chunk]) for s in range(0, n, chunk)]
   return (np.concatenate([p[0] for p in parts]).astype(np.uint8),
           np.concatenate([p[1] for p in parts]).astype(np.int32))
 
@@ -226,35 +233,95 @@ def open_train_source(config):
   when it fits `config.data.cache_mb` (module docstring), else streamed."""
   source = sources.open_source(config.data.name, 'train',
                                config.data.data_dir or None,
-                               config_image_size(config))
+                               config_image_size(config), config_channels(config))
   return cached(source, config.data.get('cache_mb', DEFAULT_CACHE_MB))
 
 
+def model_sizes(config):
+  """The image sides the networks of `config` take (None = any: the VAE)."""
+  if config.model.get('family', 'vae') == 'vae':
+    return None
+  if config.model.get('arch', 'tutorial') == 'resnet':
+    from vaegan_jax.models import resnet  # pylint: disable=g-import-not-at-top
+    return tuple(resnet.PLANS)
+  from vaegan_jax.models import gan  # pylint: disable=g-import-not-at-top
+  return tuple(gan.PLANS)
+
+
+def config_channels(config) -> int:
+  return int(config.data.get('channels', 0) or 0) if hasattr(config.data, 'get') else 0
+
+
 def config_image_size(config):
-  return (config.data.get('image_size') if hasattr(config.data, 'get') else None) or None
+  """`config.data.image_size`; for a folder left at 0, the images' own size
+  (or the nearest the networks take; `sources.native_size`). None for TFDS
+  datasets, whose size is fixed."""
+  size = (config.data.get('image_size') if hasattr(config.data, 'get') else None) or None
+  if size or not sources.is_folder(config.data.name):
+    return size
+  return sources.native_size(config.data.name, model_sizes(config), config_channels(config))
+
+
+def resolve_image_size(config):
+  """Writes the size `config_image_size` chose into `config.data.image_size`
+  (folder datasets), so the config saved with a run names it."""
+  if sources.is_folder(config.data.name) and not config.data.get('image_size'):
+    config.data.image_size = int(config_image_size(config))
+  return config
 
 
 def image_shape(config) -> tuple:
   """(H, W, C) of the images of `config.data.name`; reads no pixels."""
-  return sources.get_spec(config.data.name, config_image_size(config)).image_shape
+  return sources.get_spec(config.data.name, config_image_size(config),
+                          config_channels(config)).image_shape
+
+
+def balanced_sample(labels, num: int, seed: int = 0) -> np.ndarray:
+  """`num` row indices (sorted by class turn, fixed by `seed`): classes take
+  turns (0, 1, ..., K-1, 0, ...), each class's rows in a seeded random order,
+  so every class shows up while it has rows; with no labels (all -1), a seeded
+  random sample. Never the first rows in file order.
+
+  Args:
+    labels: int (N,) labels, -1 where unknown.
+    num: how many rows (at most N).
+
+  Returns:
+    int64 (min(num, N),) distinct row indices.
+  """
+  labels = np.asarray(labels)
+  num = min(int(num), len(labels))
+  rng = np.random.default_rng([int(seed), 0x6B1D])
+  if not len(labels) or (labels < 0).all():
+    return np.sort(rng.permutation(len(labels))[:num]).astype(np.int64)
+  per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+  out = []
+  for turn in range(max(len(p) for p in per_class)):
+    out.extend(int(p[turn]) for p in per_class if turn < len(p))
+    if len(out) >= num:
+      break
+  return np.asarray(out[:num], np.int64)
 
 
 def load_split(name: str, split: str, data_dir: str | None = None,
-               max_examples: int | None = None, image_size: int | None = None):
+               max_examples: int | None = None, image_size: int | None = None,
+               channels: int = 0):
   """Reads a (small) split into host memory.
 
   Args:
     name: a dataset name from `DATASETS`, or 'folder:PATH'.
     split: 'train' or 'test', or any TFDS split string.
     data_dir: where TFDS keeps prepared data; see `resolve_data_dir`.
-    max_examples: read at most this many examples (in file order).
-    image_size: folder datasets only (default 64).
+    max_examples: read at most this many examples (a fixed class-balanced
+      sample, see `read_all`).
+    image_size: folder datasets only (default: the images' own size).
+    channels: folder datasets only: 1 or 3 forces it; 0 = the majority's.
 
   Returns:
     images: uint8 array (N, H, W, C).
     labels: int32 array (N,), -1 where the dataset has no class labels.
   """
-  source = sources.open_source(name, split, data_dir, image_size)
+  source = sources.open_source(name, split, data_dir, image_size, channels)
   images, labels = read_all(source, max_examples)
   if not len(images):
     raise UserError(f'Split {split!r} of dataset {name!r} is empty.')
@@ -268,10 +335,12 @@ class Data:
   def __init__(self, config, max_test_examples: int | None = None):
     size = config_image_size(config)
     self.config = config
-    self.spec = sources.get_spec(config.data.name, size)
+    channels = config_channels(config)
+    self.spec = sources.get_spec(config.data.name, size, channels)
     self.train_source = open_train_source(config)
     self.test_images, self.test_labels = load_split(
-        config.data.name, 'test', config.data.data_dir or None, max_test_examples, size)
+        config.data.name, 'test', config.data.data_dir or None, max_test_examples, size,
+        channels)
     self._train = None
 
   def _train_arrays(self):
