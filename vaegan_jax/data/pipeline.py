@@ -29,6 +29,8 @@ int32 (B,), -1 where the dataset has none.
 import functools
 import math
 import os
+import threading
+import time
 from typing import Iterator
 
 import grain
@@ -107,16 +109,56 @@ def as_source(images_or_source, labels=None):
   return sources.ArraySource(images_or_source, labels)
 
 
+class PipelineStats:
+  """Thread-safe counters of the input pipeline between two `take`s: seconds
+  the training loop waited for a batch, and images read (decoded, or copied
+  from the in-memory cache) with the reader threads' seconds spent on them."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self.wait_s = self.read_s = 0.0
+    self.images = 0
+
+  def add_read(self, images: int, seconds: float):
+    with self._lock:
+      self.images += images
+      self.read_s += seconds
+
+  def add_wait(self, seconds: float):
+    with self._lock:
+      self.wait_s += seconds
+
+  def take(self, elapsed_s: float | None) -> dict:
+    """{'data_wait_fraction': waited / elapsed_s, 'decode_images_per_s': images
+    per reader-thread second} since the last take, then zeroed; {} when
+    `elapsed_s` is None (a reset) or nothing was read."""
+    with self._lock:
+      wait, read, images = self.wait_s, self.read_s, self.images
+      self.wait_s = self.read_s = 0.0
+      self.images = 0
+    out = {}
+    if elapsed_s:
+      out['data_wait_fraction'] = min(1.0, wait / elapsed_s)
+    if elapsed_s and images and read > 0:
+      out['decode_images_per_s'] = images / read
+    return out
+
+
 class _StepBatch:
   """grain map: step -> this process's rows of that step's global batch."""
 
-  def __init__(self, source, batch_size, seed, rows):
+  def __init__(self, source, batch_size, seed, rows, stats=None):
     self.source, self.batch_size, self.seed, self.rows = source, batch_size, seed, rows
+    self.stats = stats
 
   def __call__(self, step):
     idx = global_batch_indices(len(self.source), self.batch_size, self.seed,
                                int(step))[self.rows]
-    return read_batch(self.source, idx)
+    t0 = time.perf_counter()
+    batch = read_batch(self.source, idx)
+    if self.stats is not None:
+      self.stats.add_read(len(idx), time.perf_counter() - t0)
+    return batch
 
 
 def default_num_threads() -> int:
@@ -141,7 +183,8 @@ class TrainIterator:
     self.batch_size, self.seed, self.sharding = batch_size, seed, sharding
     self.step = start_step
     self._rows = process_slice(batch_size)
-    self._fn = _StepBatch(self.source, batch_size, seed, self._rows)
+    self.stats = PipelineStats()
+    self._fn = _StepBatch(self.source, batch_size, seed, self._rows, self.stats)
     threads = default_num_threads() if num_threads is None else num_threads
     # Each element is a whole batch: the buffer bounds host memory.
     options = grain.ReadOptions(num_threads=max(1, min(threads, prefetch)),
@@ -158,7 +201,13 @@ class TrainIterator:
   def __iter__(self) -> Iterator[dict]:
     return self
 
+  def take_stats(self, elapsed_s: float | None) -> dict:
+    """`PipelineStats.take`: the data-wait fraction of the last `elapsed_s`
+    seconds and the read rate, since the last call."""
+    return self.stats.take(elapsed_s)
+
   def __next__(self) -> dict:
+    t0 = time.perf_counter()
     try:
       batch = next(self._it)
     except UserError:
@@ -167,6 +216,7 @@ class TrainIterator:
       raise WorkerError(f'The input pipeline thread failed at step {self.step}: '
                         f'{type(e).__name__}: {e}') from e
     self.step += 1
+    self.stats.add_wait(time.perf_counter() - t0)
     return make_global_batch(batch, self.sharding)
 
   def close(self):
