@@ -336,10 +336,9 @@ def to_8bit(im) -> np.ndarray:
   return a[..., None] if a.ndim == 2 else a
 
 
-def decode(im, size: int, channels: int) -> np.ndarray:
-  """A PIL image -> uint8 (size, size, channels): `to_8bit`, alpha
-  premultiplied (transparent = black), grey <-> RGB (ITU-R 601 luma), centre
-  square crop, bicubic resize."""
+def to_channels(im, channels: int) -> np.ndarray:
+  """A PIL image -> uint8 (h, w, channels): `to_8bit`, alpha premultiplied
+  (transparent = black), grey <-> RGB (ITU-R 601 luma for colour -> grey)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   a = to_8bit(im)
   if a.shape[-1] in (2, 4):  # Premultiply: colour * alpha / 255.
@@ -349,6 +348,14 @@ def decode(im, size: int, channels: int) -> np.ndarray:
     a = np.repeat(a, 3, axis=-1)
   elif channels == 1 and a.shape[-1] == 3:
     a = np.asarray(Image.fromarray(a, 'RGB').convert('L'), np.uint8)[..., None]
+  return a
+
+
+def decode(im, size: int, channels: int) -> np.ndarray:
+  """A PIL image -> uint8 (size, size, channels): `to_channels`, centre
+  square crop, bicubic resize."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  a = to_channels(im, channels)
   h, w = a.shape[:2]
   if (h, w) == (size, size):
     return a

@@ -274,7 +274,12 @@ def cached(source, cache_mb: float):
     return source
   if len(source) * math.prod(source.spec.image_shape) > cache_mb * 2**20:
     return source
+  t0 = time.perf_counter()
   images, labels = read_all(source)
+  seconds = time.perf_counter() - t0
+  if sources.is_folder(source.spec.name):
+    print(f'{source.spec.name}: decoded the {len(images)} train images into memory in '
+          f'{seconds:.1f} s ({len(images) / max(seconds, 1e-9):.0f} img/s).', flush=True)
   return sources.ArraySource(images, labels, source.spec)
 
 
