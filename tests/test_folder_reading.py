@@ -219,3 +219,21 @@ def test_max_examples_of_a_folder_split_cover_every_class(tmp_path):
   root = _digits(tmp_path / 'd', classes=4, per_class=12)
   x, y = input_pipeline.load_split(f'folder:{root}', 'train', max_examples=8)
   assert len(x) == 8 and set(y) == {0, 1, 2, 3}
+
+
+def test_streamed_reads_report_wait_rate_and_replaced_reads(tmp_path):
+  from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top
+  root = _digits(tmp_path / 'd', classes=2, per_class=3)
+  _save(f'{root}/1/bad.jpg', np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+  data = open(f'{root}/1/bad.jpg', 'rb').read()
+  open(f'{root}/1/bad.jpg', 'wb').write(data[:len(data) // 3])
+  source = sources.FolderSource(root, 'train', sources.get_spec(f'folder:{root}', 28))
+  source.rows = np.arange(7)  # Every file, the bad one included.
+  it = input_pipeline.TrainIterator(source, None, 7, 0,
+                                    sharding.data_sharding(sharding.make_mesh()))
+  for _ in range(3):
+    next(it)
+  stats = it.take_stats(10.0)
+  it.close()
+  assert 0 <= stats['data_wait_fraction'] <= 1 and stats['decode_images_per_s'] > 0
+  assert stats['replaced_reads'] >= 3  # Each epoch reads the bad file once.

@@ -203,8 +203,13 @@ class TrainIterator:
 
   def take_stats(self, elapsed_s: float | None) -> dict:
     """`PipelineStats.take`: the data-wait fraction of the last `elapsed_s`
-    seconds and the read rate, since the last call."""
-    return self.stats.take(elapsed_s)
+    seconds and the read rate, since the last call; plus `replaced_reads`, the
+    reads of undecodable files so far, where there were any."""
+    out = self.stats.take(elapsed_s)
+    failed = getattr(self.source, 'num_failures', 0)
+    if failed and elapsed_s is not None:
+      out['replaced_reads'] = failed
+    return out
 
   def __next__(self) -> dict:
     t0 = time.perf_counter()
@@ -278,8 +283,11 @@ def cached(source, cache_mb: float):
   images, labels = read_all(source)
   seconds = time.perf_counter() - t0
   if sources.is_folder(source.spec.name):
+    failed = getattr(source, 'num_failures', 0)
     print(f'{source.spec.name}: decoded the {len(images)} train images into memory in '
-          f'{seconds:.1f} s ({len(images) / max(seconds, 1e-9):.0f} img/s).', flush=True)
+          f'{seconds:.1f} s ({len(images) / max(seconds, 1e-9):.0f} img/s)'
+          + (f'; {failed} read(s) of undecodable files replaced.' if failed else '.'),
+          flush=True)
   return sources.ArraySource(images, labels, source.spec)
 
 
