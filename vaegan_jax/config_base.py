@@ -80,6 +80,13 @@ def best_mode_with_metric(config, flat):
     raise rules.ConfigError('eval.best_mode', None, 'is missing', "'min' or 'max'")
 
 
+def check_variant(arg, variants, path: str):
+  """ValueError naming the valid variants when `arg` is none of them."""
+  if arg and arg not in variants:
+    raise ValueError(f'Unknown variant {arg!r} of {path}; valid variants: '
+                     f'{", ".join(variants)}.')
+
+
 def smoke(config, num_steps: int = 20) -> ml_collections.ConfigDict:
   """Shrinks a config to a run of a few seconds."""
   config.train.batch_size = 32

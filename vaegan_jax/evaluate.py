@@ -27,7 +27,6 @@ same --num_samples.
   --step=best   the best checkpoint kept in DIR/checkpoints_best.
 """
 
-import functools
 import json
 import os
 import sys

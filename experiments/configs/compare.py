@@ -40,7 +40,7 @@ def get_config(arg=None):
   # 'constant' keeps each family's own schedule (constant in the defaults);
   # 'cosine' decays each family's own learning rate to 0 over num_steps (the
   # family's warm-up kept; optim.*.decay_steps = num_steps), so every run ends
-  # annealed (README "Comparison study" compares the two).
+  # annealed (docs/study.md compares the two).
   config.lr_schedule = 'constant'
 
   # Training-time evaluation (the FID curves of the report).
@@ -54,7 +54,7 @@ def get_config(arg=None):
   config.iwae_k = 100          # Importance samples of the VAE's NLL; 0 = skip.
   # 'own': metrics in the project's own classifier's feature space only;
   # 'inception': also the FID Inception metrics (fid_inception, is_inception...;
-  # needs converted weights, see README "Evaluation"), against the
+  # needs converted weights, see docs/evaluation.md), against the
   # `inception_reference` split (all of it, or `inception_num_reference` images).
   config.features = 'own'
   config.inception_weights = ''      # '' = $VAEGAN_JAX_INCEPTION.
@@ -70,7 +70,7 @@ def get_config(arg=None):
   config.speed_steps = 10
 
   # Convolution implementation of every run ('' = each family's own, 'auto').
-  # 'onednn' (oneDNN kernels through jax.ffi, README "CPU speed") trains the
+  # 'onednn' (oneDNN kernels through jax.ffi, docs/speed.md) trains the
   # same models faster on CPU; it falls back to 'auto' with one printed line
   # where the library cannot be loaded.
   config.conv_impl = 'onednn'
