@@ -74,8 +74,8 @@ def _family_config(family: str, variant: str):
   path = os.path.join(ROOT, 'configs', f'{family}.py')
   if not os.path.exists(path):
     raise UserError(f'No config file {path} for family {family!r}.')
-  from vaegan_jax import config_base  # pylint: disable=g-import-not-at-top
-  return config_base.load(path, variant or None)
+  from vaegan_jax import config_files  # pylint: disable=g-import-not-at-top
+  return config_files.load(path, variant or None)
 
 
 def load_family_config(family: str, variant: str = ''):

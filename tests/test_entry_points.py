@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import ROOT, user_env
-from vaegan_jax import config_base
+from vaegan_jax import config_files
 
 
 def run(module, *args):
@@ -20,7 +20,7 @@ def last_line(proc):
 
 
 def config_module(name):
-  return config_base.load_module(os.path.join(ROOT, 'configs', f'{name}.py'))
+  return config_files.load_module(os.path.join(ROOT, 'configs', f'{name}.py'))
 
 
 def test_main_help_exits_0_and_names_the_commands_and_every_variant():

@@ -79,8 +79,8 @@ def _variants_with_key(argv) -> str:
     return ''
   path, _, variant = config[-1].partition(':')
   try:
-    from vaegan_jax import config_base  # pylint: disable=g-import-not-at-top
-    module = config_base.load_module(path)
+    from vaegan_jax import config_files  # pylint: disable=g-import-not-at-top
+    module = config_files.load_module(path)
     def has(v, key):
       node = module.get_config(v or None)
       for part in key.split('.'):
