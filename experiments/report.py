@@ -377,7 +377,9 @@ def _app_cells(results, keys, better, fmt):
   values = {}
   for f in results['families']:
     values[f] = [_stat(results, f, 'app/' + k) for k in keys]
-  for name, metrics in baselines.items():
+  order = list(BASELINE_TITLES)
+  for name, metrics in sorted(baselines.items(),
+                              key=lambda x: order.index(x[0]) if x[0] in order else len(order)):
     row = [(metrics.get(k), 0.0, 1) if metrics.get(k) is not None else (None, None, 0)
            for k in keys]
     if any(m is not None for m, _, _ in row):
@@ -433,9 +435,10 @@ def applications_summary(results) -> list[str]:
       f, m = max(fams, key=lambda x: x[1])
       classical = max(((n, b[key]) for n, b in baselines.items()
                        if n != 'damaged' and b.get(key) is not None), key=lambda x: x[1])
+      margin = lambda d: f'{abs(d):.2f} dB {"above" if d >= 0 else "below"}'
       parts.append(f'{setting.replace("_", " ")}: **{f}** {m:.2f} dB, '
-                   f'{m - ref:+.2f} dB over {BASELINE_TITLES[reference]}'
-                   + (f' ({m - classical[1]:+.2f} dB over the best classical, '
+                   f'{margin(m - ref)} the {BASELINE_TITLES[reference]}'
+                   + (f' ({margin(m - classical[1])} the best classical method, '
                       f'{BASELINE_TITLES[classical[0]]})' if classical[0] != reference else ''))
     if parts:
       what = ('Denoising (PSNR of the restored image)' if task == 'denoise'

@@ -63,8 +63,10 @@ def test_report_has_the_applications_tables(tmp_path):
   fid = text.split('### Inpainting: FID')[1].split('###')[0]
   assert '| damaged input (unrestored) | **5.00** |' in fid  # Lower is better for FID.
   # The summary answers by how much the best family beats the classical methods.
-  assert '**vae** 11.50 dB, -8.50 dB over median filter 3x3' in text
-  assert '**vae** 11.50 dB, +4.50 dB over biharmonic inpainting' in text
+  assert '**vae** 11.50 dB, 8.50 dB below the median filter 3x3' in text
+  assert '**vae** 11.50 dB, 4.50 dB above the biharmonic inpainting' in text
+  names = [line.split('|')[1].strip() for line in table.splitlines() if line.startswith('| ')]
+  assert names == ['method', 'vae', 'gan', 'damaged input (unrestored)', 'median filter 3x3']
   assert 'PPL, Inception' not in text  # No Inception weights: no column.
   assert report.applications_section({'families': {'vae': {'runs': {'0': {}}}}}, '') == []
 
