@@ -17,7 +17,9 @@ Expect: the default study (4000 steps of 64, 3 seeds, 3 families) takes
 about 70 min on a 2-core CPU (measured: 68.2 min wall, 120 min of CPU time,
 load average 1.3; the committed report experiments/results/mnist5k/report.md:
 VAE 205 s, GAN 787 s, VAE-GAN 320 s of training per run); `:smoke` (tiny
-networks, 2 seeds, a few steps) under 2 minutes (measured: 107 s).
+networks, 2 seeds, a few steps) under 2 minutes (measured: 107 s). The applications
+benchmark of every final checkpoint (`applications`) adds an estimated 15 min to the
+default study (docs/study.md "Applications"; not yet measured in a full run).
 """
 
 import ml_collections
