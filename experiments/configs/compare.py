@@ -17,7 +17,9 @@ Expect: the default study (4000 steps of 64, 3 seeds, 3 families) takes
 about 70 min on a 2-core CPU (measured: 68.2 min wall, 120 min of CPU time,
 load average 1.3; the committed report experiments/results/mnist5k/report.md:
 VAE 205 s, GAN 787 s, VAE-GAN 320 s of training per run); `:smoke` (tiny
-networks, 2 seeds, a few steps) under 2 minutes (measured: 107 s).
+networks, 2 seeds, a few steps) under 2 minutes (measured: 107 s). The applications
+benchmark of every final checkpoint (`applications`) adds an estimated 15 min to the
+default study (docs/study.md "Applications"; not yet measured in a full run).
 """
 
 import ml_collections
@@ -61,6 +63,16 @@ def get_config(arg=None):
   config.inception_reference = 'train'
   config.inception_num_reference = 0
 
+  # The applications benchmark of every final checkpoint (vaegan_jax/applications/
+  # benchmark.py; docs/study.md "Applications"): denoising, inpainting,
+  # reconstruction and perceptual path length on `applications_num_images`
+  # test images, beside classical baselines on the same damaged images.
+  config.applications = True
+  config.applications_num_images = 256
+  config.applications_inpaint_steps = 100  # Adam steps of latent optimisation ...
+  config.applications_restarts = 2         # ... from this many starts per image.
+  config.applications_ppl_samples = 1000
+
   # Train the seeds of a family as one vmapped step (vaegan_jax/vmap_seeds.py)
   # instead of one after the other. Off by default: on XLA:CPU a vmapped conv
   # with per-seed kernels runs as a grouped conv and was 2-5x slower than the
@@ -97,6 +109,10 @@ def get_config(arg=None):
     config.eval_num_samples = 100
     config.iwae_k = 4
     config.speed_steps = 3
+    config.applications_num_images = 16
+    config.applications_inpaint_steps = 10
+    config.applications_restarts = 1
+    config.applications_ppl_samples = 64
     config.out = '/tmp/vaegan_jax_compare_smoke'
   elif arg:
     raise ValueError(f'Unknown variant {arg!r} of experiments/configs/compare.py; '
