@@ -10,10 +10,14 @@ of 64x64x3 uint8 images (12288 bytes each, uncompressed; image i carries i in
 its first 4 bytes, `example_ids`), then, each in a fresh subprocess so that
 peak RSS belongs to it alone:
   * 'epoch': one full epoch of the training stream (pipeline.TrainIterator,
-    exactly as training reads it: permutation keyed by (seed, epoch), random
-    access, decode to float32 in grain's threads, global jax.Array), counting
+    as training reads it: permutation keyed by (seed, epoch), random access
+    in grain's threads, global jax.Array; images left uint8, `epoch_pass`),
+    counting
     the example ids of the epoch's positions: exactly_once, missing,
-    duplicated, images_per_s (pipeline alone), peak_rss_mb;
+    duplicated, images_per_s (pipeline alone), peak_rss_mb. It reads in
+    chunks of `--epoch_chunk_steps` steps, each by a new iterator started
+    mid-epoch, and keeps its counts in epoch_count.npz beside the file: a
+    killed pass resumes from its last chunk when rerun;
   * 'train': `vaegan_jax.train.train_and_evaluate` with `--config` on the
     file (the train split streamed, never cached: config.data.cache_mb=0) for
     `--train_steps` steps: images_per_s and data_wait_fraction (time the loop
@@ -160,54 +164,103 @@ def epoch_rows(source, batch, seed, sharding, start_step, stop_step):
   return np.concatenate(positions), np.concatenate(ids)
 
 
+def tally(positions, ids, num_examples, pos_counts, id_counts, epoch=0):
+  """Adds the rows read at the positions of `epoch` to the two count arrays
+  (int64 (num_examples,): reads per position of the epoch, reads per example)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  positions, ids = np.asarray(positions), np.asarray(ids)
+  mask = positions // num_examples == epoch
+  np.add.at(pos_counts, positions[mask] % num_examples, 1)
+  np.add.at(id_counts, ids[mask], 1)
+
+
+def summary(pos_counts, id_counts):
+  """positions (read), positions_once (each of the epoch's positions read
+  once), examples_read, distinct, missing (never read), duplicated (read more
+  than once), exactly_once (every example exactly once)."""
+  out = {'positions': int(pos_counts.sum()),
+         'positions_once': bool((pos_counts == 1).all()),
+         'examples_read': int(id_counts.sum()),
+         'distinct': int((id_counts > 0).sum()),
+         'missing': int((id_counts == 0).sum()),
+         'duplicated': int((id_counts > 1).sum())}
+  out['exactly_once'] = (out['positions_once'] and out['missing'] == 0
+                         and out['duplicated'] == 0)
+  return out
+
+
 def count_epoch(positions, ids, num_examples, epoch=0):
-  """Counts the examples read at the positions of `epoch`.
+  """`summary` of the examples read at the positions of `epoch`.
 
   Args:
     positions, ids: from `epoch_rows` (possibly concatenated over processes
       and over an interrupted and a resumed part).
     num_examples: the dataset's size.
-
-  Returns:
-    dict: positions (how many of the epoch's positions were read, each once:
-    positions_once), examples_read, distinct, missing (never read), duplicated
-    (read more than once), exactly_once (every example exactly once).
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
-  positions, ids = np.asarray(positions), np.asarray(ids)
-  mask = positions // num_examples == epoch
-  pos_counts = np.bincount(positions[mask] % num_examples, minlength=num_examples)
-  counts = np.bincount(ids[mask], minlength=num_examples)
-  out = {'positions': int(mask.sum()),
-         'positions_once': bool((pos_counts == 1).all()),
-         'examples_read': int(counts.sum()),
-         'distinct': int((counts > 0).sum()),
-         'missing': int((counts == 0).sum()),
-         'duplicated': int((counts > 1).sum())}
-  out['exactly_once'] = (out['positions_once'] and out['missing'] == 0
-                         and out['duplicated'] == 0 and len(counts) == num_examples)
-  return out
+  pos_counts = np.zeros(num_examples, np.int64)
+  id_counts = np.zeros(num_examples, np.int64)
+  tally(positions, ids, num_examples, pos_counts, id_counts, epoch)
+  return summary(pos_counts, id_counts)
 
 
 def peak_rss_mb():
   return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def epoch_pass(path, batch, seed=0):
-  """Subprocess: one full epoch of the training stream over `path`, counted."""
+def _read_uint8(source, indices):
+  """pipeline.read_batch without the float32 decode: the same rows, as uint8."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  images, labels = source.read(indices)
+  return {'image': images, 'label': np.asarray(labels, np.int32)}
+
+
+def epoch_pass(path, batch, state_path, chunk_steps=500, seed=0):
+  """Subprocess: one full epoch of the training stream over `path`, counted.
+
+  The stream is the training one (TrainIterator: order, reads, grain threads,
+  global arrays) except that images stay uint8: the float32 decode is 2/3 of
+  the pipeline's CPU per batch here and cannot change which example is read
+  (the train run measures the pipeline with it). The epoch is read in chunks
+  of `chunk_steps` steps, each by a new iterator started at its first step
+  (as a resumed run starts); after each chunk the counts so far go to
+  `state_path` and a progress line is printed, so a killed pass resumes
+  there when rerun."""
   import math  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
   from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top
+  from vaegan_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  pipeline.read_batch = _read_uint8
   source = RecordSource(path)
   n = len(source)
   rss_before = peak_rss_mb()
   steps = math.ceil(n / batch)
-  t = time.perf_counter()
-  positions, ids = epoch_rows(source, batch, seed,
-                              sharding.data_sharding(sharding.make_mesh()), 0, steps)
-  seconds = time.perf_counter() - t
+  data = sharding.data_sharding(sharding.make_mesh())
+  done, seconds = 0, 0.0
+  pos_counts, id_counts = np.zeros(n, np.int64), np.zeros(n, np.int64)
+  if os.path.exists(state_path):
+    with np.load(state_path) as saved:
+      if int(saved['batch']) == batch and len(saved['pos_counts']) == n:
+        done, seconds = int(saved['done']), float(saved['seconds'])
+        pos_counts, id_counts = saved['pos_counts'], saved['id_counts']
+  resumed_at = done
+  while done < steps:
+    stop = min(steps, done + chunk_steps)
+    t = time.perf_counter()
+    tally(*epoch_rows(source, batch, seed, data, done, stop), n, pos_counts, id_counts)
+    seconds += time.perf_counter() - t
+    done = stop
+    np.savez(state_path + '.tmp.npz', batch=batch, done=done, seconds=seconds,
+             pos_counts=pos_counts, id_counts=id_counts)
+    os.replace(state_path + '.tmp.npz', state_path)
+    print(json.dumps({'phase': 'epoch_progress', 'steps_done': done, 'steps': steps,
+                      'images_read': int(id_counts.sum()), 'duplicated_so_far':
+                      int((id_counts > 1).sum()), 'seconds': round(seconds, 1),
+                      'peak_rss_mb': peak_rss_mb()}), file=sys.stderr, flush=True)
   print(json.dumps({'phase': 'epoch', 'num_images': n, 'batch': batch, 'steps': steps,
-                    **count_epoch(positions, ids, n), 'seconds': round(seconds, 1),
-                    'images_per_s': round(steps * batch / seconds),
+                    'chunk_steps': chunk_steps, 'resumed_at_step': resumed_at,
+                    **summary(pos_counts, id_counts), 'seconds': round(seconds, 1),
+                    'images_per_s': round(steps * batch / seconds) if seconds else None,
                     'rss_before_mb': round(rss_before), 'peak_rss_mb': peak_rss_mb()}),
         flush=True)
 
@@ -324,11 +377,11 @@ def train_run(path, config_name, steps, workdir):
 
 def _subprocess(*flags):
   proc = subprocess.run([sys.executable, os.path.abspath(__file__), *flags],
-                        capture_output=True, text=True, check=False,
+                        stdout=subprocess.PIPE, text=True, check=False,
                         env=dict(os.environ, JAX_PLATFORMS=os.environ.get('JAX_PLATFORMS', 'cpu')))
   if proc.returncode:
-    lines = proc.stderr.strip().splitlines() or ['(no output)']
-    sys.exit(f'error: {flags[0]} failed: {lines[-1]}')
+    sys.exit(f'error: {flags[0].split("=")[0]} failed with status {proc.returncode} '
+             '(its messages are above).')
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -351,8 +404,10 @@ def larger_than_memory(args):
                       'dataset_gb': round(size / 1e9, 2), 'dataset_gib': round(size / 2**30, 2),
                       'ram_gib': round(ram / 2**30, 2), 'larger_than_ram': size > ram}), flush=True)
     if not args.skip_epoch:
-      print(json.dumps(_subprocess(f'--epoch_pass={path}', f'--epoch_batch={args.epoch_batch}')),
-            flush=True)
+      state = os.path.join(os.path.dirname(path), 'epoch_count.npz')
+      print(json.dumps(_subprocess(f'--epoch_pass={path}', f'--epoch_batch={args.epoch_batch}',
+                                   f'--epoch_state={state}',
+                                   f'--epoch_chunk_steps={args.epoch_chunk_steps}')), flush=True)
     if args.train_steps:
       workdir = tempfile.mkdtemp(prefix='data_scale_run_', dir=args.dir)
       try:
@@ -373,6 +428,8 @@ def main():
   parser.add_argument('--keep', action='store_true')
   parser.add_argument('--skip_epoch', action='store_true')
   parser.add_argument('--epoch_batch', type=int, default=256)
+  parser.add_argument('--epoch_chunk_steps', type=int, default=500)
+  parser.add_argument('--epoch_state', help=argparse.SUPPRESS)
   parser.add_argument('--train_steps', type=int, default=60)
   parser.add_argument('--config', default='vae.py:celeb_a')
   parser.add_argument('--sizes', default='10000,100000,300000')
@@ -387,7 +444,7 @@ def main():
   if args.stream:
     stream(args.stream, args.steps, args.batch)
   elif args.epoch_pass:
-    epoch_pass(args.epoch_pass, args.epoch_batch)
+    epoch_pass(args.epoch_pass, args.epoch_batch, args.epoch_state, args.epoch_chunk_steps)
   elif args.train:
     train_run(args.train, args.config, args.train_steps, args.workdir)
   elif args.size_gb or args.dataset:

@@ -63,18 +63,32 @@ def test_count_epoch_finds_missing_and_duplicated_examples():
 
 
 def test_one_epoch_reads_every_example_once_in_bounded_memory(tmp_path):
-  """Subprocess: a 200 MB file, one epoch of the training stream counted; the
-  trainer-side memory grows by far less than the file."""
-  rows = _run('--size_gb=0.2', '--train_steps=0', '--epoch_batch=64', f'--dir={tmp_path}')
+  """Subprocess: a 200 MB file, one epoch of the training stream counted (in
+  chunks of 50 steps, each read by an iterator started mid-epoch); the
+  reading process grows by far less than the file."""
+  rows = _run('--size_gb=0.2', '--train_steps=0', '--epoch_batch=64', '--epoch_chunk_steps=50',
+              f'--dir={tmp_path}')
   assert [r['phase'] for r in rows] == ['write', 'dataset', 'epoch']
   n = rows[0]['num_images']
   assert n == int(0.2e9) // 12288 and rows[1]['dataset_bytes'] >= n * 12288
   epoch = rows[2]
   assert epoch['exactly_once'] and epoch['examples_read'] == epoch['distinct'] == n
   assert epoch['steps'] == math.ceil(n / 64) and epoch['missing'] == epoch['duplicated'] == 0
+  assert epoch['resumed_at_step'] == 0 and epoch['positions'] == n
   growth_mb = epoch['peak_rss_mb'] - epoch['rss_before_mb']
   assert growth_mb < 0.5 * rows[1]['dataset_bytes'] / 2**20, epoch
   assert not os.listdir(tmp_path)  # The dataset is deleted.
+
+
+def test_a_rerun_epoch_pass_resumes_from_its_counts(tmp_path):
+  path = str(tmp_path / 'x.array_record')
+  data_scale.write(path, 100)
+  flags = (f'--dataset={path}', '--train_steps=0', '--epoch_batch=8', '--epoch_chunk_steps=5')
+  first = _run(*flags)[-1]
+  assert first['exactly_once'] and first['steps'] == 13 and first['resumed_at_step'] == 0
+  second = _run(*flags)[-1]  # Everything was counted: nothing left to read.
+  assert second['resumed_at_step'] == 13 and second['exactly_once']
+  assert os.path.exists(path)  # --dataset files are kept.
 
 
 def test_training_on_a_streamed_file(tmp_path):
