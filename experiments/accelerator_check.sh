@@ -31,6 +31,7 @@
 # run to run, which is not what the resume check is about).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # The checkout, installed or not.
 PYTHON=${PYTHON:-python}
 DRY_RUN=0
 PEAK=0

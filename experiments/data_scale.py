@@ -17,7 +17,9 @@ peak RSS belongs to it alone:
     duplicated, images_per_s (pipeline alone), peak_rss_mb. It reads in
     chunks of `--epoch_chunk_steps` steps, each by a new iterator started
     mid-epoch, and keeps its counts in epoch_count.npz beside the file: a
-    killed pass resumes from its last chunk when rerun;
+    killed pass resumes from its last chunk when rerun. Before it,
+    'epoch_indices' counts the same way the indices the pipeline asks for
+    over the epoch, split over 2 processes (nothing read: seconds);
   * 'train': `vaegan_jax.train.train_and_evaluate` with `--config` on the
     file (the train split streamed, never cached: config.data.cache_mb=0) for
     `--train_steps` steps: images_per_s and data_wait_fraction (time the loop
@@ -52,7 +54,6 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 SHAPE = (64, 64, 3)
 
@@ -204,6 +205,26 @@ def count_epoch(positions, ids, num_examples, epoch=0):
   return summary(pos_counts, id_counts)
 
 
+def index_count(num_examples, batch, num_processes=2, seed=0):
+  """One epoch of the indices the pipeline asks for, nothing read: each
+  process's rows (`pipeline.process_slice`'s split) of every global batch of
+  `pipeline.global_batch_indices`, counted as `count_epoch` counts reads."""
+  import math  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vaegan_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  pos_counts = np.zeros(num_examples, np.int64)
+  id_counts = np.zeros(num_examples, np.int64)
+  per = batch // num_processes
+  for step in range(math.ceil(num_examples / batch)):
+    idx = pipeline.global_batch_indices(num_examples, batch, seed, step)
+    for p in range(num_processes):
+      rows = slice(p * per, (p + 1) * per)
+      tally(step * batch + np.arange(batch)[rows], idx[rows], num_examples,
+            pos_counts, id_counts)
+  return {'phase': 'epoch_indices', 'num_images': num_examples, 'batch': batch,
+          'processes': num_processes, **summary(pos_counts, id_counts)}
+
+
 def peak_rss_mb():
   return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
@@ -333,10 +354,9 @@ def timed_iterator():
 
 
 def train_config(name, steps):
-  import importlib  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, os.path.join(ROOT, 'configs'))
+  from vaegan_jax import config_base  # pylint: disable=g-import-not-at-top
   module, _, arg = name.partition(':')
-  config = importlib.import_module(module.removesuffix('.py')).get_config(arg or None)
+  config = config_base.load(os.path.join(ROOT, 'configs', module), arg or None)
   config.data.name = NAME
   config.data.cache_mb = 0  # Always streamed, whatever the size.
   config.train.num_steps = steps
@@ -349,7 +369,9 @@ def train_config(name, steps):
 
 def train_run(path, config_name, steps, workdir):
   """Subprocess: trains `config_name` on the file for `steps` steps."""
+  from vaegan_jax import kernels  # pylint: disable=g-import-not-at-top
   from vaegan_jax import train  # pylint: disable=g-import-not-at-top
+  kernels.setup()  # As vaegan_jax.main does, before anything is compiled.
   register(path)
   waits, nexts = timed_iterator()
   config = train_config(config_name, steps)
@@ -404,6 +426,7 @@ def larger_than_memory(args):
                       'dataset_gb': round(size / 1e9, 2), 'dataset_gib': round(size / 2**30, 2),
                       'ram_gib': round(ram / 2**30, 2), 'larger_than_ram': size > ram}), flush=True)
     if not args.skip_epoch:
+      print(json.dumps(index_count(len(RecordSource(path)), args.epoch_batch)), flush=True)
       state = os.path.join(os.path.dirname(path), 'epoch_count.npz')
       print(json.dumps(_subprocess(f'--epoch_pass={path}', f'--epoch_batch={args.epoch_batch}',
                                    f'--epoch_state={state}',

@@ -13,7 +13,6 @@ import jax.numpy as jnp
 
 from conftest import ROOT
 
-sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 import accelerator_check  # pylint: disable=g-import-not-at-top,wrong-import-position
 import throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -18,11 +18,10 @@ import numpy as np
 
 if __name__ != '__main__':
   from conftest import ROOT  # pylint: disable=g-import-not-at-top
-else:
+else:  # The two-process test's worker (module docstring), outside pytest's path.
   ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  sys.path[:0] = [ROOT, os.path.join(ROOT, 'experiments')]
 
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 import data_scale  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SCRIPT = os.path.join(ROOT, 'experiments', 'data_scale.py')
@@ -62,16 +61,22 @@ def test_count_epoch_finds_missing_and_duplicated_examples():
   assert not short['exactly_once'] and short['missing'] == 1 and not short['positions_once']
 
 
+def test_index_count_over_two_processes():
+  counted = data_scale.index_count(203, 16, num_processes=2)  # Last batch runs into epoch 1.
+  assert counted['exactly_once'] and counted['positions'] == counted['distinct'] == 203
+
+
 def test_one_epoch_reads_every_example_once_in_bounded_memory(tmp_path):
   """Subprocess: a 200 MB file, one epoch of the training stream counted (in
   chunks of 50 steps, each read by an iterator started mid-epoch); the
   reading process grows by far less than the file."""
   rows = _run('--size_gb=0.2', '--train_steps=0', '--epoch_batch=64', '--epoch_chunk_steps=50',
               f'--dir={tmp_path}')
-  assert [r['phase'] for r in rows] == ['write', 'dataset', 'epoch']
+  assert [r['phase'] for r in rows] == ['write', 'dataset', 'epoch_indices', 'epoch']
   n = rows[0]['num_images']
   assert n == int(0.2e9) // 12288 and rows[1]['dataset_bytes'] >= n * 12288
-  epoch = rows[2]
+  assert rows[2]['exactly_once'] and rows[2]['num_images'] == n and rows[2]['processes'] == 2
+  epoch = rows[3]
   assert epoch['exactly_once'] and epoch['examples_read'] == epoch['distinct'] == n
   assert epoch['steps'] == math.ceil(n / 64) and epoch['missing'] == epoch['duplicated'] == 0
   assert epoch['resumed_at_step'] == 0 and epoch['positions'] == n
