@@ -36,8 +36,8 @@ checkpoint and continues. Lines: {"kind": "real_train", "loss_curve":
 optimiser states, batch stats, step and key compared leaf by leaf).
 --part=features: feature throughput of the FID Inception (weights from
 $VAEGAN_JAX_INCEPTION when set, else random) on 32 px images resized to 299,
-and of DINOv2 (vaegan_jax/metrics/dinov2.py; random weights when its real
-ones are absent) at 224 px: {"kind": "features", "backbone", "weights":
+and of DINOv2 (vaegan_jax/metrics/dinov2.py; weights from --dinov2_weights or
+$VAEGAN_JAX_DINOV2 when set, else random) at 224 px: {"kind": "features", "backbone", "weights":
 "real"|"random", "images_per_s", "feature_dim", "compile_s", "finite"}; or
 {"kind": "features_skipped", "backbone", "reason"}.
 --part=pipeline: `pipeline.TrainIterator` alone (no model) on 64x64x3 images
@@ -57,7 +57,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -81,6 +80,8 @@ flags.DEFINE_integer('train_log_every', 50, 'Log a train line every N steps.')
 flags.DEFINE_list('dtypes', ['float32', 'bfloat16'], 'Compute dtypes to time.')
 flags.DEFINE_integer('real_steps', 400, 'Steps of the real training run (the resume check '
                      'stops at half of them).')
+flags.DEFINE_string('dinov2_weights', '', 'DINOv2 weights file for --part=features '
+                    '(default $VAEGAN_JAX_DINOV2; none: random weights).')
 flags.DEFINE_integer('feature_images', 2000, 'Images per feature-throughput measurement.')
 flags.DEFINE_integer('pipeline_steps', 100, 'Batches per input-pipeline measurement.')
 flags.DEFINE_bool('dry_run', False, 'CPU check of the script itself: every part on tiny sizes '
@@ -321,17 +322,16 @@ def inception_network():
 
 def dinov2_network():
   """(network, 'real'|'random'), or (None, why not): DINOv2 ViT-L/14 (a
-  2-block, 64-wide one with --dry_run), real weights where the module can
-  load them, else random."""
+  2-block, 64-wide one with --dry_run), with the weights of --dinov2_weights
+  or $VAEGAN_JAX_DINOV2 (dinov2.load: the official .pth or a converted .npz)
+  where given, else random."""
   try:
     from vaegan_jax.metrics import dinov2  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     return None, f'vaegan_jax.metrics.dinov2 is absent ({e})'
-  if not FLAGS.dry_run and hasattr(dinov2, 'load'):
-    try:
-      return dinov2.load(), 'real'
-    except Exception as e:  # pylint: disable=broad-except  # Offline / no file: random.
-      logging.info('DINOv2 weights not loaded (%s); random weights.', e)
+  path = FLAGS.dinov2_weights or os.environ.get('VAEGAN_JAX_DINOV2', '')
+  if path and not FLAGS.dry_run:
+    return dinov2.load(path), 'real'
   config = (dinov2.Config(embed_dim=64, depth=2, num_heads=1, pos_grid=4) if FLAGS.dry_run
             else dinov2.VITL14)
   params = jax.jit(functools.partial(dinov2.init_params, config=config))(jax.random.PRNGKey(0))
