@@ -101,6 +101,9 @@ def get_config(arg=None):
   elif arg in ('cifar10', 'svhn_cropped', 'celeb_a'):
     config.data.name = arg
     config.model.leaky_slope = 0.2  # Radford et al. 2016.
+    if arg != 'celeb_a':  # Radford's 32-px widths (models/gan.py PLANS[32] x 2).
+      config.model.g_width_mult = 2.0
+      config.model.d_width_mult = 2.0
     config.train.batch_size = 128
     config.train.num_steps = 50000
     config.train.log_every_steps = 200

@@ -90,7 +90,8 @@ def get_config(arg=None):
     config.model.latent_dim = 128
     config.model.enc_width = 64
     config.model.enc_hidden = 512
-    config.model.dec_width_mult = 1.0
+    # Radford's DCGAN widths (models/gan.py PLANS; x2 at 32 px).
+    config.model.dec_width_mult = 1.0 if arg == 'celeb_a' else 2.0
     config.model.dis_width = 64
     config.train.num_steps = 30000
     config.train.log_every_steps = 200

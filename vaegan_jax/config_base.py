@@ -20,7 +20,8 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'mnist5k'     # mnist5k (embedded) | mnist | fashion_mnist | cifar10 | svhn_cropped | celeb_a | folder:PATH (PNG/JPEG/WebP, recursive).
-  config.data.image_size = 64      # folder:PATH only: side of the centre-cropped square images (32 | 64 | 128); TFDS sets keep their own size.
+  config.data.image_size = 0       # folder:PATH only: side of the centre-cropped square images; 0 = the images' own size (else the nearest of 28 | 32 | 64); the VAE takes any size >= 8, the GANs 28 | 32 | 64. TFDS sets keep their own size.
+  config.data.channels = 0         # folder:PATH only: 1 (grey) or 3 (RGB) forces the channel count; 0 = the majority of the files'.
   config.data.data_dir = ''        # '' = ~/.cache/vaegan_jax/tensorflow_datasets for mnist5k, TFDS's default otherwise.
   config.data.cache_mb = 512       # Train splits of at most this many MB of images are decoded once into memory; larger ones (and 0) stream.
 

@@ -111,7 +111,8 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
   name = config.data.name
   data_dir = data_dir or config.data.get('data_dir') or None
   test_images, test_labels = input_pipeline.load_split(
-      name, 'test', data_dir, image_size=config.data.get('image_size'))
+      name, 'test', data_dir, image_size=config.data.get('image_size'),
+      channels=input_pipeline.config_channels(config))
   incep_ref = None
   if incep is not None:
     incep_ref = inception.reference_features(
