@@ -44,7 +44,16 @@ def _adam(learning_rate, b1=0.5, b2=0.999):
   return cfg
 
 
+# The variants (`configs/vaegan.py:VARIANT`).
+VARIANTS = ('smoke', 'conditional', 'conditional_smoke', *('cifar10', 'svhn_cropped', 'celeb_a', 'celeb_a64'))
+
+
 def get_config(arg=None):
+  common.check_variant(arg, VARIANTS, 'configs/vaegan.py')
+  if arg == 'conditional_smoke':  # The smoke run of the class-conditional model.
+    config = get_config('smoke')
+    config.model.conditional = True
+    return config
   config = common.get_base_config()
   config.model.family = 'vaegan'
   config.model.latent_dim = 32
@@ -93,8 +102,6 @@ def get_config(arg=None):
     celeb_a64(config)
   elif arg == 'conditional':
     config.model.conditional = True  # Class-conditional (families/conditional.py).
-  elif arg:
-    raise ValueError(f'Unknown variant {arg!r} of configs/vaegan.py.')
   return config
 
 

@@ -19,6 +19,7 @@ from vaegan_jax import evaluate
 from vaegan_jax import families
 from vaegan_jax import input_pipeline
 from vaegan_jax import train
+from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
 from vaegan_jax.metrics import feature_net
 from vaegan_jax.metrics import generative

@@ -23,11 +23,17 @@ same --num_samples.
       protocol: 50000 samples against the whole train split (--reference,
       --num_reference); the reference features are cached beside the weights.
 
+  --applications  also the applications benchmark (vaegan_jax/applications/
+      benchmark.py; docs/evaluation.md "Applications benchmark"), under
+      "applications": denoising, inpainting, reconstruction and perceptual
+      path length of the model ("metrics", null where the family cannot take
+      part) and of the classical baselines on the same damaged test images
+      ("baselines"); the Inception PPL too with --features=inception.
+
   --step=N      a checkpoint in DIR/checkpoints (default: the latest);
   --step=best   the best checkpoint kept in DIR/checkpoints_best.
 """
 
-import functools
 import json
 import os
 import sys
@@ -60,6 +66,8 @@ def define_flags():
                     'metrics compare with (the literature uses train).')
   flags.DEFINE_integer('num_reference', 0, 'Reference images for the Inception metrics; '
                        '0 = the whole split.')
+  flags.DEFINE_bool('applications', False, 'Also measure restoration and interpolation '
+                    '(denoising, inpainting, reconstruction, PPL) beside classical baselines.')
 
 
 def load_state(workdir: str, step: str | int | None = None, mesh=None):
@@ -73,11 +81,14 @@ def load_state(workdir: str, step: str | int | None = None, mesh=None):
 def run(workdir: str, num_samples: int | None = None, step: str | int | None = None,
         out: str = '', iwae_k: int = -1, data_dir: str = '', echo=print,
         features: str = 'own', inception_weights: str = '', reference: str = 'train',
-        num_reference: int = 0) -> dict:
+        num_reference: int = 0, applications: bool = False,
+        applications_settings=None) -> dict:
   """Evaluates a checkpoint of `workdir`; returns (and optionally writes) the dict.
 
   `num_samples` None or 0: 10000, or 50000 with features='inception'. The
   Inception arguments are those of the flags of the same names.
+  `applications`: also `run_applications` (with `applications_settings`, a
+  `benchmark.Settings`, default the benchmark's protocol) under 'applications'.
   """
   if features not in ('own', 'inception'):
     raise UserError(f"--features={features!r} must be 'own' or 'inception'.")
@@ -125,6 +136,11 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
                   inception_source_sha256=incep.source_sha256)
   if evaluator.iwae_k and generative.has_likelihood(family):
     result['iwae_k'] = evaluator.iwae_k
+  if applications:
+    from vaegan_jax import api  # pylint: disable=g-import-not-at-top
+    result['applications'] = run_applications(
+        api.Model(workdir, int(chosen), config, family, state), test_images, test_labels,
+        evaluator.net, incep, applications_settings, echo)
   if out:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, 'w') as f:
@@ -132,6 +148,20 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
       f.write('\n')
     echo(f'Wrote {out}.')
   return result
+
+
+def run_applications(model, test_images, test_labels, net, inception_net=None,
+                     settings=None, echo=print) -> dict:
+  """The applications benchmark of `model` (an api.Model) on the test split:
+  `benchmark.evaluate`'s dict plus 'baselines', {name: metrics} of the
+  classical restorations of the same damaged images."""
+  from vaegan_jax.applications import benchmark  # pylint: disable=g-import-not-at-top
+  tasks = benchmark.make_tasks(test_images, test_labels, settings or benchmark.Settings())
+  echo(f'Applications benchmark on {len(tasks.clean)} test images.')
+  out = benchmark.evaluate(model, tasks, net, inception_net, echo=echo)
+  out['baselines'] = {name: row['metrics']
+                      for name, row in benchmark.evaluate_baselines(tasks, net).items()}
+  return out
 
 
 def main(argv):
@@ -143,7 +173,8 @@ def main(argv):
   result = run(FLAGS.workdir, FLAGS.num_samples, FLAGS.step, FLAGS.out, FLAGS.iwae_k,
                FLAGS.data_dir, echo=lambda m: print(m, file=sys.stderr, flush=True),
                features=FLAGS.features, inception_weights=FLAGS.inception_weights,
-               reference=FLAGS.reference, num_reference=FLAGS.num_reference)
+               reference=FLAGS.reference, num_reference=FLAGS.num_reference,
+               applications=FLAGS.applications)
   print(json.dumps(result, indent=2, sort_keys=True), flush=True)
 
 
