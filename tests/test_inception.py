@@ -218,6 +218,8 @@ def test_converter_cli_errors_are_one_line(tmp_path):
 
 def test_loader_errors_name_both_options(tmp_path, monkeypatch):
   monkeypatch.delenv(inception.ENV_VAR, raising=False)
+  monkeypatch.setenv('VAEGAN_JAX_CACHE', str(tmp_path / 'cache'))  # Offline: a refused
+  monkeypatch.setenv('VAEGAN_JAX_WEIGHTS_MIRROR', 'http://127.0.0.1:9')  # loopback port.
   for bad in (None, str(tmp_path / 'missing.npz')):
     with pytest.raises(UserError) as e:
       inception.load(bad)
@@ -262,10 +264,11 @@ def test_evaluate_cli_inception_end_to_end(vae_workdir, net, tmp_path):
   shutil.copy(net.path, weights)
   base = ('vaegan_jax.evaluate', f'--workdir={vae_workdir}', '--features=inception',
           '--num_samples=12', '--num_reference=16', '--iwae_k=0')
-  env = {inception.ENV_VAR: ''}
+  env = {inception.ENV_VAR: '', 'VAEGAN_JAX_CACHE': str(tmp_path / 'cache'),
+         'VAEGAN_JAX_WEIGHTS_MIRROR': 'http://127.0.0.1:9'}  # Offline (refused port).
   rc, err = _run(*base, env=env)
   assert rc == 1 and len(err) == 1 and '--inception_weights' in err[0]
-  assert inception.ENV_VAR in err[0]
+  assert inception.ENV_VAR in err[0] and 'sha256 6726825d0af5f729' in err[0]
   out = str(tmp_path / 'eval.json')
   rc, err = _run(*base, f'--out={out}', env={inception.ENV_VAR: weights})
   assert rc == 0, err[-3:]
