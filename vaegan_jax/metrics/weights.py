@@ -177,13 +177,13 @@ def download(entry: Entry, dest: str, url: str | None = None, timeout: float = T
     raise UserError(f'Cannot write the {entry.title} weights into {folder} '
                     f'({e.strerror or e}): set ${CACHE_ENV} to a writable folder, or '
                     f'{todo}.') from None
-  echo(f'Downloading the {entry.title} weights ({entry.size / 1e6:.0f} MB) from {url} '
-       f'into {folder} (once).')
   h, got = hashlib.sha256(), 0
   try:
     with os.fdopen(fd, 'wb') as out:
       try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
+          echo(f'Downloading the {entry.title} weights ({entry.size / 1e6:.0f} MB) from '
+               f'{url} into {folder} (once).')
           length = int(response.headers.get('Content-Length') or 0) or entry.size or None
           with progress.bar(length, f'download {entry.file}', 'B') as bar:
             while True:
