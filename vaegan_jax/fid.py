@@ -7,7 +7,8 @@
 
 A and B may each be
   a folder of images   PNG/JPEG/WebP/BMP/TIFF, recursive, any size, grey or colour
-                       (sorted by path; --num=N takes the first N);
+                       (sorted by path; --num=N takes A's first N, --num_reference
+                       B's);
   an .npz of images    key 'images' (or its only array), uint8 (N, H, W[, C]) or
                        float in [0, 1];
   a workdir            N samples drawn from its latest checkpoint exactly as
@@ -48,9 +49,11 @@ def define_flags():
   flags.DEFINE_string('resize', '', "Resize convention: pytorch_fid, clean, tf1, dgm_eval; "
                       "'' = the backbone's default (pytorch_fid for Inception, dgm_eval "
                       'for DINOv2).')
-  flags.DEFINE_integer('num', 0, 'Images per set: the first N of a folder or .npz, or N '
+  flags.DEFINE_integer('num', 0, 'Images of A: the first N of a folder or .npz, or N '
                        'samples of a workdir; 0 = all (a workdir: 50000, or 10000 with '
                        'own features).')
+  flags.DEFINE_integer('num_reference', 0, 'Images of B likewise; 0 = all (a workdir: as '
+                       '--num).')
   flags.DEFINE_string('out', '', 'JSON file to write; the JSON is printed either way.')
   flags.DEFINE_string('save_stats', '', "Write A's features and statistics to this .npz "
                       '(a later run takes it in place of A or B).')
@@ -246,7 +249,8 @@ def _label(path: str) -> str:
 
 def run(a: str, b: str, features: str = 'inception', resize: str = '', num: int = 0,
         out: str = '', save_stats: str = '', step: str = '', inception_weights: str = '',
-        dinov2_weights: str = '', data_dir: str = '', echo=print) -> dict:
+        dinov2_weights: str = '', data_dir: str = '', num_reference: int = 0,
+        echo=print) -> dict:
   """The metrics of A (samples) against B (reference); see the module doc.
 
   Returns:
@@ -256,8 +260,8 @@ def run(a: str, b: str, features: str = 'inception', resize: str = '', num: int 
   """
   from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top
   from vaegan_jax.metrics import backbones  # pylint: disable=g-import-not-at-top
-  if num < 0:
-    raise UsageError(f'--num={num} must be >= 0.')
+  if num < 0 or num_reference < 0:
+    raise UsageError(f'--num={num} and --num_reference={num_reference} must be >= 0.')
   if b == '-' and not save_stats:
     raise UsageError("B '-' (no reference) needs --save_stats=FILE.")
   for p in (a, b):  # Inputs first: a typo fails before the weights load.
@@ -274,7 +278,7 @@ def run(a: str, b: str, features: str = 'inception', resize: str = '', num: int 
     echo(f'Wrote {save_stats} ({da["count"]} images of {a}, {bb.name}).')
   if b == '-':
     return {'a': da, 'stats': os.path.abspath(save_stats)}
-  fb, db = load_set(b, bb, num, mesh, step, default)
+  fb, db = load_set(b, bb, num_reference, mesh, step, num or default)
   for d, f in ((da, fa), (db, fb)):
     if len(f['features']) < 2:
       raise UserError(f'{d["path"]} gives {len(f["features"])} image(s); FID needs at least 2.')
@@ -300,7 +304,7 @@ def main(argv):
   echo = lambda m: print(m, file=sys.stderr, flush=True)
   result = run(argv[1], argv[2], FLAGS.features, FLAGS.resize, FLAGS.num, FLAGS.out,
                FLAGS.save_stats, FLAGS.step, FLAGS.inception_weights, FLAGS.dinov2_weights,
-               FLAGS.data_dir, echo=echo)
+               FLAGS.data_dir, FLAGS.num_reference, echo=echo)
   print(json.dumps(result, indent=2, sort_keys=True), flush=True)
   if 'line' in result:
     print(result['line'], flush=True)
