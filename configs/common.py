@@ -32,6 +32,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # space of the project's own classifier (not Inception), every eval_every_steps.
   config.eval = ml_collections.ConfigDict()
   config.eval.generative_metrics = True  # False = only the family's own eval metrics.
+  config.eval.features = 'own'     # Feature space of the sample metrics: 'own' (the project's net; labelled TFDS sets) | 'inception' | 'dinov2' (added where the weights are at hand: python -m vaegan_jax.metrics.weights NAME).
   config.eval.num_samples = 1000   # Samples per training-time evaluation.
   config.eval.iwae_k = 100         # Importance samples of the VAE's IWAE NLL (evaluate CLI); 0 = skip.
   config.eval.train_iwae_k = 10    # The same during training, kept small for speed; 0 = skip.

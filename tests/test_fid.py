@@ -231,3 +231,89 @@ def test_protocol_line_and_key_names():
   assert backbones.line(dino, 100.0, {**proto, 'num_samples': 10000}).startswith(
       'FD-10k (DINOv2 ViT-L/14, dgm_eval resize, vs cifar10 train 50000)')
   assert backbones.count_label(12) == '12' and backbones.count_label(1500) == '1500'
+
+
+# ---------------------------------------------------------------------------
+# config.eval.features during training; the protocol in the eval rows.
+# ---------------------------------------------------------------------------
+
+
+def _folder_config(tmp_path, data_dir, features):
+  rng = np.random.default_rng(1)
+  folder = tmp_path / 'pics'
+  folder.mkdir(exist_ok=True)
+  for i in range(48):
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(folder / f'{i:03d}.png')
+  config = load_config('vae', 'smoke')
+  config.data.name = f'folder:{folder}'
+  config.data.image_size = 32
+  config.data.data_dir = data_dir
+  config.train.batch_size = 8
+  config.train.num_steps = 2
+  config.train.log_every_steps = 2
+  config.train.checkpoint_every_steps = 2
+  config.train.eval_every_steps = 2
+  config.train.sample_every_steps = 2
+  config.eval.num_samples = 8
+  config.eval.train_iwae_k = 0
+  config.eval.features = features
+  config.eval.best_metric = ''
+  return config
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_folder_dataset_training_gets_inception_numbers_with_protocol(
+    tmp_path, data_dir, monkeypatch, capsys):
+  # The Inception port itself is tested in test_inception; here the wiring,
+  # with a cheap stand-in for its features.
+  weights = tmp_path / 'w.npz'
+  weights.write_bytes(b'at hand')
+  monkeypatch.setenv('VAEGAN_JAX_INCEPTION', str(weights))
+  stub, seen = _stub_backbone('inception')
+  stub.title, stub.suffix = 'Inception', '_inception'
+  monkeypatch.setattr(backbones, 'get', lambda name, *a, **k: stub if name == 'inception'
+                      else pytest.fail(name))
+  monkeypatch.setenv('VAEGAN_JAX_CACHE', str(tmp_path / 'cache'))
+  config = _folder_config(tmp_path, data_dir, 'inception')
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  (row,) = [r for r in _rows(str(tmp_path / 'run')) if 'eval/fid_inception' in r]
+  assert np.isfinite(row['eval/fid_inception']) and 'eval/kid_inception_std' in row
+  assert row['eval/protocol_inception/backbone'] == 'inception'
+  assert row['eval/protocol_inception/resize'] == 'pytorch_fid'
+  assert row['eval/protocol_inception/num_samples'] == 8
+  assert row['eval/protocol_inception/reference'] == f'{config.data.name} test'
+  assert row['eval/protocol_inception/num_reference'] > 0
+  assert row['eval/protocol_inception/weights_sha256'] == 'ab' * 32
+  assert 'eval/fid' not in row  # No own feature net for a folder;
+  assert 'eval/recon' in row and 'eval/elbo' in row  # reconstruction and likelihood all the same.
+  assert (8, 32, 32, 3) in seen  # The samples, featurised once per eval.
+  assert capsys.readouterr().out.count('note:') == 0
+
+
+def test_folder_dataset_without_weights_says_which_command_once(tmp_path, data_dir,
+                                                                monkeypatch, capsys):
+  monkeypatch.delenv('VAEGAN_JAX_INCEPTION', raising=False)
+  monkeypatch.setenv('VAEGAN_JAX_CACHE', str(tmp_path / 'empty_cache'))
+  config = _folder_config(tmp_path, data_dir, 'own')
+  from vaegan_jax import families  # pylint: disable=g-import-not-at-top
+  assert generative.training_evaluator(config, families.get('vae'), None, None) is None
+  notes = [l for l in capsys.readouterr().out.splitlines() if l.startswith('note:')]
+  assert len(notes) == 1 and 'python -m vaegan_jax.metrics.weights inception' in notes[0]
+  config = _folder_config(tmp_path, data_dir, 'inception')
+  assert generative.training_evaluator(config, families.get('vae'), None, None) is None
+  notes = [l for l in capsys.readouterr().out.splitlines() if l.startswith('note:')]
+  assert len(notes) == 1 and 'python -m vaegan_jax.metrics.weights inception' in notes[0]
+  assert '$VAEGAN_JAX_INCEPTION' in notes[0]
+  assert not os.path.exists(tmp_path / 'empty_cache')  # Training never downloads.
+
+
+def test_eval_features_is_validated():
+  from vaegan_jax import validation  # pylint: disable=g-import-not-at-top
+  config = load_config('vae', 'smoke')
+  config.eval.features = 'vgg'
+  with pytest.raises(UserError, match="eval.features.*'own', 'inception', 'dinov2'"):
+    validation.validate(config)

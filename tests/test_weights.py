@@ -212,3 +212,21 @@ def test_inception_load_offline_names_url_hash_and_flag(tmp_path, monkeypatch):
   assert weights.INCEPTION.sha256 in msg and '--inception_weights=PATH' in msg
   assert inception.ENV_VAR in msg and inception.TORCH_FILE in msg
   assert _files(str(tmp_path / 'cache')) == []
+
+
+def test_generic_converter_checks_hash_and_keys(tmp_path):
+  from vaegan_jax.metrics import convert_inception  # pylint: disable=g-import-not-at-top
+  (tiny,) = glob.glob(os.path.join(GOLDEN_DIR, 'tiny_inception_zip-*.pth'))
+  digest = weights.file_sha256(tiny)
+  out = str(tmp_path / 'x.npz')
+  with pytest.raises(UserError, match='has sha256 .*not the Net weights'):
+    convert_inception.convert_state_dict(tiny, out, 'f' * 64, 'Net')
+  keys = set(inception.torch_shapes())
+  with pytest.raises(UserError, match='not the Net state dict: 1 keys missing'):
+    convert_inception.convert_state_dict(tiny, out, digest, 'Net', keys | {'extra.weight'})
+  assert not os.path.exists(out)
+  info = convert_inception.convert_state_dict(tiny, out, digest, 'Net', keys - {'fc.bias'},
+                                              optional_keys=('fc.bias',))
+  with np.load(out) as data:
+    assert 'fc.bias' not in data.files and str(data['__source_sha256__']) == digest
+  assert info['num_tensors'] == len(keys) - 1

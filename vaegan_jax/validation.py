@@ -247,6 +247,11 @@ def _gan_archs():
   return gan.ARCHS
 
 
+def _eval_features():
+  from vaegan_jax.metrics import backbones  # pylint: disable=g-import-not-at-top
+  return backbones.EVAL_FEATURES
+
+
 def _best_modes():
   from vaegan_jax import checkpoint  # pylint: disable=g-import-not-at-top
   return checkpoint.BEST_MODES
@@ -300,6 +305,7 @@ RULES = {
     'train.keep_host_memory': Bool(),     # Read by vaegan_jax.main before training.
     # eval
     'eval.generative_metrics': Bool(),
+    'eval.features': OneOf(_eval_features),
     'eval.num_samples': Int(min=6),       # metrics.generative.Evaluator's minimum.
     'eval.iwae_k': COUNT,
     'eval.train_iwae_k': COUNT,

@@ -149,16 +149,23 @@ def _dinov2(path: str, resize: str, echo) -> Backbone:
     raise UserError('--features=dinov2 needs vaegan_jax/metrics/dinov2.py, which this '
                     'installation lacks.') from None
   npz = weights.ensure('dinov2', path, echo=echo)
-  net = dinov2.load(npz)
+  try:
+    with np.load(npz, allow_pickle=False) as data:
+      state = {k: data[k] for k in data.files}
+    source = str(state.pop('__source_sha256__', ''))
+    state.pop('__format_version__', None)
+    params = dinov2.convert(state)
+  except Exception as e:  # pylint: disable=broad-except  # zip/npy errors, wrong keys
+    raise UserError(f'DINOv2 weights file {npz} is not a converted DINOv2 ViT .npz '
+                    f'({type(e).__name__}: {e}): pass the official '
+                    f'{weights.DINOV2.file} or its .npz with --dinov2_weights.') from None
+  net = dinov2.DinoV2Network(params, resize=resize, path=npz, sha256=source)
 
   def featurize(images, mesh):
-    feats = net.compute(images, _batch(mesh, 16), sharding.data_sharding(mesh),
-                        convention=resize)
-    return {'features': feats}
+    return {'features': net.compute(images, _batch(mesh, 16), sharding.data_sharding(mesh))}
 
   return Backbone('dinov2', 'DINOv2 ViT-L/14', '_dinov2', resize,
-                  getattr(net, 'source_sha256', '') or weights.DINOV2.sha256, featurize,
-                  fd_name='FD')
+                  source or weights.file_sha256(npz), featurize, fd_name='FD')
 
 
 def _own(dataset: str, data_dir: str | None) -> Backbone:
@@ -380,3 +387,75 @@ class SampleMetrics:
     images = draw_samples(self.config, self.family, state, num_samples, self.mesh,
                           f'samples -> {self.bb.name} features')
     return self.bb.metrics(self.reference, featurize_array(self.bb, images, self.mesh))
+
+
+# ---------------------------------------------------------------------------
+# Training-time evaluation (config.eval.features).
+# ---------------------------------------------------------------------------
+
+EVAL_FEATURES = ('own', 'inception', 'dinov2')
+
+
+def weights_at_hand(name: str) -> bool:
+  """Whether `name`'s weights are available without a download (its
+  environment variable, or the cache holds the .npz or the .pth)."""
+  from vaegan_jax.metrics import weights  # pylint: disable=g-import-not-at-top
+  entry = weights.get(name)
+  if os.environ.get(entry.env):
+    return os.path.isfile(os.path.expanduser(os.environ[entry.env]))
+  cache = weights.cache_dir()
+  return any(os.path.isfile(os.path.join(cache, f)) for f in (entry.npz, entry.file))
+
+
+def protocol_scalars(proto: dict, suffix: str = '') -> dict:
+  """The protocol as flat row fields: 'protocol<suffix>/backbone', ..."""
+  return {f'protocol{suffix}/{k}': v for k, v in proto.items()}
+
+
+def own_protocol(evaluator, num_samples: int) -> dict:
+  """The protocol of a `generative.Evaluator`'s own-feature-net metrics."""
+  name = evaluator.config.data.name
+  bb = Backbone(f'own:{name}', f'own {name} feature net', '', 'none',
+                evaluator.net.metadata.get('sha256', ''), None)
+  return protocol(bb, num_samples, f'{name} test', evaluator.num_reference)
+
+
+class TrainingEvaluator:
+  """The project's own metrics (a `generative.Evaluator`, or None where the
+  dataset has no feature net) and a backbone's (a `SampleMetrics`, or None),
+  each with its protocol fields in the row."""
+
+  def __init__(self, own=None, extra: SampleMetrics | None = None):
+    self.own, self.extra = own, extra
+
+  def __call__(self, state, num_samples: int) -> dict:
+    out = {}
+    if self.own is not None:
+      out.update(self.own(state, num_samples))
+      out.update(protocol_scalars(own_protocol(self.own, num_samples)))
+    if self.extra is not None:
+      out.update(self.extra(state, num_samples))
+      out.update(protocol_scalars(self.extra.protocol(num_samples), self.extra.bb.suffix))
+    return out
+
+
+def training_metrics(config, family, test_images, mesh, echo: Callable = print):
+  """`SampleMetrics` of config.eval.features ('inception' / 'dinov2') against
+  the test split, or None (with one note) when its weights are not at hand:
+  training never downloads."""
+  from vaegan_jax.metrics import weights  # pylint: disable=g-import-not-at-top
+  name = (config.get('eval') or {}).get('features', 'own') or 'own'
+  if name == 'own':
+    return None
+  if not weights_at_hand(name):
+    entry = weights.get(name)
+    echo(f'note: no {entry.title} metrics during training: its weights are not at hand. '
+         f'Fetch them once with `python -m vaegan_jax.metrics.weights {name}` (or set '
+         f'${entry.env}=PATH).')
+    return None
+  bb = get(name, echo=echo)
+  dataset = config.data.name
+  digest = hashlib.sha256(np.ascontiguousarray(test_images).tobytes()).hexdigest()[:12]
+  ref = reference_features(bb, dataset, f'test-{digest}', lambda: test_images, None, mesh,
+                           echo=echo)
+  return SampleMetrics(config, family, mesh, bb, ref, f'{dataset} test')

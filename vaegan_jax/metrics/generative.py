@@ -364,33 +364,44 @@ def evaluate(config, family, state, test_images, num_samples: int, mesh=None,
 
 
 def training_evaluator(config, family, test_images, mesh, test_labels=None):
-  """The Evaluator for training-time evals, or None when they are off.
+  """The evaluator for training-time evals, or None when they are off.
 
-  Off when `config.eval.generative_metrics` is False, when the dataset has no
-  class labels to train the feature network on, or when its feature network
-  is neither shipped nor cached yet: training never trains one, so a run
-  cannot stall on it (a note gives the command). The
-  VAE's IWAE bound uses `config.eval.train_iwae_k` importance samples (default
-  10): k = 100 costs about 20-40 s of CPU per evaluation of the mnist5k test
-  split, the rest of the metrics about 2 s with 1000 samples.
+  Off when `config.eval.generative_metrics` is False. The project's own
+  metrics need a feature network: none for datasets without class labels
+  (folders), and none while it is neither shipped nor cached yet (training
+  never trains one, so a run cannot stall on it; a note gives the command).
+  `config.eval.features` 'inception' or 'dinov2' adds that backbone's metrics
+  (`backbones.training_metrics`) where its weights are at hand, against the
+  test split; each set of numbers carries its protocol fields. The VAE's IWAE
+  bound uses `config.eval.train_iwae_k` importance samples (default 10): k =
+  100 costs about 20-40 s of CPU per evaluation of the mnist5k test split, the
+  rest of the metrics about 2 s with 1000 samples.
   """
+  from vaegan_jax.metrics import backbones  # pylint: disable=g-import-not-at-top
   eval_cfg = config.get('eval', {}) or {}
   if not eval_cfg or not eval_cfg.get('generative_metrics', True):
     return None
-  if input_pipeline.is_folder(config.data.name):
-    print(f'note: no generative metrics for {config.data.name}: feature networks '
-          'exist only for the TFDS datasets so far.', flush=True)
+  features = eval_cfg.get('features', 'own') or 'own'
+  extra = backbones.training_metrics(config, family, test_images, mesh)
+  own = None
+  if input_pipeline.is_folder(config.data.name) or not input_pipeline.get_spec(
+      config.data.name).num_classes:
+    if extra is None and features == 'own':
+      print(f'note: no generative metrics for {config.data.name}: it has no class '
+            "labels for the project's feature network. Set config.eval.features='inception' "
+            "(or 'dinov2') after fetching the weights once with `python -m "
+            'vaegan_jax.metrics.weights inception`; reconstruction and likelihood are '
+            'logged all the same.', flush=True)
+  else:
+    net = feature_net_lib.find(config.data.name)
+    if net is None:  # Training it here could stall the run for a long time.
+      print(f'note: no own-feature-net metrics during training: no feature network for '
+            f'{config.data.name} yet. Train it once with `python -m '
+            f'vaegan_jax.metrics.feature_net --dataset={config.data.name}` (it is '
+            f'cached), or let `python -m vaegan_jax.evaluate` do so.', flush=True)
+    else:
+      own = Evaluator(config, family, test_images, mesh, net=net,
+                      iwae_k=int(eval_cfg.get('train_iwae_k', 10)), test_labels=test_labels)
+  if own is None and extra is None:
     return None
-  if not input_pipeline.get_spec(config.data.name).num_classes:
-    print(f'note: no generative metrics for {config.data.name}: it has no class labels '
-          "to train the project's feature network on.", flush=True)
-    return None
-  net = feature_net_lib.find(config.data.name)
-  if net is None:  # Training it here could stall the run for a long time.
-    print(f'note: no generative metrics during training: no feature network for '
-          f'{config.data.name} yet. Train it once with `python -m '
-          f'vaegan_jax.metrics.feature_net --dataset={config.data.name}` (it is '
-          f'cached), or let `python -m vaegan_jax.evaluate` do so.', flush=True)
-    return None
-  return Evaluator(config, family, test_images, mesh, net=net,
-                   iwae_k=int(eval_cfg.get('train_iwae_k', 10)), test_labels=test_labels)
+  return backbones.TrainingEvaluator(own, extra)

@@ -103,7 +103,7 @@ DINOV2 = Entry(
     url='https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth',
     sha256='d5383ea8f4877b2472eb973e0fd72d557c7da5d3611bd527ceeb1d7162cbf428',
     size=1_217_586_395, npz='dinov2_vitl14-d5383ea8.npz',
-    converter='vaegan_jax.metrics.dinov2:convert',
+    converter='vaegan_jax.metrics.convert_inception:convert_dinov2',
     flag='--dinov2_weights', env='VAEGAN_JAX_DINOV2')
 
 REGISTRY = {e.name: e for e in (INCEPTION, DINOV2)}
@@ -272,3 +272,20 @@ def ensure(name: str | Entry, path: str = '', url: str | None = None,
     download(entry, pth, url, echo=echo)
   _convert(entry, pth, out, echo)
   return out
+
+
+def main(argv):
+  """`python -m vaegan_jax.metrics.weights NAME...`: fetch, check and convert."""
+  names = argv[1:]
+  if not names:
+    from vaegan_jax.errors import UsageError  # pylint: disable=g-import-not-at-top
+    raise UsageError('usage: python -m vaegan_jax.metrics.weights NAME... (names: '
+                     f'{", ".join(sorted(REGISTRY))}).')
+  for name in names:
+    path = ensure(name)
+    print(f'{get(name).title}: {path}', flush=True)
+
+
+if __name__ == '__main__':
+  from vaegan_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)
