@@ -317,3 +317,25 @@ def test_eval_features_is_validated():
   config.eval.features = 'vgg'
   with pytest.raises(UserError, match="eval.features.*'own', 'inception', 'dinov2'"):
     validation.validate(config)
+
+
+def test_four_devices_give_one_devices_numbers(test_split, tmp_path):
+  """The batches are split over every device: 4 forced CPU devices (a
+  subprocess) give the single device's numbers."""
+  import jax  # pylint: disable=g-import-not-at-top
+  assert jax.device_count() == 1
+  a = _npz(tmp_path, 'a.npz', test_split[:200])
+  b = _npz(tmp_path, 'b.npz', test_split[200:450])
+  one = fid.run(a, b, features='own:mnist5k', echo=_quiet)
+  out = str(tmp_path / 'four.json')
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu',
+         'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  proc = subprocess.run([sys.executable, '-c', (
+      'import jax, sys; assert jax.device_count() == 4; from vaegan_jax import fid; '
+      f'fid.run({a!r}, {b!r}, features="own:mnist5k", out={out!r}, echo=print)')],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with open(out) as f:
+    four = json.load(f)
+  for key in DIST:
+    assert four[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6), key

@@ -187,9 +187,7 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
   size = config.data.get('image_size')
   test_images, test_labels = input_pipeline.load_split(name, 'test', data_dir, image_size=size)
   result, protocol, lines = {}, {}, []
-  own = generative.has_feature_net(name) if hasattr(generative, 'has_feature_net') else (
-      not input_pipeline.is_folder(name) and input_pipeline.get_spec(name).num_classes > 0)
-  if own:
+  if not input_pipeline.is_folder(name) and input_pipeline.get_spec(name).num_classes:
     evaluator = generative.Evaluator(
         config, family, test_images, mesh, iwae_k=None if iwae_k < 0 else iwae_k,
         test_labels=test_labels)
@@ -215,6 +213,10 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
     metrics = backbones.SampleMetrics(config, family, mesh, bb, ref, f'{name} {reference}')
     result.update(metrics(state, num_samples))
     protocol[bb.name] = metrics.protocol(num_samples)
+    if bb.name == 'inception':  # The keys the study's report reads.
+      result.update(inception_reference=reference,
+                    num_inception_reference=protocol[bb.name]['num_reference'],
+                    inception_source_sha256=bb.weights_sha256)
     lines.insert(0, backbones.line(bb, result[bb.fd_key], protocol[bb.name]))
   result.update(step=int(chosen), num_samples=int(num_samples), dataset=name,
                 family=config.model.family, features=features, protocol=protocol,

@@ -154,7 +154,7 @@ def _dinov2(path: str, resize: str, echo) -> Backbone:
       state = {k: data[k] for k in data.files}
     source = str(state.pop('__source_sha256__', ''))
     state.pop('__format_version__', None)
-    params = dinov2.convert(state)
+    params = dinov2.convert(state, dinov2.VITL14)
   except Exception as e:  # pylint: disable=broad-except  # zip/npy errors, wrong keys
     raise UserError(f'DINOv2 weights file {npz} is not a converted DINOv2 ViT .npz '
                     f'({type(e).__name__}: {e}): pass the official '

@@ -136,7 +136,7 @@ def file_sha256(path: str) -> str:
 
 def _what_to_do(entry: Entry, url: str, cache: str) -> str:
   return (f'download {url} yourself (sha256 {entry.sha256}) and pass {entry.flag}=PATH '
-          f'(or set ${entry.env}=PATH), or put it at {os.path.join(cache, entry.file)}')
+          f'or set ${entry.env}=PATH, or put it at {os.path.join(cache, entry.file)}')
 
 
 def _remove(path: str):
