@@ -99,11 +99,9 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
   other arguments are those of the flags of the same names.
   """
   import time  # pylint: disable=g-import-not-at-top
-  from vaegan_jax import run_config  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import api  # pylint: disable=g-import-not-at-top
   t0 = time.time()
-  if not os.path.isdir(workdir):
-    raise UserError(f'Workdir {workdir} does not exist.')
-  stored = run_config.load(workdir)
+  stored = api.load_config(workdir)
   features = features or (stored.get('eval') or {}).get('features', 'own') or 'own'
   if features not in FEATURES:
     raise UsageError(f"--features={features!r} must be one of {', '.join(FEATURES)}.")

@@ -301,6 +301,8 @@ def main(argv):
   if len(argv) != 3:
     raise UsageError('usage: python -m vaegan_jax.fid A B [--features=...] '
                      '(A, B: folders, .npz files, workdirs or saved statistics).')
+  from vaegan_jax import kernels  # pylint: disable=g-import-not-at-top
+  kernels.setup()  # Before anything compiles: a workdir's samples are evaluate's bits.
   echo = lambda m: print(m, file=sys.stderr, flush=True)
   result = run(argv[1], argv[2], FLAGS.features, FLAGS.resize, FLAGS.num, FLAGS.out,
                FLAGS.save_stats, FLAGS.step, FLAGS.inception_weights, FLAGS.dinov2_weights,
@@ -310,7 +312,12 @@ def main(argv):
     print(result['line'], flush=True)
 
 
-if __name__ == '__main__':
+def cli_main():
+  """The `vaegan-fid` command: the same as `python -m vaegan_jax.fid`."""
   from vaegan_jax import cli  # pylint: disable=g-import-not-at-top
   define_flags()
   cli.run(main)
+
+
+if __name__ == '__main__':
+  cli_main()
