@@ -298,16 +298,20 @@ def test_folder_dataset_without_weights_says_which_command_once(tmp_path, data_d
                                                                 monkeypatch, capsys):
   monkeypatch.delenv('VAEGAN_JAX_INCEPTION', raising=False)
   monkeypatch.setenv('VAEGAN_JAX_CACHE', str(tmp_path / 'empty_cache'))
-  config = _folder_config(tmp_path, data_dir, 'own')
   from vaegan_jax import families  # pylint: disable=g-import-not-at-top
-  assert generative.training_evaluator(config, families.get('vae'), None, None) is None
+  images = np.zeros((4, 32, 32, 3), np.uint8)
+  config = _folder_config(tmp_path, data_dir, 'own')
+  evaluator = generative.training_evaluator(config, families.get('vae'), images, None)
+  assert not evaluator.sample_metrics  # Reconstruction and likelihood all the same.
   notes = [l for l in capsys.readouterr().out.splitlines() if l.startswith('note:')]
   assert len(notes) == 1 and 'python -m vaegan_jax.metrics.weights inception' in notes[0]
+  assert "config.eval.features='inception'" in notes[0]
   config = _folder_config(tmp_path, data_dir, 'inception')
-  assert generative.training_evaluator(config, families.get('vae'), None, None) is None
+  evaluator = generative.training_evaluator(config, families.get('vae'), images, None)
+  assert not evaluator.sample_metrics
   notes = [l for l in capsys.readouterr().out.splitlines() if l.startswith('note:')]
-  assert len(notes) == 1 and 'python -m vaegan_jax.metrics.weights inception' in notes[0]
-  assert '$VAEGAN_JAX_INCEPTION' in notes[0]
+  assert sum('python -m vaegan_jax.metrics.weights inception' in n for n in notes) == 1
+  assert any('$VAEGAN_JAX_INCEPTION' in n for n in notes)
   assert not os.path.exists(tmp_path / 'empty_cache')  # Training never downloads.
 
 

@@ -34,6 +34,13 @@ same --num_samples.
       run's config.eval.features decides. Folder datasets have no feature net
       of the project: only these backbones measure them.
 
+  --applications  also the applications benchmark (vaegan_jax/applications/
+      benchmark.py; docs/evaluation.md "Applications benchmark"), under
+      "applications": denoising, inpainting, reconstruction and perceptual
+      path length of the model ("metrics", null where the family cannot take
+      part) and of the classical baselines on the same damaged test images
+      ("baselines"); the Inception PPL too with --features=inception.
+
   --step=N      a checkpoint in DIR/checkpoints (default: the latest);
   --step=best   the best checkpoint kept in DIR/checkpoints_best.
 """
@@ -78,6 +85,8 @@ def define_flags():
                     'DINOv2 metrics compare with (the literature uses train).')
   flags.DEFINE_integer('num_reference', 0, 'Reference images for the Inception / DINOv2 '
                        'metrics; 0 = the whole split.')
+  flags.DEFINE_bool('applications', False, 'Also measure restoration and interpolation '
+                    '(denoising, inpainting, reconstruction, PPL) beside classical baselines.')
 
 
 def load_state(workdir: str, step: str | int | None = None, mesh=None):
@@ -91,12 +100,15 @@ def load_state(workdir: str, step: str | int | None = None, mesh=None):
 def run(workdir: str, num_samples: int | None = None, step: str | int | None = None,
         out: str = '', iwae_k: int = -1, data_dir: str = '', echo=print,
         features: str = '', inception_weights: str = '', reference: str = 'train',
-        num_reference: int = 0, resize: str = '', dinov2_weights: str = '') -> dict:
+        num_reference: int = 0, resize: str = '', dinov2_weights: str = '',
+        applications: bool = False, applications_settings=None) -> dict:
   """Evaluates a checkpoint of `workdir`; returns (and optionally writes) the dict.
 
   `features` '' = the run's config.eval.features ('own' by default).
   `num_samples` None or 0: 10000, or 50000 with 'inception' / 'dinov2'. The
   other arguments are those of the flags of the same names.
+  `applications`: also `run_applications` (with `applications_settings`, a
+  `benchmark.Settings`, default the benchmark's protocol) under 'applications'.
   """
   import time  # pylint: disable=g-import-not-at-top
   from vaegan_jax import api  # pylint: disable=g-import-not-at-top
@@ -126,8 +138,10 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
   name = config.data.name
   data_dir = data_dir or config.data.get('data_dir') or None
   size = config.data.get('image_size')
-  test_images, test_labels = input_pipeline.load_split(name, 'test', data_dir, image_size=size)
+  test_images, test_labels = input_pipeline.load_split(
+      name, 'test', data_dir, image_size=size, channels=input_pipeline.config_channels(config))
   result, protocol, lines = {}, {}, []
+  evaluator = None
   if not input_pipeline.is_folder(name) and input_pipeline.get_spec(name).num_classes:
     evaluator = generative.Evaluator(
         config, family, test_images, mesh, iwae_k=None if iwae_k < 0 else iwae_k,
@@ -149,7 +163,8 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
   if bb is not None:
     ref = backbones.reference_features(
         bb, name, reference, lambda: input_pipeline.load_split(
-            name, reference, data_dir, image_size=size)[0], num_reference or None, mesh,
+            name, reference, data_dir, image_size=size,
+            channels=input_pipeline.config_channels(config))[0], num_reference or None, mesh,
         echo=echo)
     metrics = backbones.SampleMetrics(config, family, mesh, bb, ref, f'{name} {reference}')
     result.update(metrics(state, num_samples))
@@ -159,6 +174,14 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
                     num_inception_reference=protocol[bb.name]['num_reference'],
                     inception_source_sha256=bb.weights_sha256)
     lines.insert(0, backbones.line(bb, result[bb.fd_key], protocol[bb.name]))
+  if applications:
+    if evaluator is None:
+      raise UserError(f'--applications needs the project\'s feature net, which {name} '
+                      'lacks (folder datasets and unlabelled sets).')
+    result['applications'] = run_applications(
+        api.Model(workdir, int(chosen), config, family, state), test_images, test_labels,
+        evaluator.net, bb.net if bb is not None and bb.name == 'inception' else None,
+        applications_settings, echo)
   result.update(step=int(chosen), num_samples=int(num_samples), dataset=name,
                 family=config.model.family, features=features, protocol=protocol,
                 lines=lines, eval_seconds=round(time.time() - t0, 1))
@@ -171,6 +194,20 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
   return result
 
 
+def run_applications(model, test_images, test_labels, net, inception_net=None,
+                     settings=None, echo=print) -> dict:
+  """The applications benchmark of `model` (an api.Model) on the test split:
+  `benchmark.evaluate`'s dict plus 'baselines', {name: metrics} of the
+  classical restorations of the same damaged images."""
+  from vaegan_jax.applications import benchmark  # pylint: disable=g-import-not-at-top
+  tasks = benchmark.make_tasks(test_images, test_labels, settings or benchmark.Settings())
+  echo(f'Applications benchmark on {len(tasks.clean)} test images.')
+  out = benchmark.evaluate(model, tasks, net, inception_net, echo=echo)
+  out['baselines'] = {name: row['metrics']
+                      for name, row in benchmark.evaluate_baselines(tasks, net).items()}
+  return out
+
+
 def main(argv):
   if len(argv) > 1:
     raise UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
@@ -181,7 +218,8 @@ def main(argv):
                FLAGS.data_dir, echo=lambda m: print(m, file=sys.stderr, flush=True),
                features=FLAGS.features, inception_weights=FLAGS.inception_weights,
                reference=FLAGS.reference, num_reference=FLAGS.num_reference,
-               resize=FLAGS.resize, dinov2_weights=FLAGS.dinov2_weights)
+               resize=FLAGS.resize, dinov2_weights=FLAGS.dinov2_weights,
+               applications=FLAGS.applications)
   print(json.dumps(result, indent=2, sort_keys=True), flush=True)
   for line in result['lines']:
     print(line, flush=True)

@@ -64,6 +64,7 @@ class Backbone:
   featurize: Callable[[Any, Any], dict]
   input_shape: tuple | None = None
   fd_name: str = 'FID'
+  net: Any = None  # The loaded network (InceptionNetwork, DinoV2Network, FeatureNetwork).
 
   def features(self, images, mesh=None) -> dict:
     from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top
@@ -137,7 +138,7 @@ def _inception(path: str, resize: str, echo) -> Backbone:
     return {'features': out['pool3'], 'logits_unbiased': out['logits_unbiased']}
 
   return Backbone('inception', 'Inception', '_inception', resize,
-                  net.source_sha256 or net.sha256, featurize)
+                  net.source_sha256 or net.sha256, featurize, net=net)
 
 
 def _dinov2(path: str, resize: str, echo) -> Backbone:
@@ -165,7 +166,7 @@ def _dinov2(path: str, resize: str, echo) -> Backbone:
     return {'features': net.compute(images, _batch(mesh, 16), sharding.data_sharding(mesh))}
 
   return Backbone('dinov2', 'DINOv2 ViT-L/14', '_dinov2', resize,
-                  source or weights.file_sha256(npz), featurize, fd_name='FD')
+                  source or weights.file_sha256(npz), featurize, fd_name='FD', net=net)
 
 
 def _own(dataset: str, data_dir: str | None) -> Backbone:
@@ -183,7 +184,7 @@ def _own(dataset: str, data_dir: str | None) -> Backbone:
 
   return Backbone(f'own:{dataset}', f'own {dataset} feature net', '', 'none',
                   net.metadata.get('sha256', ''), featurize,
-                  input_shape=tuple(input_pipeline.get_spec(dataset).image_shape))
+                  input_shape=tuple(input_pipeline.get_spec(dataset).image_shape), net=net)
 
 
 def get(name: str, resize: str = '', weights_path: str = '', data_dir: str | None = None,
@@ -427,12 +428,16 @@ class TrainingEvaluator:
 
   def __init__(self, own=None, extra: SampleMetrics | None = None):
     self.own, self.extra = own, extra
+    # What generative.available_metrics / best_metric read of an Evaluator.
+    self.sample_metrics = bool(own is not None and own.sample_metrics)
+    self.iwae_k = own.iwae_k if own is not None else 0
 
   def __call__(self, state, num_samples: int) -> dict:
     out = {}
     if self.own is not None:
       out.update(self.own(state, num_samples))
-      out.update(protocol_scalars(own_protocol(self.own, num_samples)))
+      if self.own.sample_metrics:
+        out.update(protocol_scalars(own_protocol(self.own, num_samples)))
     if self.extra is not None:
       out.update(self.extra(state, num_samples))
       out.update(protocol_scalars(self.extra.protocol(num_samples), self.extra.bb.suffix))
