@@ -419,7 +419,7 @@ def best_metric(config, family, evaluator) -> tuple:
 
 
 def training_evaluator(config, family, test_images, mesh, test_labels=None):
-  """The Evaluator for training-time evals, or None when they are off.
+  """The evaluator for training-time evals, or None when they are off.
 
   Off when `config.eval.generative_metrics` is False. Without a feature
   network (a folder, a dataset without class labels to train one on, or one
@@ -430,18 +430,27 @@ def training_evaluator(config, family, test_images, mesh, test_labels=None):
   VAE's IWAE bound uses `config.eval.train_iwae_k` importance samples (default
   10): k = 100 costs about 20-40 s of CPU per evaluation of the mnist5k test
   split, the rest of the metrics about 2 s with 1000 samples.
+  `config.eval.features` 'inception' or 'dinov2' adds that backbone's metrics
+  (`backbones.training_metrics`) where its weights are at hand, against the
+  test split; each set of sample metrics carries its protocol fields.
   """
+  from vaegan_jax.metrics import backbones  # pylint: disable=g-import-not-at-top
   eval_cfg = config.get('eval', {}) or {}
   if not eval_cfg or not eval_cfg.get('generative_metrics', True):
     return None
   iwae_k = int(eval_cfg.get('train_iwae_k', 10))
+  features = eval_cfg.get('features', 'own') or 'own'
+  extra = backbones.training_metrics(config, family, test_images, mesh)
   net, why = None, ''
+  hint = ('' if features != 'own' else ". Set config.eval.features='inception' (or 'dinov2') "
+          'for FID there, after fetching the weights once with `python -m '
+          'vaegan_jax.metrics.weights inception`')
   if input_pipeline.is_folder(config.data.name):
     why = (f'no sample metrics (FID, KID, ...) for {config.data.name}: feature networks '
-           'exist only for the TFDS datasets so far')
+           'exist only for the TFDS datasets so far' + hint)
   elif not input_pipeline.get_spec(config.data.name).num_classes:
     why = (f'no sample metrics (FID, KID, ...) for {config.data.name}: it has no class '
-           "labels to train the project's feature network on")
+           "labels to train the project's feature network on" + hint)
   else:
     net = feature_net_lib.find(config.data.name)
     if net is None:  # Training it here could stall the run for a long time.
@@ -450,13 +459,16 @@ def training_evaluator(config, family, test_images, mesh, test_labels=None):
              f'vaegan_jax.metrics.feature_net --dataset={config.data.name}` (it is '
              f'cached), or let `python -m vaegan_jax.evaluate` do so')
   if net is not None:
-    return Evaluator(config, family, test_images, mesh, net=net, iwae_k=iwae_k,
-                     test_labels=test_labels)
-  without = has_encoder(family) or (has_likelihood(family) and iwae_k > 0)
-  print(f'note: {why}; ' + ('reconstruction and likelihood metrics are reported.'
-                            if without else 'the family\'s own eval metrics are reported.'),
-        flush=True)
-  if not without:
-    return None
-  return Evaluator(config, family, test_images, mesh, iwae_k=iwae_k,
-                   test_labels=test_labels, sample_metrics=False)
+    own = Evaluator(config, family, test_images, mesh, net=net, iwae_k=iwae_k,
+                    test_labels=test_labels)
+  else:
+    without = has_encoder(family) or (has_likelihood(family) and iwae_k > 0)
+    if extra is None:
+      print(f'note: {why}; ' + ('reconstruction and likelihood metrics are reported.'
+                                if without else 'the family\'s own eval metrics are reported.'),
+            flush=True)
+    own = (Evaluator(config, family, test_images, mesh, iwae_k=iwae_k,
+                     test_labels=test_labels, sample_metrics=False) if without else None)
+  if extra is None and (own is None or not own.sample_metrics):
+    return own
+  return backbones.TrainingEvaluator(own, extra)
