@@ -23,8 +23,8 @@ NUM_TEST = 40        # Test images: reference set, reconstructions, likelihood.
 
 
 def config_of(data_dir):
-  from vaegan_jax import config_base  # pylint: disable=g-import-not-at-top
-  config = config_base.load(os.path.join(ROOT, 'configs', 'vae.py'), 'conditional')
+  from vaegan_jax import config_files  # pylint: disable=g-import-not-at-top
+  config = config_files.load(os.path.join(ROOT, 'configs', 'vae.py'), 'conditional')
   config.data.data_dir = data_dir
   config.model.width, config.model.hidden, config.model.latent_dim = 8, 32, 8
   config.train.batch_size = BATCH

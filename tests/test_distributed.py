@@ -244,7 +244,7 @@ def test_evaluate_and_sample_on_a_two_process_checkpoint(two_processes, tmp_path
   two = _two_processes([*evaluate, f'--out={tmp_path}/two.json'])
   want = json.load(open(tmp_path / 'one.json'))
   got = json.load(open(tmp_path / 'two.json'))
-  assert json.loads(two[1][two[1].index('{'):]).keys() == got.keys()  # Process 1 too.
+  assert all('"fid"' in o for o in two)  # Each process computed it.
   assert want['step'] == got['step'] == train_families.NUM_STEPS
   assert {'fid', 'kid', 'nll_nats', 'psnr'} <= want.keys()
   for k, v in want.items():

@@ -50,9 +50,9 @@ def child_args(argv):
 
 def default_config(name):
   """configs/<module>.py:get_config(arg) for a name 'module' or 'module:arg'."""
-  from vaegan_jax import config_base  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import config_files  # pylint: disable=g-import-not-at-top
   module, _, arg = name.partition(':')
-  return config_base.load(os.path.join(ROOT, 'configs', f'{module}.py'), arg or None)
+  return config_files.load(os.path.join(ROOT, 'configs', f'{module}.py'), arg or None)
 
 
 def workdir_name(name):
