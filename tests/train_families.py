@@ -99,8 +99,9 @@ def main(argv):
     config = tiny_config(name, data_dir)
     workdir = os.path.join(root, workdir_name(name))
     state = train.train_and_evaluate(config, workdir)
+    panels = grid(config, state)  # A jit over every process's devices: all call it.
     if jax.process_index() == 0:
-      np.save(os.path.join(workdir, 'grid.npy'), grid(config, state))
+      np.save(os.path.join(workdir, 'grid.npy'), panels)
   print('devices', jax.device_count(), 'processes', jax.process_count(), flush=True)
 
 
