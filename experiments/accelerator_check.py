@@ -95,8 +95,8 @@ BENCH = [('vae', 'cifar10'), ('gan', 'cifar10_dcgan'), ('gan', 'cifar10_sngan'),
 
 
 def load_config(name, arg):
-  from vaegan_jax import config_base  # pylint: disable=g-import-not-at-top
-  return config_base.load(os.path.join(ROOT, 'configs', f'{name}.py'), arg)
+  from vaegan_jax import config_files  # pylint: disable=g-import-not-at-top
+  return config_files.load(os.path.join(ROOT, 'configs', f'{name}.py'), arg)
 
 
 def dry_run_config(name, arg):
