@@ -7,7 +7,8 @@ Surprising Subtleties in GAN Evaluation", CVPR 2022). Each is reproduced
 exactly from its reference package, as separable matrices (two small
 einsums per batch; jit- and sharding-friendly):
 
-``pytorch_fid``  (pytorch-fid 0.3, ``InceptionV3.forward``; StudioGAN's default)
+``pytorch_fid``  (pytorch-fid 0.3, ``InceptionV3.forward``; clean-fid's
+    ``legacy_pytorch``)
     ``x / 255`` in float32, ``F.interpolate(mode='bilinear',
     align_corners=False)`` without antialiasing: source coordinate
     ``max((i + 0.5)·in/out - 0.5, 0)`` in float32, neighbours ``floor`` and
@@ -20,7 +21,7 @@ einsums per batch; jit- and sharding-friendly):
     then vertical, then ``clip(0, 255)``. Inception input ``(x - 128) / 128``
     (clean-fid's Inception graph).
 ``tf1``  (torch-fidelity 0.4 ``interpolate_bilinear_2d_like_tensorflow1x``;
-    TF-GAN and the original TTUR/TF FID code)
+    TF-GAN, the original TTUR/TF FID code; clean-fid's ``legacy_tensorflow``)
     pixels as float32 on ``[0, 255]``, TF1 ``resize_bilinear(align_corners=
     False)``: source coordinate ``i · in/out`` (no half-pixel shift) in
     float32, no antialiasing. Inception input ``(x - 128) / 128``.
