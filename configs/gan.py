@@ -40,12 +40,9 @@ every step to the first record's). GAN training oscillates; the best
 checkpoint by FID is kept in WORKDIR/checkpoints_best.
 """
 
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax import config_base as common
 
 
 def _adam(learning_rate, b1, b2=0.999):

@@ -26,12 +26,9 @@ decoder uses the label only partly (the class is also in z); a 2-D latent
 reaches 0.82 in 300 steps (tests/test_conditional.py).
 """
 
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax import config_base as common
 
 
 def get_config(arg=None):

@@ -29,12 +29,9 @@ cond_accuracy 0.73 / 0.91 / 0.91 / 0.95 / 0.94 (chance 0.10), intra_fid
 trajectory, cond_accuracy and PSNR equal to the first record's).
 """
 
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax import config_base as common
 
 
 def _adam(learning_rate, b1=0.5, b2=0.999):

@@ -30,13 +30,9 @@ Every line is printed and appended to `--out` (JSON lines).
 import functools
 import json
 import os
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'configs'))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -46,6 +42,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import families  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax import kernels  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -69,8 +66,8 @@ BENCH = [('vae', 'cifar10'), ('gan', 'cifar10_dcgan'), ('gan', 'cifar10_sngan'),
 
 
 def load_config(name, arg):
-  import importlib  # pylint: disable=g-import-not-at-top
-  return importlib.import_module(name).get_config(arg)
+  from vaegan_jax import config_base  # pylint: disable=g-import-not-at-top
+  return config_base.load(os.path.join(ROOT, 'configs', f'{name}.py'), arg)
 
 
 def dry_run_config(name, arg):
@@ -197,6 +194,7 @@ def train(write, mesh, seconds, log_every):
 
 def main(argv):
   del argv
+  kernels.setup()
   devices = jax.devices()
   write = Writer(FLAGS.out, {'backend': jax.default_backend(),
                              'device_kind': devices[0].device_kind,

@@ -28,22 +28,19 @@ eval.json present) and resumes the others from their last checkpoint.
 
 import contextlib
 import functools
-import importlib.util
 import json
 import logging
 import os
 import platform
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from vaegan_jax import kernels  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import progress  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -77,10 +74,8 @@ def _family_config(family: str, variant: str):
   path = os.path.join(ROOT, 'configs', f'{family}.py')
   if not os.path.exists(path):
     raise UserError(f'No config file {path} for family {family!r}.')
-  spec = importlib.util.spec_from_file_location(f'_compare_config_{family}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant or None)
+  from vaegan_jax import config_base  # pylint: disable=g-import-not-at-top
+  return config_base.load(path, variant or None)
 
 
 def load_family_config(family: str, variant: str = ''):
@@ -707,6 +702,7 @@ class _DropOrbaxReadNotices(logging.Filter):
 def main(argv):
   if len(argv) > 1:
     raise UserError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  kernels.setup()
   study = FLAGS.config
   out = FLAGS.out or os.path.join(ROOT, study.out)  # config.out is relative to the repo.
   logging.getLogger('absl').addFilter(_DropOrbaxReadNotices())

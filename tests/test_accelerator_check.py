@@ -12,7 +12,6 @@ import jax.numpy as jnp
 
 from conftest import ROOT
 
-sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 import throughput  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 SCRIPT = os.path.join(ROOT, 'experiments', 'accelerator_check.sh')

@@ -10,7 +10,6 @@ import numpy as np
 
 from conftest import ROOT
 
-sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 import data_scale  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 

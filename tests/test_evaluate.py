@@ -250,14 +250,14 @@ def test_missing_or_unknown_checkpoints_are_clear_errors(vae_workdir, tmp_path):
   with pytest.raises(UserError, match=r'No checkpoint at step 7 in .*checkpoints; '
                                       r'available steps: 5, 10\.$'):
     evaluate.load_state(vae_workdir, 7)
-  with pytest.raises(UserError, match='must be a step number'):
+  with pytest.raises(UserError, match="neither a step number nor 'best'"):
     evaluate.load_state(vae_workdir, 'latest')
   empty = tmp_path / 'empty'
   empty.mkdir()
   (empty / 'config.json').write_text(open(os.path.join(vae_workdir, 'config.json')).read())
   with pytest.raises(UserError, match='No checkpoints in .*train first'):
     evaluate.load_state(str(empty))
-  with pytest.raises(UserError, match='No config.json'):
+  with pytest.raises(UsageError, match='No config.json'):
     evaluate.load_state(str(tmp_path))
   _, _, _, step = evaluate.load_state(vae_workdir, 'best')
   assert step in (5, 10)

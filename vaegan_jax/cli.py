@@ -36,6 +36,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM.
 TRACEBACK_ENV = 'VAEGAN_JAX_TRACEBACK'
+HELP_FLAGS = ('help', 'h', '?', 'helpshort', 'helpfull', 'helpxml')
 
 
 def one_line(text, limit: int = 600) -> str:
@@ -73,6 +74,10 @@ def parse_flags(argv):
   """absl flag parsing where a bad flag or config override is one line, exit 2."""
   try:
     argv = flags.FLAGS(argv)
+  except SystemExit as e:  # absl ends --help with status 1; asking for help is no failure.
+    if e.code == 1 and any(a.lstrip('-').split('=')[0] in HELP_FLAGS for a in argv[1:]):
+      sys.exit(0)
+    raise
   except flags.Error as e:
     lines = [l for l in str(e).splitlines() if l.strip()]
     if any('Traceback' in l for l in lines):  # An exception inside a config file.
@@ -114,7 +119,14 @@ def _drop_orbax_errors(record) -> bool:
 
 
 def run(main):
-  """app.run(main) where every failure is one `error:` line (see module doc)."""
+  """app.run(main) where every failure is one `error:` line (see module doc).
+
+  `--help` prints the docstring of `main`'s module (also for the console
+  scripts, whose __main__ has none) and exits 0.
+  """
+  entry = sys.modules.get('__main__')
+  if entry is not None and not entry.__doc__:
+    entry.__doc__ = sys.modules[main.__module__].__doc__
 
   def wrapped(argv):
     console.set_verbose(flags.FLAGS['verbosity'].present)

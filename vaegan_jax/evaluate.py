@@ -34,6 +34,7 @@ import sys
 
 from absl import flags
 
+from vaegan_jax import kernels
 from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
 
@@ -61,70 +62,12 @@ def define_flags():
                        '0 = the whole split.')
 
 
-def _steps(mngr) -> list[int]:
-  return sorted(int(s) for s in mngr.all_steps())
-
-
 def load_state(workdir: str, step: str | int | None = None, mesh=None):
-  """Restores a checkpoint of `workdir` with the stored config.
-
-  Args:
-    workdir: the run directory.
-    step: None or '' for the latest checkpoint, an int (or digit string) for
-      that step, or 'best' for the checkpoint in WORKDIR/checkpoints_best.
-    mesh: device mesh; default `sharding.make_mesh()`.
-
-  Returns:
-    (config, family, state, step).
-
-  Raises:
-    UserError: no workdir/config, no checkpoints, or no checkpoint at `step`
-      (the message lists the available steps).
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  from vaegan_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from vaegan_jax import families  # pylint: disable=g-import-not-at-top
-  from vaegan_jax import run_config  # pylint: disable=g-import-not-at-top
-  from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top
-
-  if not os.path.isdir(workdir):
-    raise UserError(f'Workdir {workdir} does not exist.')
-  config = run_config.load(workdir)
-  family = families.get(config.model.family)
-  step = '' if step is None else str(step).strip()
-  best = step == 'best'
-  if not (best or step == '' or step.isdigit()):
-    raise UserError(f"--step={step!r} must be a step number, 'best', or empty for the latest.")
-  directory = (checkpoint.best_checkpoint_dir(workdir) if best
-               else checkpoint.checkpoint_dir(workdir))
-  if not os.path.isdir(directory):
-    raise UserError(f'No checkpoints in {directory}: '
-                    + ('the run kept no best checkpoint (config.eval.best_metric).' if best
-                       else f'train first (python -m vaegan_jax.main --workdir={workdir} ...).'))
-  mngr = (checkpoint.best_manager(workdir, read_only=True) if best
-          else checkpoint.manager(workdir, read_only=True))
-  try:
-    steps = _steps(mngr)
-    if not steps:
-      raise UserError(f'No checkpoints in {directory}: train first '
-                      f'(python -m vaegan_jax.main --workdir={workdir} ...).')
-    if best:
-      chosen = mngr.best_step() or steps[-1]
-    elif step == '':
-      chosen = steps[-1]
-    else:
-      chosen = int(step)
-      if chosen not in steps:
-        raise UserError(f'No checkpoint at step {chosen} in {directory}; available steps: '
-                        f'{", ".join(map(str, steps))}.')
-    mesh = mesh or sharding.make_mesh()
-    abstract = jax.eval_shape(functools.partial(family.init_state, config),
-                              jax.random.PRNGKey(config.seed))
-    state = checkpoint.restore(mngr, chosen, abstract,
-                               sharding.state_sharding(mesh, abstract))
-  finally:
-    mngr.close()
-  return config, family, state, chosen
+  """(config, family, state, step) of a checkpoint of `workdir`: `api.load`'s
+  (the one way to open a run: its step parsing, 'best' and errors)."""
+  from vaegan_jax import api  # pylint: disable=g-import-not-at-top
+  model = api.load(workdir, step, mesh)
+  return model.config, model.family, model.state, model.step
 
 
 def run(workdir: str, num_samples: int | None = None, step: str | int | None = None,
@@ -195,6 +138,7 @@ def main(argv):
     raise UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS.workdir:
     raise UsageError('--workdir is required.')
+  kernels.setup()
   result = run(FLAGS.workdir, FLAGS.num_samples, FLAGS.step, FLAGS.out, FLAGS.iwae_k,
                FLAGS.data_dir, echo=lambda m: print(m, file=sys.stderr, flush=True),
                features=FLAGS.features, inception_weights=FLAGS.inception_weights,
@@ -202,7 +146,12 @@ def main(argv):
   print(json.dumps(result, indent=2, sort_keys=True), flush=True)
 
 
-if __name__ == '__main__':
+def cli_main():
+  """The `vaegan-evaluate` command: the same as `python -m vaegan_jax.evaluate`."""
   from vaegan_jax import cli  # pylint: disable=g-import-not-at-top
   define_flags()
   cli.run(main)
+
+
+if __name__ == '__main__':
+  cli_main()

@@ -29,3 +29,43 @@ from vaegan_jax.data.pipeline import open_train_source
 from vaegan_jax.data.pipeline import process_slice
 from vaegan_jax.data.pipeline import read_batch
 from vaegan_jax.data.pipeline import to_float
+
+# pylint: enable=unused-import
+import dataclasses  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+from vaegan_jax import rules  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from vaegan_jax.errors import UserError  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A name `get_spec` accepts (it owns the dataset registry)."""
+
+  def _error(self, v):
+    try:
+      get_spec(v)
+    except UserError as e:
+      return str(e)
+    return None
+
+  def allowed(self):
+    return 'a dataset input_pipeline.get_spec knows' + (
+        f' ({", ".join(sorted(DATASETS))})' if DATASETS else '')
+
+  def check(self, v):
+    if not isinstance(v, str):
+      return f'has the wrong type ({type(v).__name__})'
+    error = self._error(v)
+    if error is None:
+      return None
+    # get_spec's own reason where it is more than "unknown" (e.g. a folder: dataset).
+    return 'is not allowed' + ('' if error.startswith('Unknown dataset') else f' ({error})')
+
+  def refused(self):
+    return [('type', 3), ('unknown', 'no_such_dataset')]
+
+
+RULES = {
+    'data.name': Dataset(),
+    'data.image_size': rules.Int(min=8),  # folder:PATH only; data/sources.get_spec's minimum.
+}

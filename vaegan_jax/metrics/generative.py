@@ -39,6 +39,7 @@ import time
 import jax
 import numpy as np
 
+from vaegan_jax import families
 from vaegan_jax import input_pipeline
 from vaegan_jax import progress
 from vaegan_jax import sharding
@@ -163,14 +164,8 @@ def conditional_metrics(real_feats, real_labels, fake_feats, fake_probs, fake_la
   return out
 
 
-def has_encoder(family) -> bool:
-  return hasattr(family, 'reconstruct')
-
-
-def has_likelihood(family) -> bool:
-  """Whether the family defines p(x) through the VAE's ELBO terms (the VAE;
-  the VAE-GAN's decoder is trained adversarially and has no likelihood)."""
-  return hasattr(family, 'elbo_terms') and hasattr(family, 'log_likelihood')
+has_encoder = families.has_encoder  # The family facts, defined once.
+has_likelihood = families.has_likelihood
 
 
 class Evaluator:

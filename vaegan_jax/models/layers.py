@@ -88,10 +88,12 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from vaegan_jax.models import conv_cpu
-from vaegan_jax.models import conv_onednn
+from vaegan_jax.kernels import conv_cpu
+from vaegan_jax import rules
+from vaegan_jax.kernels import conv_onednn
 
 IMPLS = ('auto', 'xla', 'fast', 'gemm', 'onednn')
+RULES = {'model.conv_impl': rules.OneOf(IMPLS)}
 # Taps of the kernel gradient are stacked into one GEMM while the sliced
 # operand has few channels: all taps at 1 channel, one tap per GEMM at >= 32.
 _TAP_STACK_CHANNELS = 32

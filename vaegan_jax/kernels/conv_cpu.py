@@ -78,7 +78,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from vaegan_jax.models import conv_onednn
+from vaegan_jax.kernels import conv_onednn
 
 FORMULATIONS = {
     'down': ('im2col', 'taps', 'swap', 'xla', 'onednn', 'narrow'),

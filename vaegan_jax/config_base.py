@@ -1,6 +1,18 @@
-"""Keys shared by every family. Family configs start from `get_base_config()`."""
+"""Keys shared by every family. The config files (configs/*.py) start from
+`get_base_config()`: `from vaegan_jax import config_base`.
+
+The shared keys live in the package, not beside the config files, so that a
+config file loaded by path (`--config=/any/checkout/configs/vae.py`, which
+ml_collections loads without touching sys.path) imports them from the
+installed package. `load` reads a config file the same way for scripts.
+"""
+
+import importlib.util
+import os
 
 import ml_collections
+
+from vaegan_jax import rules
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -40,6 +52,34 @@ def get_base_config() -> ml_collections.ConfigDict:
   return config
 
 
+# The rules of the shared keys (vaegan_jax/rules.py; validation gathers them).
+RULES = {
+    'seed': rules.Int(min=0, max=2**32 - 1),
+    'data.data_dir': rules.Str(),
+    'data.cache_mb': rules.COUNT,                # 0 = always stream the train split.
+    'train.batch_size': rules.POSITIVE,
+    'train.num_steps': rules.POSITIVE,
+    'train.log_every_steps': rules.POSITIVE,
+    'train.checkpoint_every_steps': rules.POSITIVE,
+    'train.sample_every_steps': rules.POSITIVE,
+    'train.eval_every_steps': rules.POSITIVE,
+    'train.keep_checkpoints': rules.POSITIVE,
+    'train.keep_host_memory': rules.Bool(),     # Read by vaegan_jax.main before training.
+    'eval.generative_metrics': rules.Bool(),
+    'eval.num_samples': rules.Int(min=6),       # metrics.generative.Evaluator's minimum.
+    'eval.iwae_k': rules.COUNT,
+    'eval.train_iwae_k': rules.COUNT,
+    'eval.best_metric': rules.Str(),            # Checked against the eval metrics at the first eval.
+}
+
+
+def best_mode_with_metric(config, flat):
+  """A best metric needs eval.best_mode (checkpoint.BEST_MODES)."""
+  del config
+  if flat.get('eval.best_metric') and 'eval.best_mode' not in flat:
+    raise rules.ConfigError('eval.best_mode', None, 'is missing', "'min' or 'max'")
+
+
 def smoke(config, num_steps: int = 20) -> ml_collections.ConfigDict:
   """Shrinks a config to a run of a few seconds."""
   config.train.batch_size = 32
@@ -50,3 +90,20 @@ def smoke(config, num_steps: int = 20) -> ml_collections.ConfigDict:
   config.train.eval_every_steps = 10
   config.eval.num_samples = 100
   return config
+
+
+def load(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of the config file at `path`, as `--config=path:arg`
+  reads it (a file path, not a module name: no sys.path needed)."""
+  return load_module(path).get_config(arg)
+
+
+def load_module(path: str):
+  """The config file at `path` as a module (a new one per call)."""
+  name = 'vaegan_jax_config_' + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  if spec is None:
+    raise FileNotFoundError(f'no config file {path}')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
