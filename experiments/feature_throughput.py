@@ -110,7 +110,6 @@ def main():
     torch_worker(args)
     return
 
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   import jax  # pylint: disable=import-outside-toplevel
   from vaegan_jax.metrics import dinov2  # pylint: disable=import-outside-toplevel
   from vaegan_jax.metrics import inception  # pylint: disable=import-outside-toplevel

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import dinov2_random_weights
+from vaegan_jax.errors import UserError
 from vaegan_jax.metrics import convert_inception
 from vaegan_jax.metrics import dinov2
 from vaegan_jax.metrics import resize
@@ -125,7 +126,7 @@ def test_convert_checks_keys_and_shapes(tmp_path):
     dinov2.convert(bad, SMALL)
 
 
-def test_official_layout_pth_through_restricted_reader(golden):
+def test_official_layout_pth_through_restricted_reader(golden, tmp_path):
   """A state dict saved by torch from the reference class (1 block, 64 wide,
   patch 2, every key incl. mask_token) -> restricted reader -> convert ->
   the reference's output on 10×10 inputs (position embedding 3×3 -> 5×5)."""
@@ -134,9 +135,21 @@ def test_official_layout_pth_through_restricted_reader(golden):
   assert 'mask_token' in state and len(state) == 7 + 14
   config = dinov2.Config(patch_size=2, embed_dim=64, depth=1, num_heads=1, mlp_ratio=1,
                          pos_grid=3)
-  params = dinov2.convert(state, config)
+  assert dinov2.config_from_state(state) == config
+  params = dinov2.convert(state)
   got = dinov2.apply_preprocessed(params, jnp.asarray(golden['tiny_input']), config)
   assert _rel_err(got, golden['tiny_features']) <= 1e-5
+  # load(): the .pth, or an .npz of the same arrays; the same features.
+  net = dinov2.load(path, resize='clean')
+  assert net.config == config and net.resize == 'clean' and len(net.sha256) == 64
+  npz = str(tmp_path / 'tiny.npz')
+  np.savez(npz, __format_version__=np.array(1), **state)
+  img = golden['images_32'][:1]
+  np.testing.assert_allclose(dinov2.load(npz, resize='clean')(img), net(img), rtol=0, atol=1e-6)
+  with pytest.raises(UserError, match='does not hold DINOv2'):
+    dinov2.load(os.path.join(os.path.dirname(GOLDEN), 'inception.npz'))
+  with pytest.raises(UserError, match='does not exist'):
+    dinov2.load(str(tmp_path / 'missing.pth'))
 
 
 def test_rejects_unknown_resize():

@@ -47,8 +47,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-import dinov2_random_weights  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _load_sibling(name):
+  """tests/<name>.py, read by path."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(HERE), f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+dinov2_random_weights = _load_sibling('dinov2_random_weights')
 
 # (input side, channels): the full ViT-L runs on all at 224 px.
 SIZES = ((28, 1), (32, 3), (64, 3), (224, 3))

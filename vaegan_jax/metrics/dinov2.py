@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from typing import Iterable
 
 import flax.linen as nn
@@ -248,16 +249,40 @@ def torch_shapes(config: Config = VITL14) -> dict[str, tuple[int, ...]]:
   return out
 
 
-def convert(state: dict[str, np.ndarray], config: Config = VITL14) -> dict:
+def config_from_state(state: dict[str, np.ndarray]) -> Config:
+  """The :class:`Config` of a state dict, from its shapes (heads of 64 dims,
+  as every released DINOv2).
+
+  Raises:
+    ValueError: not a DINOv2 ViT state dict.
+  """
+  try:
+    c = int(np.shape(state['cls_token'])[-1])
+    depth = 1 + max(int(k.split('.')[1]) for k in state if k.startswith('blocks.'))
+    return Config(patch_size=int(np.shape(state['patch_embed.proj.weight'])[-1]), embed_dim=c,
+                  depth=depth, num_heads=max(c // 64, 1),
+                  mlp_ratio=int(np.shape(state['blocks.0.mlp.fc1.weight'])[0]) // c,
+                  pos_grid=int(round(math.sqrt(np.shape(state['pos_embed'])[1] - 1))))
+  except (KeyError, ValueError, IndexError) as e:
+    raise ValueError(f'not a DINOv2 ViT state dict ({type(e).__name__}: {e})') from None
+
+
+def convert(state: dict[str, np.ndarray], config: Config | None = None) -> dict:
   """The official state dict (``{key: array}``, PyTorch layout) -> Flax params.
 
   Linear ``(out, in)`` -> ``(in, out)``; conv ``OIHW`` -> ``HWIO``; LayerNorm
   ``weight`` -> ``scale``; per-block tensors stacked on a leading axis.
   ``mask_token`` (training only) is dropped.
 
+  Args:
+    state: e.g. ``convert_inception.read_state_dict('dinov2_vitl14_pretrain.pth')``.
+    config: expected architecture; default read from the shapes
+      (:func:`config_from_state`).
+
   Raises:
     ValueError: a key is missing or unexpected, or a shape differs.
   """
+  config = config or config_from_state(state)
   expected = torch_shapes(config)
   missing = sorted(set(expected) - set(state))
   extra = sorted(set(state) - set(expected))
@@ -328,6 +353,40 @@ def apply_preprocessed(params, x, config: Config | None = None) -> jax.Array:
   """The network on normalised ``(N, H, W, 3)`` inputs -> ``(N, embed_dim)``."""
   config = config or config_of(params)
   return DinoVisionTransformer(config).apply({'params': params}, x)
+
+
+def load(path: str, resize: str = DEFAULT_RESIZE) -> 'DinoV2Network':
+  """A DINOv2 network from a weights file.
+
+  Args:
+    path: the official ``.pth`` state dict (read by the restricted reader of
+      metrics/convert_inception.py, nothing unpickled) or an ``.npz`` of the
+      same arrays by state-dict key (``allow_pickle=False``; keys starting
+      with ``__`` are metadata and skipped).
+    resize: input resize convention (metrics/resize.py).
+
+  Raises:
+    UserError: a missing or unreadable file, or not DINOv2 weights; one line.
+  """
+  from vaegan_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  from vaegan_jax.metrics import convert_inception  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise UserError(f'DINOv2 weights file {path} does not exist.')
+  try:
+    if path.endswith('.npz'):
+      with np.load(path, allow_pickle=False) as data:
+        state = {k: data[k] for k in data.files if not k.startswith('__')}
+    else:
+      state = convert_inception.read_state_dict(path)
+    params = convert(state)
+  except Exception as e:  # pylint: disable=broad-except  # zip/npy/pickle/shape errors
+    raise UserError(f'{path} does not hold DINOv2 ViT weights ({type(e).__name__}: {e}).') from None
+  return DinoV2Network(params, resize, path, _sha256(path))
+
+
+def _sha256(path: str) -> str:
+  from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
+  return inception.file_sha256(path)
 
 
 class DinoV2Network:
