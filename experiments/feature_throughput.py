@@ -14,7 +14,8 @@ in `--rounds` rounds so that load from other processes hits all alike:
 
 Weights are random (speed does not depend on them). Images at `--sizes` px;
 each timed batch is `--batch` images, timed from uint8 host images to features
-on the host (`np.asarray` / `.numpy()`), after one warm-up batch (compilation).
+on the host (`np.asarray` / `.numpy()`), after a warm-up call (JAX: the same
+shape, so compilation is excluded; torch: one image).
 The torch part runs in `--torch_python` (a venv with torch, pytorch-fid,
 torchvision, pillow; the project's venv has no torch) as a subprocess per
 round, with `torch.set_num_threads(--threads)`.
@@ -57,15 +58,12 @@ def torch_worker(args):
   finally:
     torch.nn.Module.load_state_dict = orig
   sys.path[:0] = [args.dinov2_src, args.dgm_eval_src]
-  import functools  # pylint: disable=import-outside-toplevel
   from PIL import Image  # pylint: disable=import-outside-toplevel
-  from dinov2.layers import MemEffAttention, NestedTensorBlock  # pylint: disable=import-outside-toplevel
   from dinov2.models import vision_transformer as vits  # pylint: disable=import-outside-toplevel
   from dgm_eval.models.dinov2 import DINOv2Encoder  # pylint: disable=import-outside-toplevel
   vit = vits.vit_large(patch_size=14, img_size=518, init_values=1.0, ffn_layer='mlp',
                        block_chunks=0, num_register_tokens=0, interpolate_antialias=False,
-                       interpolate_offset=0.1,
-                       block_fn=functools.partial(NestedTensorBlock, attn_class=MemEffAttention))
+                       interpolate_offset=0.1)
   vit.eval()
   enc = types.SimpleNamespace(clean_resize=False)
   out = []
@@ -74,16 +72,16 @@ def torch_worker(args):
       batch = args.batch if name == 'torch_pytorch_fid' else args.dino_batch
       x = images(size, batch)
 
-      def run():
+      def run(x, name=name):
         with torch.no_grad():
           if name == 'torch_pytorch_fid':
             t = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
             return incep(t)[0].numpy()
           t = torch.stack([DINOv2Encoder.transform(enc, Image.fromarray(im)) for im in x]).float()
           return vit(t).numpy()
-      run()
+      run(x[:1])  # warm-up (torch compiles nothing; first-call allocation)
       t0 = time.perf_counter()
-      run()
+      run(x)
       out.append({'extractor': name, 'size': size, 'batch': batch,
                   'batch_s': time.perf_counter() - t0})
   print(json.dumps(out))
