@@ -19,6 +19,7 @@ from vaegan_jax import evaluate
 from vaegan_jax import families
 from vaegan_jax import input_pipeline
 from vaegan_jax import train
+from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
 from vaegan_jax.metrics import feature_net
 from vaegan_jax.metrics import generative
@@ -149,14 +150,23 @@ def test_evaluator_tells_real_digits_from_an_untrained_vae(trained_vae, mnist):
 def test_training_never_trains_a_feature_net(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(feature_net, 'DEFAULT_CACHE_DIR', str(tmp_path))
   monkeypatch.setattr(feature_net, 'train', lambda *a, **k: pytest.fail('trained'))
-  config = load_config('vae', 'smoke')
-  family = families.get('vae')
+  config = load_config('gan', 'smoke')
+  family = families.get('gan')  # No metric needs no feature network: no evaluator.
   config.data.name = 'cifar10'  # Labelled, but no shipped or cached net.
   assert generative.training_evaluator(config, family, None, None) is None
   assert 'vaegan_jax.metrics.feature_net --dataset=cifar10' in capsys.readouterr().out
   config.data.name = 'celeb_a'  # No labels.
   assert generative.training_evaluator(config, family, None, None) is None
   assert 'no class labels' in capsys.readouterr().out
+  config = load_config('vae', 'smoke')  # Reconstruction and likelihood need none.
+  family = families.get('vae')
+  config.data.name = 'cifar10'
+  evaluator = generative.training_evaluator(
+      config, family, np.zeros((4, 32, 32, 3), np.uint8), None)
+  assert not evaluator.sample_metrics and evaluator.net is None
+  assert generative.available_metrics(family, evaluator) == (
+      'recon_mse', 'psnr', 'nll_nats', 'bits_per_dim')
+  assert 'reconstruction and likelihood metrics are reported' in capsys.readouterr().out
   config.data.name = 'mnist5k'
   config.eval.generative_metrics = False
   assert generative.training_evaluator(config, family, None, None) is None

@@ -63,7 +63,7 @@ def test_commands_run_from_another_directory(installed, tmp_path):
   lines = proc.stderr.strip().splitlines()
   assert lines[-1].startswith('error: ') and 'num_steps' in lines[-1], proc.stderr[-2000:]
   proc = run_installed(installed, tmp_path, 'vaegan-evaluate', f'--workdir={tmp_path}/none')
-  assert proc.returncode == 1 and 'does not exist' in proc.stderr, proc.stderr[-2000:]
+  assert proc.returncode == 2 and 'does not exist' in proc.stderr, proc.stderr[-2000:]
 
 
 def _import_graph():

@@ -31,8 +31,8 @@ def child_args(argv):
 
 
 def tiny_config(family, data_dir, compute_dtype='float32'):
-  from vaegan_jax import config_base  # pylint: disable=g-import-not-at-top
-  config = config_base.load(os.path.join(ROOT, 'configs', f'{family}.py'), 'smoke')
+  from vaegan_jax import config_files  # pylint: disable=g-import-not-at-top
+  config = config_files.load(os.path.join(ROOT, 'configs', f'{family}.py'), 'smoke')
   config.data.data_dir = data_dir
   config.train.batch_size = GLOBAL_BATCH
   config.train.num_steps = NUM_STEPS

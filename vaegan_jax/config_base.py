@@ -1,14 +1,9 @@
-"""Keys shared by every family. The config files (configs/*.py) start from
-`get_base_config()`: `from vaegan_jax import config_base`.
+"""Keys shared by every family. Family configs start from `get_base_config()`.
 
-The shared keys live in the package, not beside the config files, so that a
-config file loaded by path (`--config=/any/checkout/configs/vae.py`, which
-ml_collections loads without touching sys.path) imports them from the
-installed package. `load` reads a config file the same way for scripts.
+They live in the package (configs/*.py: `from vaegan_jax import config_base`),
+so a config file loaded by path from any directory imports them from the
+installed package (vaegan_jax/config_files.py).
 """
-
-import importlib.util
-import os
 
 import ml_collections
 
@@ -25,7 +20,8 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'mnist5k'     # mnist5k (embedded) | mnist | fashion_mnist | cifar10 | svhn_cropped | celeb_a | folder:PATH (PNG/JPEG/WebP, recursive).
-  config.data.image_size = 64      # folder:PATH only: side of the centre-cropped square images (32 | 64 | 128); TFDS sets keep their own size.
+  config.data.image_size = 0       # folder:PATH only: side of the centre-cropped square images; 0 = the images' own size (else the nearest of 28 | 32 | 64); the VAE takes any size >= 8, the GANs 28 | 32 | 64. TFDS sets keep their own size.
+  config.data.channels = 0         # folder:PATH only: 1 (grey) or 3 (RGB) forces the channel count; 0 = the majority of the files'.
   config.data.data_dir = ''        # '' = ~/.cache/vaegan_jax/tensorflow_datasets for mnist5k, TFDS's default otherwise.
   config.data.cache_mb = 512       # Train splits of at most this many MB of images are decoded once into memory; larger ones (and 0) stream.
 
@@ -44,6 +40,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # space of the project's own classifier (not Inception), every eval_every_steps.
   config.eval = ml_collections.ConfigDict()
   config.eval.generative_metrics = True  # False = only the family's own eval metrics.
+  config.eval.features = 'own'     # Feature space of the sample metrics: 'own' (the project's net; labelled TFDS sets) | 'inception' | 'dinov2' (added where the weights are at hand: python -m vaegan_jax.metrics.weights NAME).
   config.eval.num_samples = 1000   # Samples per training-time evaluation.
   config.eval.iwae_k = 100         # Importance samples of the VAE's IWAE NLL (evaluate CLI); 0 = skip.
   config.eval.train_iwae_k = 10    # The same during training, kept small for speed; 0 = skip.
@@ -53,6 +50,11 @@ def get_base_config() -> ml_collections.ConfigDict:
 
 
 # The rules of the shared keys (vaegan_jax/rules.py; validation gathers them).
+def _eval_features():
+  from vaegan_jax.metrics import backbones  # pylint: disable=g-import-not-at-top
+  return backbones.EVAL_FEATURES
+
+
 RULES = {
     'seed': rules.Int(min=0, max=2**32 - 1),
     'data.data_dir': rules.Str(),
@@ -66,6 +68,7 @@ RULES = {
     'train.keep_checkpoints': rules.POSITIVE,
     'train.keep_host_memory': rules.Bool(),     # Read by vaegan_jax.main before training.
     'eval.generative_metrics': rules.Bool(),
+    'eval.features': rules.OneOf(_eval_features),  # metrics/backbones.py's EVAL_FEATURES.
     'eval.num_samples': rules.Int(min=6),       # metrics.generative.Evaluator's minimum.
     'eval.iwae_k': rules.COUNT,
     'eval.train_iwae_k': rules.COUNT,
@@ -80,6 +83,13 @@ def best_mode_with_metric(config, flat):
     raise rules.ConfigError('eval.best_mode', None, 'is missing', "'min' or 'max'")
 
 
+def check_variant(arg, variants, path: str):
+  """ValueError naming the valid variants when `arg` is none of them."""
+  if arg and arg not in variants:
+    raise ValueError(f'Unknown variant {arg!r} of {path}; valid variants: '
+                     f'{", ".join(variants)}.')
+
+
 def smoke(config, num_steps: int = 20) -> ml_collections.ConfigDict:
   """Shrinks a config to a run of a few seconds."""
   config.train.batch_size = 32
@@ -91,19 +101,3 @@ def smoke(config, num_steps: int = 20) -> ml_collections.ConfigDict:
   config.eval.num_samples = 100
   return config
 
-
-def load(path: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """`get_config(arg)` of the config file at `path`, as `--config=path:arg`
-  reads it (a file path, not a module name: no sys.path needed)."""
-  return load_module(path).get_config(arg)
-
-
-def load_module(path: str):
-  """The config file at `path` as a module (a new one per call)."""
-  name = 'vaegan_jax_config_' + os.path.splitext(os.path.basename(path))[0]
-  spec = importlib.util.spec_from_file_location(name, path)
-  if spec is None:
-    raise FileNotFoundError(f'no config file {path}')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module

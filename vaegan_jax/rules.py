@@ -121,30 +121,28 @@ class Float:
 
 
 @dataclasses.dataclass(frozen=True)
-class Bool:
+class _OfType:
+  """Any value of the type TYPE (WORDS says it; WRONG: values to refuse)."""
+  TYPE, WORDS, WRONG = object, '', ()
 
   def allowed(self):
-    return 'True or False'
+    return self.WORDS
 
   def check(self, v):
-    return None if isinstance(v, bool) else f'has the wrong type ({type(v).__name__})'
+    return None if isinstance(v, self.TYPE) else f'has the wrong type ({type(v).__name__})'
 
   def refused(self):
-    return [('type', 'yes'), ('type', 1)]
+    return [('type', w) for w in self.WRONG]
 
 
-@dataclasses.dataclass(frozen=True)
-class Str:
+class Bool(_OfType):
+  """True or False (not 0 or 1)."""
+  TYPE, WORDS, WRONG = bool, 'True or False', ('yes', 1)
+
+
+class Str(_OfType):
   """Any string (paths, metric names checked where they are used)."""
-
-  def allowed(self):
-    return 'a string'
-
-  def check(self, v):
-    return None if isinstance(v, str) else f'has the wrong type ({type(v).__name__})'
-
-  def refused(self):
-    return [('type', 3)]
+  TYPE, WORDS, WRONG = str, 'a string', (3,)
 
 
 @dataclasses.dataclass(frozen=True)

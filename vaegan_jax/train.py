@@ -92,10 +92,11 @@ class MetricsLog:
     self.writer = summaries.ScalarWriter(workdir if _is_main() else None)
 
   def write(self, step: int, scalars: dict):
-    scalars = {k: float(v) for k, v in scalars.items()}
+    notes = {k: v for k, v in scalars.items() if isinstance(v, str)}  # Eval protocol: jsonl only.
+    scalars = {k: float(v) for k, v in scalars.items() if k not in notes}
     if _is_main():
       with open(self.path, 'a') as f:
-        f.write(json.dumps({'step': int(step), **scalars}) + '\n')
+        f.write(json.dumps({'step': int(step), **scalars, **notes}) + '\n')
     self.writer.write_scalars(int(step), scalars)
     self.writer.flush()
 
@@ -207,6 +208,7 @@ def train_and_evaluate(config, workdir: str):
   """
   # ----------------------------------------------------------------- setup
   validation.validate(config)  # Every key, range and cross-field rule, first.
+  input_pipeline.resolve_image_size(config)  # folder:PATH at 0 -> the size chosen, saved.
   family = families.get(config.model.family)
   run_config.check_workdir(workdir)
   run_config.check_and_save(config, workdir)
@@ -246,13 +248,13 @@ def train_and_evaluate(config, workdir: str):
                     in_shardings=(state_sharding, batch_sharding), out_shardings=repl)
   grid_fn = jax.jit(functools.partial(family.grid_panels, config), out_shardings=repl)
   grid_key = np.asarray(jax.random.fold_in(root_key, _GRID_KEY))  # Host values, so
-  grid_images = input_pipeline.to_float(data.test_images[:GRID_SIZE])  # multi-host safe.
-  grid_labels = np.asarray(data.test_labels[:GRID_SIZE], np.int32)
+  grid_rows = input_pipeline.balanced_sample(data.test_labels, GRID_SIZE, config.seed)
+  grid_images = input_pipeline.to_float(data.test_images[grid_rows])  # multi-host safe.
+  grid_labels = np.asarray(data.test_labels[grid_rows], np.int32)
   gen_eval = generative.training_evaluator(config, family, data.test_images, mesh,
                                            test_labels=data.test_labels)
-  if best_metric in generative.METRIC_KEYS and gen_eval is None:
-    best_metric = ''  # Generative metrics are off: no best checkpoint by them.
-  best_mngr = (checkpoint.best_manager(workdir, best_metric, config.eval.best_mode)
+  best_metric, best_mode = generative.best_metric(config, family, gen_eval)  # Or a fallback.
+  best_mngr = (checkpoint.best_manager(workdir, best_metric, best_mode)
                if best_metric else None)
 
   # ------------------------------------------------------------------ loop
@@ -288,15 +290,19 @@ def train_and_evaluate(config, workdir: str):
           pending = []
           now = time.time()
           steps_per_s = (step - steps_last) / max(now - t_last, 1e-9)
-          t_last, steps_last = now, step
+          t_last_log, t_last, steps_last = t_last, now, step
           scalars['steps_per_s'] = steps_per_s
           scalars['images_per_s'] = steps_per_s * tc.batch_size
+          scalars.update(it.take_stats(now - t_last_log))  # data_wait_fraction, decode_images_per_s.
           log.write(step, scalars)
           eta = (num_steps - step) / max(steps_per_s, 1e-9)
           main = ' '.join(f'{k} {scalars[k]:.4g}' for k in family.CONSOLE_METRICS if k in scalars)
+          data_line = (f' | data wait {scalars["data_wait_fraction"]:.0%} read '
+                       f'{scalars.get("decode_images_per_s", 0):.0f} img/s'
+                       if 'data_wait_fraction' in scalars else '')
           print(f'step {step}/{num_steps} | {steps_per_s:.2f} steps/s '
-                f'{scalars["images_per_s"]:.0f} img/s | ETA {_format_duration(eta)} | {main}',
-                flush=True)
+                f'{scalars["images_per_s"]:.0f} img/s{data_line} | ETA '
+                f'{_format_duration(eta)} | {main}', flush=True)
 
         if step % tc.sample_every_steps == 0 or is_last:
           write_grid(grid_fn, state, grid_key, grid_images,
@@ -306,8 +312,9 @@ def train_and_evaluate(config, workdir: str):
         if step % tc.eval_every_steps == 0 or is_last:
           scalars = evaluate(config, family, eval_fn, state, data, mesh, gen_eval)
           if best_mngr:
-            checkpoint.save_if_best(best_mngr, step, state, scalars, best_metric,
-                                    config.eval.best_mode)
+            checkpoint.save_if_best(best_mngr, step, state, {  # Numbers only, not the
+                k: v for k, v in scalars.items() if not isinstance(v, str)},  # protocol.
+                                    best_metric, best_mode)
           log.write(step, scalars)
           print(console.eval_block(step, scalars, family.EVAL_CONSOLE_METRICS), flush=True)
 
@@ -319,6 +326,7 @@ def train_and_evaluate(config, workdir: str):
         if periodic:  # Keep grids, evals and saves out of the throughput numbers.
           jax.block_until_ready(state)
           t_last, steps_last = time.time(), step
+          it.take_stats(None)  # Waits before the pause belong to no interval.
   except BaseException as e:
     interrupt_step = None
     if isinstance(e, KeyboardInterrupt):

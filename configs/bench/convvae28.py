@@ -15,10 +15,10 @@ It also trains as usual: `python -m vaegan_jax.main --config=configs/bench/convv
 
 import os
 
-from vaegan_jax import config_base
+from vaegan_jax import config_files
 
 # configs/vae.py, read by path as --config reads it.
-vae = config_base.load_module(os.path.join(os.path.dirname(os.path.dirname(
+vae = config_files.load_module(os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'vae.py'))
 
 

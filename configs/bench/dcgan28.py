@@ -14,10 +14,10 @@ It also trains as usual: `python -m vaegan_jax.main --config=configs/bench/dcgan
 
 import os
 
-from vaegan_jax import config_base
+from vaegan_jax import config_files
 
 # configs/gan.py, read by path as --config reads it.
-gan = config_base.load_module(os.path.join(os.path.dirname(os.path.dirname(
+gan = config_files.load_module(os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'gan.py'))
 
 

@@ -50,6 +50,16 @@ def conditional_arch(config, flat):
 CROSS_RULES = (needs_labels, aux_needs_conditional, conditional_arch)
 
 
+def autoencoder_panels(config, sample, reconstruct, state, key, images, labels=None):
+  """Prior samples | test images | their reconstructions: the grid of the
+  families with an encoder (a conditional model samples classes 0, 1, … in
+  turn and reconstructs with `labels`). `sample`, `reconstruct`: the family's."""
+  n = images.shape[0]
+  k = num_classes(config)
+  return [sample(config, state, key, n, jnp.arange(n) % k if k else None), images,
+          reconstruct(config, state, images, labels)]
+
+
 def is_conditional(config) -> bool:
   return bool(config.model.get('conditional', False))
 

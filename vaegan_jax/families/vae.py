@@ -184,10 +184,6 @@ def sample(config, state, key, n, labels=None):
 
 
 def grid_panels(config, state, key, images, labels=None):
-  """Prior samples beside test images and their reconstructions (the CVAE
-  samples classes 0, 1, … in turn and reconstructs with `labels`)."""
-  n = images.shape[0]
-  k = conditional.num_classes(config)
-  sample_labels = jnp.arange(n) % k if k else None
-  return [sample(config, state, key, n, sample_labels), images,
-          reconstruct(config, state, images, labels)]
+  """Prior samples beside test images and their reconstructions
+  (`conditional.autoencoder_panels`)."""
+  return conditional.autoencoder_panels(config, sample, reconstruct, state, key, images, labels)

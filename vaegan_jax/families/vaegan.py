@@ -307,9 +307,6 @@ def sample(config, state, key, n, labels=None):
 
 
 def grid_panels(config, state, key, images, labels=None):
-  """Prior samples | test images | their reconstructions (a conditional model
-  samples classes 0, 1, … in turn and reconstructs with `labels`)."""
-  n = images.shape[0]
-  k = conditional.num_classes(config)
-  return [sample(config, state, key, n, jnp.arange(n) % k if k else None), images,
-          reconstruct(config, state, images, labels)]
+  """Prior samples | test images | their reconstructions
+  (`conditional.autoencoder_panels`)."""
+  return conditional.autoencoder_panels(config, sample, reconstruct, state, key, images, labels)

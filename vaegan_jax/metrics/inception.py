@@ -40,7 +40,9 @@ of Salimans et al. (openai/improved-gan ``inception_score.py``, torch-fidelity
 Weights come from the converted pytorch-fid file (``python -m
 vaegan_jax.metrics.convert_inception``): a plain ``.npz`` whose keys are the
 PyTorch state-dict names, loaded with ``allow_pickle=False``. :func:`load`
-finds it from ``--inception_weights=PATH`` or ``$VAEGAN_JAX_INCEPTION``.
+finds it from ``--inception_weights=PATH`` or ``$VAEGAN_JAX_INCEPTION`` (the
+``.npz`` or pytorch-fid's ``.pth``), else downloads, checks and converts
+pytorch-fid's file once into the cache (vaegan_jax/metrics/weights.py).
 """
 
 from __future__ import annotations
@@ -72,10 +74,9 @@ TORCH_SHA256_PREFIX = '6726825d'
 FORMAT_VERSION = 1
 
 HOW_TO_GET_WEIGHTS = (
-    f'pass --inception_weights=PATH or set ${ENV_VAR}=PATH to an .npz made by '
-    f'`python -m vaegan_jax.metrics.convert_inception --pth={TORCH_FILE} '
-    '--out=inception_fid.npz` from pytorch-fid\'s weights file (in '
-    '~/.cache/torch/hub/checkpoints/ after any pytorch-fid run)')
+    f'pass --inception_weights=PATH or set ${ENV_VAR}=PATH to pytorch-fid\'s '
+    f'{TORCH_FILE} (in ~/.cache/torch/hub/checkpoints/ after any pytorch-fid run) '
+    'or the .npz converted from it, or leave both unset to download it')
 
 
 # ---------------------------------------------------------------------------
@@ -373,14 +374,17 @@ def save_npz(state: dict[str, np.ndarray], path: str, source_sha256: str = '') -
   return file_sha256(path)
 
 
-def resolve_weights_path(path: str | None = None) -> str:
-  """``path``, else ``$VAEGAN_JAX_INCEPTION``; UserError naming both if neither."""
-  path = path or os.environ.get(ENV_VAR, '')
-  if not path:
-    raise UserError(f'No Inception weights: {HOW_TO_GET_WEIGHTS}.')
-  if not os.path.isfile(path):
-    raise UserError(f'Inception weights file {path} does not exist: {HOW_TO_GET_WEIGHTS}.')
-  return path
+def resolve_weights_path(path: str | None = None, echo: Callable = print) -> str:
+  """``path``, else ``$VAEGAN_JAX_INCEPTION``, else the cached download of
+  pytorch-fid's file (fetched, checked and converted on first use:
+  vaegan_jax/metrics/weights.py). A ``.pth`` is converted once into the cache.
+
+  Raises:
+    UserError: a missing file, or no weights and no download (one line
+      naming the URL, the sha256, ``--inception_weights`` and the variable).
+  """
+  from vaegan_jax.metrics import weights  # pylint: disable=g-import-not-at-top
+  return weights.ensure('inception', path or '', echo=echo)
 
 
 class InceptionNetwork:
@@ -483,8 +487,10 @@ def _rechunk(batches, size: int):
     yield np.concatenate(buf)
 
 
-def load(path: str | None = None, resize: str = 'pytorch_fid') -> InceptionNetwork:
-  """Loads converted weights from ``path`` or ``$VAEGAN_JAX_INCEPTION``;
+def load(path: str | None = None, echo: Callable = print,
+         resize: str = 'pytorch_fid') -> InceptionNetwork:
+  """Loads converted weights from ``path``, ``$VAEGAN_JAX_INCEPTION`` or the
+  cache, downloading them on first use (:func:`resolve_weights_path`);
   ``resize``: the input's resize convention (metrics/resize.py).
 
   Raises:
@@ -492,7 +498,7 @@ def load(path: str | None = None, resize: str = 'pytorch_fid') -> InceptionNetwo
       ``.npz``, or weights of the wrong layout -- one line naming both ways
       to give the weights.
   """
-  path = resolve_weights_path(path)
+  path = resolve_weights_path(path, echo)
   try:
     with np.load(path, allow_pickle=False) as data:
       state = {k: data[k] for k in data.files}
