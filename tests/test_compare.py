@@ -350,6 +350,8 @@ def test_inception_features_in_study_and_report(tmp_path, monkeypatch):
   assert study.features == 'own'
   study.features = 'inception'
   monkeypatch.delenv('VAEGAN_JAX_INCEPTION', raising=False)
+  monkeypatch.setenv('VAEGAN_JAX_CACHE', str(tmp_path / 'cache'))  # Offline: a refused
+  monkeypatch.setenv('VAEGAN_JAX_WEIGHTS_MIRROR', 'http://127.0.0.1:9')  # loopback port.
   with pytest.raises(UserError, match='--inception_weights=PATH or set .VAEGAN_JAX_INCEPTION'):
     compare.run_study(study, str(tmp_path))
   study.features = 'clip'

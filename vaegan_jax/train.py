@@ -92,10 +92,11 @@ class MetricsLog:
     self.writer = summaries.ScalarWriter(workdir if _is_main() else None)
 
   def write(self, step: int, scalars: dict):
-    scalars = {k: float(v) for k, v in scalars.items()}
+    notes = {k: v for k, v in scalars.items() if isinstance(v, str)}  # Eval protocol: jsonl only.
+    scalars = {k: float(v) for k, v in scalars.items() if k not in notes}
     if _is_main():
       with open(self.path, 'a') as f:
-        f.write(json.dumps({'step': int(step), **scalars}) + '\n')
+        f.write(json.dumps({'step': int(step), **scalars, **notes}) + '\n')
     self.writer.write_scalars(int(step), scalars)
     self.writer.flush()
 
@@ -311,7 +312,9 @@ def train_and_evaluate(config, workdir: str):
         if step % tc.eval_every_steps == 0 or is_last:
           scalars = evaluate(config, family, eval_fn, state, data, mesh, gen_eval)
           if best_mngr:
-            checkpoint.save_if_best(best_mngr, step, state, scalars, best_metric, best_mode)
+            checkpoint.save_if_best(best_mngr, step, state, {  # Numbers only, not the
+                k: v for k, v in scalars.items() if not isinstance(v, str)},  # protocol.
+                                    best_metric, best_mode)
           log.write(step, scalars)
           print(console.eval_block(step, scalars, family.EVAL_CONSOLE_METRICS), flush=True)
 
