@@ -443,3 +443,12 @@ class DinoV2Network:
         break
     fetched = jax.device_get([o for _, o in outs])
     return np.concatenate([o[:v] for (v, _), o in zip(outs, fetched)])
+
+
+def convert_pth(pth: str, out: str, sha256: str) -> dict:
+  """The official ``dinov2_vitl14_pretrain.pth`` -> ``.npz`` (PyTorch layout,
+  read without unpickling by metrics/convert_inception.py; ``load`` converts
+  it to Flax params). The weights registry's converter for 'dinov2'."""
+  from vaegan_jax.metrics import convert_inception  # pylint: disable=g-import-not-at-top
+  return convert_inception.convert_state_dict(pth, out, sha256, 'DINOv2 ViT-L/14',
+                                              set(torch_shapes(VITL14)))
