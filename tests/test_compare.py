@@ -195,7 +195,7 @@ def _check_report(out, family_names):
     parts = [p.strip() for p in row.strip('|').split('|')]
     if set(''.join(parts)) <= set('-:'):  # The separator row.
       continue
-    if parts[0] in ('measure', 'cost', 'seeds trained', 'family'):  # Header rows.
+    if parts[0] in ('measure', 'cost', 'seeds trained', 'family', 'method'):  # Header rows.
       continue
     first_data = 2 if parts[0] in family_names else 1  # Per-seed rows: family | seed.
     for cell in parts[first_data:]:

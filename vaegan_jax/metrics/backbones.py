@@ -8,7 +8,7 @@ An entry names the backbone, loads it (weights through
 vaegan_jax/metrics/weights.py), featurises uint8 or [0, 1] float images of one
 shape in batches split over every device of the mesh, and says how its
 metric keys are spelt. The maths is one copy for all of them
-(`generative.distribution_metrics` over metrics/distances.py).
+(`distances.distribution_metrics`).
 
   name          metric keys                                        resize default
   inception     fid_inception, kid_inception(_std), precision_     pytorch_fid
@@ -35,6 +35,12 @@ import numpy as np
 
 from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
+
+# How evaluation draws samples (generative.py uses the same): a fixed key
+# purpose, so every evaluation sees the same latents, and batches of at least
+# MIN_BATCH images.
+SAMPLE_KEY = 0x5EED5
+MIN_BATCH = 256
 
 NAMES = ('inception', 'dinov2', 'own')
 STATS_FORMAT = 1
@@ -85,9 +91,9 @@ class Backbone:
   def metrics(self, ref: dict, fake: dict) -> dict:
     """Distribution metrics of `fake` against `ref` (feature dicts), and the
     Inception Score of `fake` where the backbone has logits."""
-    from vaegan_jax.metrics import generative  # pylint: disable=g-import-not-at-top
+    from vaegan_jax.metrics import distances  # pylint: disable=g-import-not-at-top
     from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
-    out = generative.distribution_metrics(ref['features'], fake['features'])
+    out = distances.distribution_metrics(ref['features'], fake['features'])
     out = {self.key(k): v for k, v in out.items()}
     if 'logits_unbiased' in fake:
       n = len(fake['logits_unbiased'])
@@ -311,10 +317,9 @@ def draw_samples(config, family, state, num: int, mesh, desc: str = 'samples'):
   import jax  # pylint: disable=g-import-not-at-top
   from vaegan_jax import progress  # pylint: disable=g-import-not-at-top
   from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top
-  from vaegan_jax.metrics import generative  # pylint: disable=g-import-not-at-top
   train_bs = int(config.train.batch_size)
-  b = train_bs * math.ceil(generative._MIN_BATCH / train_bs)  # pylint: disable=protected-access
-  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), generative._SAMPLE_KEY)  # pylint: disable=protected-access
+  b = train_bs * math.ceil(MIN_BATCH / train_bs)
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), SAMPLE_KEY)
   sample = jax.jit(lambda state, key: family.sample(config, state, key, b),
                    out_shardings=sharding.data_sharding(mesh))
   out = []

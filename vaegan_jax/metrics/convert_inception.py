@@ -290,13 +290,6 @@ def convert_state_dict(pth: str, out: str, sha256: str, title: str,
   return {'out': out, 'sha256': digest, 'source_sha256': got, 'num_tensors': len(state)}
 
 
-def convert_dinov2(pth: str, out: str, sha256: str) -> dict:
-  """The official ``dinov2_vitl14_pretrain.pth`` -> ``.npz`` (PyTorch layout;
-  ``metrics/dinov2.py`` converts it to Flax params when it loads)."""
-  from vaegan_jax.metrics import dinov2  # pylint: disable=g-import-not-at-top
-  return convert_state_dict(pth, out, sha256, 'DINOv2 ViT-L/14', set(dinov2.torch_shapes(dinov2.VITL14)))
-
-
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:

@@ -50,49 +50,21 @@ from vaegan_jax import input_pipeline
 from vaegan_jax import progress
 from vaegan_jax import sharding
 from vaegan_jax.families import conditional
+from vaegan_jax.metrics import backbones
 from vaegan_jax.metrics import distances
 from vaegan_jax.metrics import feature_net as feature_net_lib
 from vaegan_jax.metrics import inception as inception_lib
 from vaegan_jax.metrics import likelihood
 
-_SAMPLE_KEY = 0x5EED5  # Fixed purpose: the same latents at every evaluation.
-_MIN_BATCH = 256       # Sample/featurise at least this many images per call.
+_SAMPLE_KEY = backbones.SAMPLE_KEY  # Fixed purpose: the same latents at every evaluation.
+_MIN_BATCH = backbones.MIN_BATCH    # Sample/featurise at least this many images per call.
 _INCEPTION_OUTPUTS = ('pool3', 'logits', 'logits_unbiased')  # FIDInceptionV3's.
 
 METRIC_KEYS = ('fid', 'kid', 'kid_std', 'precision', 'recall', 'density',
                'coverage', 'classifier_score', 'modes_covered')
 
 
-def distribution_metrics(real_feats, fake_feats, suffix: str = '',
-                         kid_subsets: int = 100, kid_subset_size: int = 1000) -> dict:
-  """FID, KID, precision/recall and density/coverage in one feature space.
-
-  The same formulas serve the project's own features (suffix '') and the
-  Inception pool3 features (suffix '_inception'): the feature space is the
-  argument, not a copy of the metrics.
-
-  Args:
-    real_feats: reference features, (N, D).
-    fake_feats: features of generated (or any other) images, (M, D).
-    suffix: appended to every key.
-    kid_subsets: subset pairs for KID.
-    kid_subset_size: images per KID subset (clipped to min(N, M)).
-
-  Returns:
-    fid, kid, kid_std (std over subsets), precision, recall (k = 3),
-    density, coverage (k = 5), each key + suffix (kid_std -> kid<suffix>_std),
-    Python floats.
-  """
-  fid = distances.frechet_distance(*distances.feature_stats(real_feats),
-                                   *distances.feature_stats(fake_feats))
-  kid, kid_std = distances.kid(real_feats, fake_feats, num_subsets=kid_subsets,
-                               subset_size=kid_subset_size)
-  precision, recall = distances.precision_recall(real_feats, fake_feats, k=3)
-  density, coverage = distances.density_coverage(real_feats, fake_feats, k=5)
-  out = {'fid': fid, 'kid': kid, 'kid_std': kid_std, 'precision': precision,
-         'recall': recall, 'density': density, 'coverage': coverage}
-  name = lambda k: 'kid' + suffix + '_std' if k == 'kid_std' else k + suffix  # kid_inception_std
-  return {name(k): float(v) for k, v in sharding.to_host(out).items()}
+distribution_metrics = distances.distribution_metrics  # One copy for every backbone.
 
 
 def feature_metrics(real_feats, fake_feats, fake_probs, num_classes: int,
@@ -457,7 +429,6 @@ def training_evaluator(config, family, test_images, mesh, test_labels=None):
   (`backbones.training_metrics`) where its weights are at hand, against the
   test split; each set of sample metrics carries its protocol fields.
   """
-  from vaegan_jax.metrics import backbones  # pylint: disable=g-import-not-at-top
   eval_cfg = config.get('eval', {}) or {}
   if not eval_cfg or not eval_cfg.get('generative_metrics', True):
     return None

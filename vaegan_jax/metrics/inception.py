@@ -13,25 +13,23 @@ torchvision Inception-v3 that the reference keeps, and so does this module:
   (``count_include_pad=False``); the second InceptionE (``Mixed_7c``)
   max-pools instead (a quirk of the TF graph).
 
-Input handling, exactly as pytorch-fid's ``InceptionV3.forward``:
+Input handling (metrics/resize.py), by default exactly as pytorch-fid's
+``InceptionV3.forward``:
 
 1. uint8 images ``(N, H, W, C)`` -> float32 ``x / 255`` (float images are
    taken as already in ``[0, 1]``); grey (``C == 1``) repeated to 3 channels;
 2. bilinear resize to 299×299 as ``torch.nn.functional.interpolate(x,
    size=(299, 299), mode='bilinear', align_corners=False)`` without
-   antialiasing: output pixel ``i`` reads source coordinate
-   ``max((i + 0.5) · H/299 - 0.5, 0)`` (computed in float32, like torch) and
-   mixes its two neighbours linearly, the upper one clamped to ``H - 1``.
-   Being separable and linear it is applied here as two small matrices,
-   ``R_h (299, H)`` and ``R_w (299, W)``: ``out = R_h · x · R_wᵀ`` per channel
-   (:func:`resize_matrix`);
+   antialiasing, applied as two small matrices ``R_h (299, H)`` and
+   ``R_w (299, W)``: ``out = R_h · x · R_wᵀ`` per channel
+   (:func:`resize.bilinear_matrix`);
 3. ``2x - 1``: range ``[-1, 1]``.
 
-(torch-fidelity and TF-GAN instead resize with TF1's
-``resize_bilinear(align_corners=False)``, source coordinate ``i · H/299``
-without the half-pixel shift and scale ``(x - 128) / 128``; on 32-px CIFAR
-images the two conventions differ by a fraction of a FID point. This project
-follows pytorch-fid, the most widely used.)
+``resize='clean'`` (clean-fid's PIL bicubic) and ``resize='tf1'``
+(torch-fidelity's / TF-GAN's TF1 bilinear) resize on the 0..255 scale and feed
+``(x - 128) / 128``, as those packages do; ``dgm_eval`` is PIL's uint8
+bicubic. The conventions move FID on 32-px images by up to several points,
+so a number is only comparable with one made with the same convention.
 
 Outputs (:class:`InceptionNetwork`): the 2048-d ``pool3`` features (global
 average of ``Mixed_7c``; FID, KID, precision/recall), the 1008 logits
@@ -63,6 +61,7 @@ from jax import lax
 from vaegan_jax import progress as progress_lib
 from vaegan_jax import sharding as sharding_lib
 from vaegan_jax.errors import UserError
+from vaegan_jax.metrics import resize as resize_lib
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
@@ -86,60 +85,25 @@ HOW_TO_GET_WEIGHTS = (
 # ---------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
 def resize_matrix(in_size: int, out_size: int = INPUT_SIZE) -> np.ndarray:
-  """Bilinear interpolation matrix of ``F.interpolate(align_corners=False)``.
-
-  Row ``i`` holds the weights output pixel ``i`` gives the input pixels:
-  source coordinate ``s = max((i + 0.5) · in/out - 0.5, 0)`` in float32 (as
-  torch's ``area_pixel_compute_source_index``), ``i0 = floor(s)``,
-  ``i1 = min(i0 + 1, in - 1)``, weights ``1 - (s - i0)`` and ``s - i0``. No
-  antialiasing, also when downsampling (as the reference).
-
-  Args:
-    in_size: input length (height or width).
-    out_size: output length.
-
-  Returns:
-    float32 matrix, shape ``(out_size, in_size)``; rows sum to 1.
-  """
-  scale = np.float32(in_size) / np.float32(out_size)
-  dst = np.arange(out_size, dtype=np.float32)
-  src = np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0))
-  i0 = np.floor(src).astype(np.int64)
-  i0 = np.minimum(i0, in_size - 1)
-  i1 = np.minimum(i0 + 1, in_size - 1)
-  lam = (src - i0.astype(np.float32)).astype(np.float32)
-  m = np.zeros((out_size, in_size), np.float32)
-  rows = np.arange(out_size)
-  np.add.at(m, (rows, i0), np.float32(1) - lam)
-  np.add.at(m, (rows, i1), lam)
-  return m
+  """pytorch-fid's bilinear matrix (:func:`resize.bilinear_matrix`), float32
+  ``(out_size, in_size)``."""
+  return resize_lib.bilinear_matrix(in_size, out_size)
 
 
-def preprocess(images: jax.Array) -> jax.Array:
-  """Images -> the network's input, exactly as pytorch-fid (module doc).
+def preprocess(images: jax.Array, convention: str = 'pytorch_fid') -> jax.Array:
+  """Images -> the network's input (module doc; metrics/resize.py).
 
   Args:
     images: ``(N, H, W, C)`` with ``C`` in ``{1, 3}``; uint8 in ``[0, 255]``
       or float in ``[0, 1]``.
+    convention: resize convention, one of ``resize.CONVENTIONS``; default
+      pytorch-fid's.
 
   Returns:
-    float32 ``(N, 299, 299, 3)`` in ``[-1, 1]``.
+    float32 ``(N, 299, 299, 3)``, about ``[-1, 1]``.
   """
-  if images.ndim != 4 or images.shape[-1] not in (1, 3):
-    raise ValueError('images must have shape (N, H, W, 1 or 3); got shape '
-                     f'{tuple(images.shape)}.')
-  x = images.astype(jnp.float32)
-  if images.dtype == jnp.uint8:
-    x = x / 255.0
-  if x.shape[-1] == 1:
-    x = jnp.repeat(x, 3, axis=-1)
-  r_h = jnp.asarray(resize_matrix(x.shape[1]))
-  r_w = jnp.asarray(resize_matrix(x.shape[2]))
-  x = jnp.einsum('oh,nhwc->nowc', r_h, x, precision=lax.Precision.HIGHEST)
-  x = jnp.einsum('pw,nowc->nopc', r_w, x, precision=lax.Precision.HIGHEST)
-  return 2.0 * x - 1.0
+  return resize_lib.preprocess(images, convention, INPUT_SIZE, normalize='inception')
 
 
 # ---------------------------------------------------------------------------
@@ -432,13 +396,16 @@ class InceptionNetwork:
     path: the ``.npz`` it was loaded from.
     sha256: that file's sha256 (keys the cached reference statistics).
     source_sha256: sha256 of the ``.pth`` it was converted from.
+    resize: the resize convention of its input (metrics/resize.py).
   """
 
-  def __init__(self, params, path: str = '', sha256: str = '', source_sha256: str = ''):
+  def __init__(self, params, path: str = '', sha256: str = '', source_sha256: str = '',
+               resize: str = 'pytorch_fid'):
     self.params, self.path, self.sha256 = params, path, sha256
     self.source_sha256 = source_sha256
+    self.resize = resize_lib.check_convention(resize)
     self.module = FIDInceptionV3()
-    self._preprocess = jax.jit(preprocess)
+    self._preprocess = jax.jit(functools.partial(preprocess, convention=resize))
     self._network = jax.jit(lambda params, x: self.module.apply({'params': params}, x))
 
   def apply_preprocessed(self, x):
@@ -521,9 +488,11 @@ def _rechunk(batches, size: int):
     yield np.concatenate(buf)
 
 
-def load(path: str | None = None, echo: Callable = print) -> InceptionNetwork:
+def load(path: str | None = None, echo: Callable = print,
+         resize: str = 'pytorch_fid') -> InceptionNetwork:
   """Loads converted weights from ``path``, ``$VAEGAN_JAX_INCEPTION`` or the
-  cache, downloading them on first use (:func:`resolve_weights_path`).
+  cache, downloading them on first use (:func:`resolve_weights_path`);
+  ``resize``: the input's resize convention (metrics/resize.py).
 
   Raises:
     UserError: no path, a missing file, a file that is not a converter
@@ -547,7 +516,7 @@ def load(path: str | None = None, echo: Callable = print) -> InceptionNetwork:
   except ValueError as e:
     raise UserError(f'Inception weights file {path} does not hold the FID Inception ({e}): '
                     f'{HOW_TO_GET_WEIGHTS}.') from None
-  return InceptionNetwork(params, path, file_sha256(path), source)
+  return InceptionNetwork(params, path, file_sha256(path), source, resize=resize)
 
 
 # ---------------------------------------------------------------------------
@@ -557,10 +526,12 @@ def load(path: str | None = None, echo: Callable = print) -> InceptionNetwork:
 
 def reference_cache_path(net: InceptionNetwork, dataset: str, split: str,
                          num_images: int | None, cache_dir: str | None = None) -> str:
-  """``<dir>/fid_ref_<dataset>_<split>_<count|all>_<weights sha256[:16]>.npz``;
-  ``dir`` defaults to the weights file's folder."""
+  """``<dir>/fid_ref_<dataset>_<split>_<count|all>[_<resize>]_<weights sha256[:16]>.npz``
+  (the resize only when not pytorch-fid's); ``dir`` defaults to the weights
+  file's folder."""
   count = 'all' if not num_images else str(int(num_images))
-  name = f'fid_ref_{dataset}_{split.replace("/", "-")}_{count}_{net.sha256[:16]}.npz'
+  resize = '' if getattr(net, 'resize', 'pytorch_fid') == 'pytorch_fid' else f'_{net.resize}'
+  name = f'fid_ref_{dataset}_{split.replace("/", "-")}_{count}{resize}_{net.sha256[:16]}.npz'
   return os.path.join(cache_dir or os.path.dirname(os.path.abspath(net.path)), name)
 
 

@@ -103,7 +103,7 @@ DINOV2 = Entry(
     url='https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth',
     sha256='d5383ea8f4877b2472eb973e0fd72d557c7da5d3611bd527ceeb1d7162cbf428',
     size=1_217_586_395, npz='dinov2_vitl14-d5383ea8.npz',
-    converter='vaegan_jax.metrics.convert_inception:convert_dinov2',
+    converter='vaegan_jax.metrics.dinov2:convert_pth',
     flag='--dinov2_weights', env='VAEGAN_JAX_DINOV2')
 
 REGISTRY = {e.name: e for e in (INCEPTION, DINOV2)}
