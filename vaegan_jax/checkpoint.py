@@ -278,7 +278,12 @@ def best_manager(workdir: str, metric: str = 'fid', mode: str = 'min',
   options = ocp.CheckpointManagerOptions(
       max_to_keep=1, best_fn=lambda m: m[metric], best_mode=mode,
       keep_checkpoints_without_metrics=False, create=not read_only,
-      read_only=read_only, enable_async_checkpointing=not read_only)
+      read_only=read_only, enable_async_checkpointing=not read_only,
+      # Its own barrier names: in a multi-process run it saves the same step as
+      # the periodic manager, at the same time, and Orbax's barriers are keyed
+      # by step ('_async_write_complete.<step>' is already ongoing otherwise).
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix='best'))
   return ocp.CheckpointManager(best_checkpoint_dir(workdir), options=options)
 
 
