@@ -28,7 +28,8 @@ def define_flags():
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  """The rows of WORKDIR/metrics.jsonl; a line cut short by a kill is skipped.
+  """The rows of WORKDIR/metrics.jsonl; a line cut short by a kill is skipped,
+  and of rows logged twice for one step (a resumed run) the last one counts.
 
   Raises:
     UserError: no such workdir or file, or no row in it.
@@ -50,7 +51,17 @@ def read_metrics(workdir: str) -> list[dict]:
         rows.append(row)
   if not rows:
     raise UserError(f'{path} holds no logged step yet.')
-  return rows
+  return latest_rows(rows)
+
+
+def latest_rows(rows: list[dict]) -> list[dict]:
+  """`rows` where a later row of the same step and the same keys supersedes
+  an earlier one (a run resumed from an earlier checkpoint logged those
+  steps again), in the order of the rows kept."""
+  last = {}
+  for i, row in enumerate(rows):
+    last[(row['step'], frozenset(row))] = i
+  return [rows[i] for i in sorted(last.values())]
 
 
 def _title(workdir: str) -> str:
