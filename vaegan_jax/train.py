@@ -318,6 +318,20 @@ def evaluate(config, family, eval_fn, state, data, mesh, generative_eval=None,
   return scalars
 
 
+def best_metric_of(config, gen_eval=False) -> str:
+  """config.eval.best_metric where a best checkpoint is kept by it, else ''.
+
+  A generative metric (FID, ...) needs the generative evaluation: switched
+  off in the config, or `gen_eval` None (it could not be built), none is kept.
+  """
+  eval_cfg = config.get('eval') or {}
+  metric = eval_cfg.get('best_metric', '')
+  if metric in generative.METRIC_KEYS and (
+      not eval_cfg.get('generative_metrics', True) or gen_eval is None):
+    return ''
+  return metric
+
+
 def _owed(workdir, log, step, grid_due, eval_due) -> tuple[bool, bool]:
   """(grid, eval): what step `step` of a restored run still owes (a run
   stopped during its evaluation, or at its last step): a due sample grid
@@ -362,11 +376,8 @@ def train_and_evaluate(config, workdir: str):
   init_fn = functools.partial(family.init_state, config)
   abstract_state = jax.eval_shape(init_fn, root_key)
   # Room for the periodic checkpoint and, where one may be kept, the best one.
-  eval_cfg = config.get('eval') or {}
-  best_metric = eval_cfg.get('best_metric', '')
-  keeps_best = bool(best_metric) and (best_metric not in generative.METRIC_KEYS
-                                      or eval_cfg.get('generative_metrics', True))
-  checkpoint.check_free_space(workdir, abstract_state, copies=2 if keeps_best else 1)
+  checkpoint.check_free_space(workdir, abstract_state,
+                              copies=2 if best_metric_of(config) else 1)
   state_sharding = sharding.state_sharding(mesh, abstract_state)
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
   state, restored = checkpoint.restore_or_init(
@@ -393,8 +404,7 @@ def train_and_evaluate(config, workdir: str):
   grid_labels = np.asarray(data.test_labels[:GRID_SIZE], np.int32)
   gen_eval = generative.training_evaluator(config, family, data.test_images, mesh,
                                            test_labels=data.test_labels)
-  if best_metric in generative.METRIC_KEYS and gen_eval is None:
-    best_metric = ''  # Generative metrics are off: no best checkpoint by them.
+  best_metric = best_metric_of(config, gen_eval)
   best_mngr = (checkpoint.best_manager(workdir, best_metric, config.eval.best_mode)
                if best_metric else None)
 
@@ -514,9 +524,9 @@ def train_and_evaluate(config, workdir: str):
         stop.note_interrupt(e)
         raise stop.error(f'{step}; its state was in a step that did not finish, so it was '
                          f'not saved; {_kept(workdir)}.') from None
-  if stopped:
-    done = 'saved it; ' if saved is not None and checkpoint.last_good_step(workdir) == saved else ''
-    raise stop.error(f'{step}; {done}{_kept(workdir)}.')
+  if stopped:  # Every save has finished (on every process: the wait is collective).
+    done = 'saved it; ' if saved is not None else ''
+    raise stop.error(f'{step}; {done}{_kept(workdir, saved)}.')
   if step == start_step and owed:
     print(f'Done: step {step} had its {" and ".join(owed)} still to do; '
           f'workdir {workdir}', flush=True)
@@ -529,8 +539,11 @@ def train_and_evaluate(config, workdir: str):
   return state
 
 
-def _kept(workdir) -> str:
-  last = checkpoint.last_good_step(workdir)
+def _kept(workdir, saved: int | None = None) -> str:
+  """Which checkpoint a rerun resumes from; `saved`: a step whose save has
+  finished (process 0 may still be renaming it into place)."""
+  last = max((s for s in (checkpoint.last_good_step(workdir), saved) if s is not None),
+             default=None)
   if last is None:
     return 'no checkpoint was written yet'
   return (f'the last good checkpoint is step {last} in {checkpoint.checkpoint_dir(workdir)}; '

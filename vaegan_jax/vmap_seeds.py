@@ -187,7 +187,7 @@ def train_and_evaluate(configs, workdirs, echo=print):
   validation.validate(config)  # Dataset name, batch over devices, every key.
   family = families.get(config.model.family)
   for c, w in zip(configs, workdirs):
-    os.makedirs(w, exist_ok=True)
+    run_config.check_workdir(w)
     run_config.check_and_save(c, w)
   mesh = sharding.make_mesh()
   data = input_pipeline.Data(config)
@@ -195,6 +195,8 @@ def train_and_evaluate(configs, workdirs, echo=print):
 
   abstract = jax.eval_shape(functools.partial(family.init_state, config),
                             jax.random.PRNGKey(0))
+  for w in workdirs:  # As train does for one run.
+    checkpoint.check_free_space(w, abstract, copies=2 if train.best_metric_of(config) else 1)
   state_sharding = sharding.state_sharding(mesh, abstract)
   mngrs = [checkpoint.manager(w, keep=tc.keep_checkpoints) for w in workdirs]
   restored, start_step = _restore_common(mngrs, abstract, state_sharding)
@@ -214,6 +216,9 @@ def train_and_evaluate(configs, workdirs, echo=print):
   gen_evals = [generative.training_evaluator(c, family, data.test_images, mesh,
                                              test_labels=data.test_labels)
                for c in configs]
+  best_metric = train.best_metric_of(config, gen_evals[0])
+  best_mngrs = [checkpoint.best_manager(w, best_metric, config.eval.best_mode)
+                if best_metric else None for w in workdirs]
   logs = [train.MetricsLog(w) for w in workdirs]
   b_sharding = batch_sharding(mesh)
 
@@ -280,6 +285,9 @@ def train_and_evaluate(configs, workdirs, echo=print):
               if scalars is None:  # Abandoned for Ctrl-C / SIGTERM.
                 stopped = True
                 break
+              if best_mngrs[s]:
+                checkpoint.save_if_best(best_mngrs[s], step, state_s, scalars, best_metric,
+                                        config.eval.best_mode)
               logs[s].write(step, scalars)
             if save_now and step not in mngrs[s].all_steps():
               checkpoint.save(mngrs[s], step, state_s, force=True)
@@ -295,7 +303,7 @@ def train_and_evaluate(configs, workdirs, echo=print):
     stopped = True
     _save_stopped(workdirs, mngrs, states, step, pending)
   finally:
-    for m in mngrs:
+    for m in mngrs + [b for b in best_mngrs if b]:
       m.wait_until_finished()
       m.close()
   if stopped:
