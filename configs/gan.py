@@ -17,8 +17,8 @@ Variants: `configs/gan.py:smoke` (tiny networks, under a minute), `:cifar10`,
 need network or a prepared data_dir, and a GPU/TPU for useful results.
 Losses: `--config.gan.loss=non_saturating|minimax|hinge|wgan|lsgan`.
 
-Literature variants (published setups, point by point; README "Reproducing
-published results" has the table, `LITERATURE` below the sources and every
+Literature variants (published setups, point by point; docs/reproducing.md
+has the table, `LITERATURE` below the sources and every
 difference):
   `:cifar10_dcgan`  StudioGAN's CIFAR-10 DCGAN (src/configs/CIFAR10/DCGAN.yaml
                     + src/config.py defaults, net src/models/deep_conv.py).
@@ -40,12 +40,9 @@ every step to the first record's). GAN training oscillates; the best
 checkpoint by FID is kept in WORKDIR/checkpoints_best.
 """
 
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax import config_base as common
 
 
 def _adam(learning_rate, b1, b2=0.999):
@@ -61,6 +58,11 @@ def _adam(learning_rate, b1, b2=0.999):
 
 
 def get_config(arg=None):
+  common.check_variant(arg, VARIANTS, 'configs/gan.py')
+  if arg == 'conditional_smoke':  # The smoke run of the class-conditional model.
+    config = get_config('smoke')
+    config.model.conditional = True
+    return config
   config = common.get_base_config()
   config.model.family = 'gan'
   config.model.latent_dim = 100
@@ -99,6 +101,9 @@ def get_config(arg=None):
   elif arg in ('cifar10', 'svhn_cropped', 'celeb_a'):
     config.data.name = arg
     config.model.leaky_slope = 0.2  # Radford et al. 2016.
+    if arg != 'celeb_a':  # Radford's 32-px widths (models/gan.py PLANS[32] x 2).
+      config.model.g_width_mult = 2.0
+      config.model.d_width_mult = 2.0
     config.train.batch_size = 128
     config.train.num_steps = 50000
     config.train.log_every_steps = 200
@@ -111,8 +116,6 @@ def get_config(arg=None):
   elif arg == 'conditional':
     config.model.conditional = True  # Class-conditional (families/conditional.py).
     config.gan.aux_weight = 0.0      # ACGAN class loss λ; e.g. 1.0 for projection + ACGAN.
-  elif arg:
-    raise ValueError(f'Unknown variant {arg!r} of configs/gan.py.')
   return config
 
 
@@ -145,7 +148,7 @@ def cifar10_dcgan(config):
     - StudioGAN flips real images horizontally at random (PRE.apply_rflip);
       the input pipeline has no augmentation.
     - StudioGAN's FID uses its own Inception features on 50000 samples
-      against the training set; see README for the comparable command.
+      against the training set; see docs/reproducing.md for the comparable command.
   """
   config.data.name = 'cifar10'
   config.model.arch = 'studiogan_dcgan'
@@ -241,3 +244,7 @@ def celeb_a64(config):
 
 LITERATURE = {'cifar10_dcgan': cifar10_dcgan, 'cifar10_sngan': cifar10_sngan,
               'celeb_a64': celeb_a64}
+
+# The variants (`configs/gan.py:VARIANT`).
+VARIANTS = ('smoke', 'conditional', 'conditional_smoke', 'cifar10', 'svhn_cropped', 'celeb_a',
+            *LITERATURE)

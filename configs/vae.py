@@ -14,7 +14,7 @@ ELBO stays at about -109).
 Variants: `configs/vae.py:smoke` (a few seconds), `:cifar10`, `:celeb_a`
 (real TFDS datasets, need network or a prepared data_dir).
 `:celeb_a64` follows pythae's CelebA VAE benchmark setting (its header lists
-the sources and every difference; README "Reproducing published results").
+the sources and every difference; docs/reproducing.md).
 
 `configs/vae.py:conditional`: the CVAE (label into encoder and decoder).
 What to expect (the default 1500 steps of 128, measured on a quiet 2-core CPU):
@@ -26,15 +26,21 @@ decoder uses the label only partly (the class is also in z); a 2-D latent
 reaches 0.82 in 300 steps (tests/test_conditional.py).
 """
 
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax import config_base as common
+
+
+# The variants (`configs/vae.py:VARIANT`).
+VARIANTS = ('smoke', 'conditional', 'conditional_smoke', *('cifar10', 'svhn_cropped', 'celeb_a', 'celeb_a64'))
 
 
 def get_config(arg=None):
+  common.check_variant(arg, VARIANTS, 'configs/vae.py')
+  if arg == 'conditional_smoke':  # The smoke run of the class-conditional model.
+    config = get_config('smoke')
+    config.model.conditional = True
+    return config
   config = common.get_base_config()
   config.model.family = 'vae'
   config.model.latent_dim = 32
@@ -74,8 +80,6 @@ def get_config(arg=None):
     celeb_a64(config)
   elif arg == 'conditional':
     config.model.conditional = True  # Class-conditional (families/conditional.py).
-  elif arg:
-    raise ValueError(f'Unknown variant {arg!r} of configs/vae.py.')
   return config
 
 
@@ -101,7 +105,7 @@ def celeb_a64(config):
       VAE has no BatchNorm, three stride-2 stages from 64 px (64 -> 8) and a
       hidden Dense; widths are set to the nearest it has (128-256-512, k4,
       no decoder hidden layer, encoder hidden 1024).
-    - pythae reports FID/IS with its own Inception evaluation; see README.
+    - pythae reports FID/IS with its own Inception evaluation; see docs/reproducing.md.
   """
   config.data.name = 'celeb_a'
   config.model.latent_dim = 64

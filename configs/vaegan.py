@@ -29,12 +29,9 @@ cond_accuracy 0.73 / 0.91 / 0.91 / 0.95 / 0.94 (chance 0.10), intra_fid
 trajectory, cond_accuracy and PSNR equal to the first record's).
 """
 
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax import config_base as common
 
 
 def _adam(learning_rate, b1=0.5, b2=0.999):
@@ -47,7 +44,16 @@ def _adam(learning_rate, b1=0.5, b2=0.999):
   return cfg
 
 
+# The variants (`configs/vaegan.py:VARIANT`).
+VARIANTS = ('smoke', 'conditional', 'conditional_smoke', *('cifar10', 'svhn_cropped', 'celeb_a', 'celeb_a64'))
+
+
 def get_config(arg=None):
+  common.check_variant(arg, VARIANTS, 'configs/vaegan.py')
+  if arg == 'conditional_smoke':  # The smoke run of the class-conditional model.
+    config = get_config('smoke')
+    config.model.conditional = True
+    return config
   config = common.get_base_config()
   config.model.family = 'vaegan'
   config.model.latent_dim = 32
@@ -84,7 +90,8 @@ def get_config(arg=None):
     config.model.latent_dim = 128
     config.model.enc_width = 64
     config.model.enc_hidden = 512
-    config.model.dec_width_mult = 1.0
+    # Radford's DCGAN widths (models/gan.py PLANS; x2 at 32 px).
+    config.model.dec_width_mult = 1.0 if arg == 'celeb_a' else 2.0
     config.model.dis_width = 64
     config.train.num_steps = 30000
     config.train.log_every_steps = 200
@@ -95,8 +102,6 @@ def get_config(arg=None):
     celeb_a64(config)
   elif arg == 'conditional':
     config.model.conditional = True  # Class-conditional (families/conditional.py).
-  elif arg:
-    raise ValueError(f'Unknown variant {arg!r} of configs/vaegan.py.')
   return config
 
 

@@ -18,6 +18,13 @@ the study writes
   OUT/report.md      tables, a generated summary and the PNGs it links
                      (experiments/report.py).
 
+With `config.applications` each final checkpoint also takes the applications
+benchmark (vaegan_jax/applications/benchmark.py: denoising, inpainting,
+reconstruction, perceptual path length) into RUN/applications.json, and the
+classical baselines restore the same damaged images once per study
+(OUT/applications_baselines.json); the report's "Applications" section
+tabulates both.
+
 With `config.conditional` the study also trains each family class-conditional
 (`model.conditional=True`) as a row of its own, `<family>_conditional`, with
 the same budget; its evaluation adds cond_accuracy and intra_fid.
@@ -28,22 +35,19 @@ eval.json present) and resumes the others from their last checkpoint.
 
 import contextlib
 import functools
-import importlib.util
 import json
 import logging
 import os
 import platform
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 import ml_collections  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from vaegan_jax import kernels  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import progress  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -53,6 +57,11 @@ EVAL_FILE = 'eval.json'
 TIMING_FILE = 'timing.json'
 DIVERGED_FILE = 'diverged.json'  # A run whose training produced NaN/Inf: its step and message.
 SPEED_FILE = 'speed.json'
+APPLICATIONS_FILE = 'applications.json'            # Per run: the applications benchmark.
+APPLICATIONS_EXAMPLES = 'applications_examples.npz'  # Per run: restored figure images.
+BASELINES_FILE = 'applications_baselines.json'     # Per study: the classical rows.
+BASELINES_EXAMPLES = 'applications_baselines.npz'
+FIGURE_EXAMPLES = 4  # Restored images kept per setting for the report's figure.
 GRID_KEY = 7  # Fixed sample key of the report's grids.
 CONDITIONAL_SUFFIX = '_conditional'  # Row name of a family's class-conditional runs.
 
@@ -77,10 +86,8 @@ def _family_config(family: str, variant: str):
   path = os.path.join(ROOT, 'configs', f'{family}.py')
   if not os.path.exists(path):
     raise UserError(f'No config file {path} for family {family!r}.')
-  spec = importlib.util.spec_from_file_location(f'_compare_config_{family}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant or None)
+  from vaegan_jax import config_files  # pylint: disable=g-import-not-at-top
+  return config_files.load(path, variant or None)
 
 
 def load_family_config(family: str, variant: str = ''):
@@ -309,8 +316,9 @@ def train_family(study, out: str, family: str, echo=print):
   for config, w in zip(configs, workdirs):
     check_schedule(config, w)
   for w in workdirs:  # A run trained (again) is evaluated again.
-    if os.path.exists(os.path.join(w, EVAL_FILE)):
-      os.remove(os.path.join(w, EVAL_FILE))
+    for name in (EVAL_FILE, APPLICATIONS_FILE):
+      if os.path.exists(os.path.join(w, name)):
+        os.remove(os.path.join(w, name))
   if study.vmap_seeds and len(todo) > 1 and jax.process_count() == 1:
     echo(f'{family}: training seeds {todo} as one vmapped step.')
     t0 = time.time()
@@ -358,6 +366,94 @@ def evaluate_family(study, out: str, family: str, echo=print):
                  inception_weights=study.get('inception_weights', ''),
                  reference=study.get('inception_reference', 'train'),
                  num_reference=study.get('inception_num_reference', 0))
+
+
+# ---------------------------------------------------------------------------
+# Applications (vaegan_jax/applications/benchmark.py) of each final checkpoint.
+# ---------------------------------------------------------------------------
+
+
+def applications_settings(study):
+  """The benchmark's protocol with the study's sizes."""
+  from vaegan_jax.applications import benchmark  # pylint: disable=g-import-not-at-top
+  return benchmark.Settings(num_images=study.applications_num_images,
+                            inpaint_steps=study.applications_inpaint_steps,
+                            restarts=study.applications_restarts,
+                            ppl_samples=study.applications_ppl_samples)
+
+
+_TASKS = {}
+
+
+def _applications_inputs(study, echo=print):
+  """(tasks, feature net, Inception net or None), built once per process."""
+  key = (study.dataset, study.data_dir, json.dumps(applications_settings(study).to_dict()))
+  if key not in _TASKS:
+    from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    from vaegan_jax.applications import benchmark  # pylint: disable=g-import-not-at-top
+    from vaegan_jax.metrics import feature_net  # pylint: disable=g-import-not-at-top
+    images, labels = input_pipeline.load_split(study.dataset, 'test', study.data_dir or None)
+    incep = None
+    if study.get('features', 'own') == 'inception':
+      from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
+      incep = inception.load(study.get('inception_weights', '') or None)
+    tasks = benchmark.make_tasks(images, labels, applications_settings(study))
+    _TASKS.clear()
+    _TASKS[key] = (tasks, feature_net.get(study.dataset, study.data_dir or None), incep)
+  return _TASKS[key]
+
+
+def applications_done(workdir: str, study) -> bool:
+  """applications.json of the final checkpoint with the study's protocol present."""
+  result = _read_json(os.path.join(workdir, APPLICATIONS_FILE))
+  return (bool(result) and result.get('step') == study.num_steps
+          and result.get('settings') == applications_settings(study).to_dict()
+          and result.get('inception', False) == (study.get('features', 'own') == 'inception'))
+
+
+def applications_family(study, out: str, family: str, echo=print):
+  """The applications benchmark of every run of `family` lacking it
+  (RUN/applications.json, and the first restored images for the figure)."""
+  if not study.get('applications', False):
+    return
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import vaegan_jax  # pylint: disable=g-import-not-at-top
+  from vaegan_jax.applications import benchmark  # pylint: disable=g-import-not-at-top
+  for s in range(study.seeds):
+    workdir = run_dir(out, family, s)
+    if diverged(workdir) or applications_done(workdir, study):
+      continue
+    tasks, net, incep = _applications_inputs(study, echo)
+    echo(f'{family}: applications benchmark of seed {s}.')
+    model = vaegan_jax.load(workdir, study.num_steps)
+    result = benchmark.evaluate(model, tasks, net, incep, keep_examples=FIGURE_EXAMPLES,
+                                echo=echo)
+    examples = result.pop('examples')
+    np.savez(os.path.join(workdir, APPLICATIONS_EXAMPLES),
+             **{k: np.asarray(v) for k, v in examples.items() if v is not None})
+    result.update(step=study.num_steps, inception=incep is not None)
+    _write_json(os.path.join(workdir, APPLICATIONS_FILE), result)
+
+
+def applications_baselines(study, out: str, echo=print):
+  """The classical restorations of the same damaged images, once per study
+  (OUT/applications_baselines.json and the figure's images)."""
+  if not study.get('applications', False):
+    return
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vaegan_jax.applications import benchmark  # pylint: disable=g-import-not-at-top
+  path = os.path.join(out, BASELINES_FILE)
+  settings = applications_settings(study).to_dict()
+  if (_read_json(path) or {}).get('settings') == settings:
+    return
+  tasks, net, _ = _applications_inputs(study, echo)
+  echo('Applications: the classical baselines on the same damaged images.')
+  rows = benchmark.evaluate_baselines(tasks, net, keep_examples=FIGURE_EXAMPLES)
+  arrays = {'clean': tasks.clean[:FIGURE_EXAMPLES]}
+  for name, row in rows.items():
+    arrays.update({f'{name}/{k}': np.asarray(v) for k, v in row.pop('examples').items()})
+  np.savez(os.path.join(out, BASELINES_EXAMPLES), **arrays)
+  _write_json(path, {'settings': settings, 'rows': rows})
 
 
 def measure_speed(study, out: str, family: str, echo=print):
@@ -507,6 +603,10 @@ def collect(study, out: str) -> dict:
       run['train_images_per_s'] = train_images_per_s(workdir, group)
       run['curves'] = curves(workdir, fam.CONSOLE_METRICS, study.batch_size)
       run['collapsed'] = convergence.collapsed(run)
+      apps_result = _read_json(os.path.join(workdir, APPLICATIONS_FILE))
+      if apps_result and not stopped:
+        run.update({f'app/{k}': v for k, v in apps_result['metrics'].items()})
+        run['app_inpaint_methods'] = apps_result['inpaint_methods']
       runs[str(s)] = run
     numeric = sorted({k for r in runs.values() for k, v in r.items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -526,6 +626,10 @@ def collect(study, out: str) -> dict:
     if family in speeds:
       result['speed'][family] = speeds[family]
   result['ladder'] = ladder_verdicts()
+  baselines = _read_json(os.path.join(out, BASELINES_FILE))
+  if baselines:
+    result['applications'] = {'settings': baselines['settings'], 'baselines': {
+        name: row['metrics'] for name, row in baselines['rows'].items()}}
   return result
 
 
@@ -587,7 +691,54 @@ def write_grids(study, out: str, echo=print) -> dict:
         grids['reconstructions'][family] = viz.make_grid(
             jax.device_get(model.reconstruct(
                 inputs, test_labels[:36] if model.num_classes else None)))
+  grids['applications'] = application_examples(study, out)
   return grids
+
+
+# The figure's rows: (setting, which kind of baseline restores it).
+FIGURE_SETTINGS = (('gaussian_0.25', 'denoise'), ('salt_pepper_0.3', 'denoise'),
+                   ('center_0.5', 'inpaint'), ('blocks_0.25', 'inpaint'))
+
+
+def application_examples(study, out: str) -> dict | None:
+  """One damaged test image per task (row i shows image i), restored by each
+  family (its seed-0 run, or the first that finished) and each baseline.
+
+  Returns:
+    {'images': rows x columns of uint8 (H, W, C) or None (n/a), 'row_titles',
+    'col_titles'}, or None without the applications' files.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import viz  # pylint: disable=g-import-not-at-top
+  from vaegan_jax.applications import baselines as baselines_lib  # pylint: disable=g-import-not-at-top
+  from vaegan_jax.applications import benchmark  # pylint: disable=g-import-not-at-top
+  path = os.path.join(out, BASELINES_EXAMPLES)
+  if not study.get('applications', False) or not os.path.exists(path):
+    return None
+  with np.load(path) as f:
+    base = dict(f)
+  fams = {}
+  for family in entries(study):
+    for s in range(study.seeds):
+      p = os.path.join(run_dir(out, family, s), APPLICATIONS_EXAMPLES)
+      if os.path.exists(p) and not diverged(run_dir(out, family, s)):
+        with np.load(p) as f:
+          fams[family] = dict(f)
+        break
+  names = list(baselines_lib.DENOISERS) + list(baselines_lib.INPAINTERS)
+  cols = ['clean', 'damaged'] + list(entries(study)) + [baselines_lib.TITLES[n] for n in names]
+  rows, titles = [], []
+  for i, (setting, task) in enumerate(FIGURE_SETTINGS):
+    if f'{benchmark.DAMAGED}/{setting}' not in base:
+      continue
+    k = i % len(base['clean'])
+    cell = lambda a: None if a is None else viz.to_uint8(a[k])
+    row = [cell(base['clean']), cell(base[f'{benchmark.DAMAGED}/{setting}'])]
+    row += [cell(fams.get(f, {}).get(setting)) for f in entries(study)]
+    row += [cell(base.get(f'{n}/{setting}')) for n in names]
+    rows.append(row)
+    titles.append(setting.replace('_', ' '))
+  return {'images': rows, 'row_titles': titles, 'col_titles': cols} if rows else None
 
 
 # ---------------------------------------------------------------------------
@@ -675,6 +826,8 @@ def run_study(study, out: str, report_only: bool = False, echo=print) -> dict:
         for family in progress.iterate(entries(study), 'study: train, evaluate', unit='run'):
           timer.run('train', family, train_family, study, out, family, echo)
           timer.run('evaluate', family, evaluate_family, study, out, family, echo)
+          timer.run('applications', family, applications_family, study, out, family, echo)
+        timer.run('applications', 'baselines', applications_baselines, study, out, echo)
         for family in progress.iterate(entries(study), 'study: speed', unit='run'):
           timer.run('speed', family, measure_speed, study, out, family, echo)
     except BaseException as e:  # Ctrl-C included: the session's time still counts.
@@ -707,6 +860,7 @@ class _DropOrbaxReadNotices(logging.Filter):
 def main(argv):
   if len(argv) > 1:
     raise UserError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  kernels.setup()
   study = FLAGS.config
   out = FLAGS.out or os.path.join(ROOT, study.out)  # config.out is relative to the repo.
   logging.getLogger('absl').addFilter(_DropOrbaxReadNotices())

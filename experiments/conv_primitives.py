@@ -1,5 +1,5 @@
 """Each conv of dcgan28 / convvae28 split into its three primitives: every
-formulation of models/conv_cpu.py beside TensorFlow's oneDNN kernels.
+formulation of kernels/conv_cpu.py beside TensorFlow's oneDNN kernels.
 
   python experiments/conv_primitives.py                 # all rows, minutes on 2 cores
   python experiments/conv_primitives.py --only V3,G2 --batch 64
@@ -13,7 +13,7 @@ down (Conv forward, ConvTranspose dx), up (ConvTranspose forward, Conv dx)
 and wgrad (dk), each in several formulations (im2col, col2im, per-tap GEMMs,
 XLA's own convolution, oneDNN's convolution as a custom call, the same
 library's loops for a one-channel small side ('narrow', row V5):
-conv_cpu.FORMULATIONS; 'onednn' is built on first use, models/conv_onednn.py,
+conv_cpu.FORMULATIONS; 'onednn' is built on first use, kernels/conv_onednn.py,
 and left out with a note where it cannot be). Every formulation of the
 primitive's map is timed, then TensorFlow's kernels as Keras runs them
 (conv2d, Conv2DBackpropInput, Conv2DBackpropFilter; conv2d_transpose and its
@@ -31,10 +31,8 @@ picks (*), and the chosen time over TF's.
 import argparse
 import math
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -42,7 +40,8 @@ from jax import lax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from vaegan_jax.models import conv_cpu, conv_onednn, layers  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax.kernels import conv_cpu, conv_onednn  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax.models import layers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 try:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -197,6 +196,7 @@ def main():
                       help="whose pick * marks: conv_cpu.choose (conv_impl="
                       "'gemm') or conv_cpu.choose_onednn (conv_impl='onednn')")
   args = parser.parse_args()
+  kernels.setup()
   load = os.getloadavg()[0]
   ceiling = ceiling_gflops(args.repeats)
   print(f'matmul ceiling (float32, 2048^3, jax.jit): {ceiling:.1f} GFLOP/s; '

@@ -15,15 +15,14 @@ grad w.r.t. params of ||d sum(layer(x) * r) / dx||^2.
 
 import argparse
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp
 import numpy as np
 
+from vaegan_jax import kernels  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax.models import layers  # pylint: disable=g-import-not-at-top
 
 # id and description, 'C'onv or 'T'ranspose, features, kernel, stride, (H, C_in).
@@ -86,6 +85,7 @@ def main():
   parser.add_argument('--only', default='', help='ids, e.g. G2,V4')
   parser.add_argument('--second_order', action='store_true')
   args = parser.parse_args()
+  kernels.setup()
   only = set(filter(None, args.only.split(',')))
   rows = [(row, False) for row in LAYERS]
   if args.second_order:

@@ -40,17 +40,16 @@ output says they were not available.
 import json
 import math
 import os
-import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from vaegan_jax.errors import UsageError  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax import kernels  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax.metrics import degradations  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -530,6 +529,7 @@ def rewrite(out: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  kernels.setup()
   out = FLAGS.out or os.path.join(ROOT, DEFAULT_OUT)
   if FLAGS.report_only:
     result = rewrite(out)

@@ -22,6 +22,7 @@ RECON_PNG = 'reconstructions.png'
 FID_PNG = 'curves_fid.png'
 LOSSES_PNG = 'curves_losses.png'
 COMPUTE_PNG = 'curves_compute.png'
+APPLICATIONS_PNG = 'applications.png'
 
 # (key in results, label, better: 'min' | 'max' | None, format, scale).
 QUALITY = [
@@ -333,6 +334,201 @@ def per_seed_table(results) -> list[str]:
 
 
 # ---------------------------------------------------------------------------
+# Applications (vaegan_jax/applications/benchmark.py).
+# ---------------------------------------------------------------------------
+
+# (title, task, measure, better, format): one table each, settings as columns.
+APPLICATION_TABLES = [
+    ('Denoising: PSNR (dB) of the restored image against the clean one', 'denoise', 'psnr',
+     'max', '.2f'),
+    ('Denoising: SSIM of the restored image against the clean one', 'denoise', 'ssim', 'max',
+     '.3f'),
+    ('Inpainting: PSNR (dB) on the hole', 'inpaint', 'psnr_hole', 'max', '.2f'),
+    ('Inpainting: SSIM on the hole', 'inpaint', 'ssim_hole', 'max', '.3f'),
+    ('Inpainting: PSNR (dB) of the whole image', 'inpaint', 'psnr', 'max', '.2f'),
+    ('Inpainting: SSIM of the whole image', 'inpaint', 'ssim', 'max', '.3f'),
+    ('Inpainting: FID of the inpainted set (own features, against the test split)', 'inpaint',
+     'fid', 'min', '.2f'),
+]
+# Reconstruction and interpolation: one column each, families only.
+MODEL_APPLICATIONS = [
+    ('reconstruct/psnr', 'reconstruction PSNR (dB)', 'max', '.2f'),
+    ('reconstruct/ssim', 'reconstruction SSIM', 'max', '.3f'),
+    ('ppl/own', 'PPL, own features (smoother: lower)', 'min', '.1f'),
+    ('ppl/inception', 'PPL, Inception pool3 (smoother: lower)', 'min', '.1f'),
+]
+BASELINE_TITLES = {'damaged': 'damaged input (unrestored)', 'median': 'median filter 3x3',
+                   'gaussian': 'Gaussian filter σ 0.7 px', 'nl_means': 'non-local means',
+                   'biharmonic': 'biharmonic inpainting'}
+BASELINE_SHORT = {'median': 'median', 'gaussian': 'gauss. filter', 'nl_means': 'NL-means',
+                  'biharmonic': 'biharmonic'}
+
+
+def _setting_names(settings, task):
+  pairs = settings['noise'] if task == 'denoise' else settings['masks']
+  return [f'{kind}_{level:g}' for kind, level in pairs]
+
+
+def _app_cells(results, keys, better, fmt):
+  """Rows (name, [cell text per key]) for the families (mean ± std over
+  seeds) and the baselines (one value: they see the same images every time),
+  the best mean per column in bold; None-only baseline rows are left out."""
+  baselines = (results.get('applications') or {}).get('baselines', {})
+  values = {}
+  for f in results['families']:
+    values[f] = [_stat(results, f, 'app/' + k) for k in keys]
+  order = list(BASELINE_TITLES)
+  for name, metrics in sorted(baselines.items(),
+                              key=lambda x: order.index(x[0]) if x[0] in order else len(order)):
+    row = [(metrics.get(k), 0.0, 1) if metrics.get(k) is not None else (None, None, 0)
+           for k in keys]
+    if any(m is not None for m, _, _ in row):
+      values[BASELINE_TITLES.get(name, name)] = row
+  best = []
+  for j in range(len(keys)):
+    means = sorted(((v[j][0], name) for name, v in values.items() if v[j][0] is not None),
+                   reverse=better == 'max')
+    tie = len(means) > 1 and _fmt(means[0][0], fmt) == _fmt(means[1][0], fmt)
+    best.append(None if not means or tie else means[0][1])
+  rows = []
+  for name, v in values.items():
+    cells = []
+    for j, (mean, std, n) in enumerate(v):
+      if mean is None:
+        cells.append('n/a')
+        continue
+      text = _fmt(mean, fmt) if n < 2 or std == 0 else f'{_fmt(mean, fmt)} ± {_fmt(std, fmt)}'
+      cells.append(f'**{text}**' if best[j] == name else text)
+    rows.append((name, cells))
+  return rows
+
+
+def _md_table(header, columns, rows):
+  return ([f'| {header} | ' + ' | '.join(columns) + ' |', '|---|' + '---:|' * len(columns)]
+          + [f'| {name} | ' + ' | '.join(cells) + ' |' for name, cells in rows])
+
+
+def _has_applications(results) -> bool:
+  return any(k.startswith('app/') for fam in results['families'].values()
+             for r in fam['runs'].values() for k in r)
+
+
+def applications_summary(results) -> list[str]:
+  """Per setting, the best family against the best classical method (and
+  the median filter / biharmonic inpainting), PSNR on the restored image or
+  the hole."""
+  apps = results.get('applications') or {}
+  if not apps.get('settings'):
+    return []
+  baselines = apps.get('baselines', {})
+  lines = []
+  for task, measure, reference in (('denoise', 'psnr', 'median'),
+                                   ('inpaint', 'psnr_hole', 'biharmonic')):
+    parts = []
+    for setting in _setting_names(apps['settings'], task):
+      key = f'{task}/{setting}/{measure}'
+      fams = [(f, _stat(results, f, 'app/' + key)[0]) for f in results['families']]
+      fams = [(f, m) for f, m in fams if m is not None]
+      ref = (baselines.get(reference) or {}).get(key)
+      if not fams or ref is None:
+        continue
+      f, m = max(fams, key=lambda x: x[1])
+      classical = max(((n, b[key]) for n, b in baselines.items()
+                       if n != 'damaged' and b.get(key) is not None), key=lambda x: x[1])
+      margin = lambda d: f'{abs(d):.2f} dB {"above" if d >= 0 else "below"}'
+      parts.append(f'{setting.replace("_", " ")}: **{f}** {m:.2f} dB, '
+                   f'{margin(m - ref)} the {BASELINE_TITLES[reference]}'
+                   + (f' ({margin(m - classical[1])} the best classical method, '
+                      f'{BASELINE_TITLES[classical[0]]})' if classical[0] != reference else ''))
+    if parts:
+      what = ('Denoising (PSNR of the restored image)' if task == 'denoise'
+              else 'Inpainting (PSNR on the hole)')
+      lines.append(f'- **{what}**, best family per setting: ' + '; '.join(parts) + '.')
+  return lines
+
+
+def applications_section(results, out) -> list[str]:
+  """The "Applications" section: one table per task and measure, families
+  and baselines as rows, damage settings as columns; the figure."""
+  if not _has_applications(results):
+    return []
+  apps = results.get('applications') or {}
+  settings = apps.get('settings')
+  run = next(r for fam in results['families'].values() for r in fam['runs'].values()
+             if any(k.startswith('app/') for k in r))
+  if settings is None:  # Baselines missing: the settings from a run's keys.
+    keys = [k[4:] for k in run if k.startswith('app/')]
+    names = lambda t: sorted({k.split('/')[1] for k in keys if k.startswith(t + '/')})
+    settings = {'noise': [], 'masks': []}
+    setting_names = {'denoise': names('denoise'), 'inpaint': names('inpaint')}
+  else:
+    setting_names = {t: _setting_names(settings, t) for t in ('denoise', 'inpaint')}
+  methods = {f: next((r['app_inpaint_methods'] for r in fam['runs'].values()
+                      if r.get('app_inpaint_methods')), None)
+             for f, fam in results['families'].items()}
+  n = settings.get('num_images', '?') if isinstance(settings, dict) else '?'
+  lines = [
+      '## Applications', '',
+      f'Restoration and interpolation of each final checkpoint '
+      f'(`vaegan_jax/applications/benchmark.py`; `python -m vaegan_jax.evaluate '
+      f'--workdir=RUN --applications` reproduces a run), on {n} test images, the same images '
+      'and the same damage for every family, seed and baseline. Families: mean ± std over '
+      'seeds; baselines (scikit-image, `vaegan_jax/applications/baselines.py`): one value, as '
+      'they see the same images every time; best mean per column in bold; n/a where a method '
+      'cannot do the task (no encoder: no denoising or reconstruction). PSNR is capped at '
+      '100 dB; SSIM as Wang et al. 2004 (Gaussian window σ 1.5, = scikit-image\'s); the hole '
+      'measures average over the missing pixels only.', '']
+  inpaint_line = '; '.join(
+      f'{f}: ' + ', '.join(f'{s} {m}' for s, m in ms.items()) for f, ms in methods.items() if ms)
+  if inpaint_line:
+    lines += [f'Inpainting methods (`--inpaint_method=auto` of `sample`; latent optimisation '
+              f'{settings.get("inpaint_steps", "?")} Adam steps from '
+              f'{settings.get("restarts", "?")} starts per image): {inpaint_line}.', '']
+  lines += applications_summary(results) + ['']
+  for title, task, measure, better, fmt in APPLICATION_TABLES:
+    cols = setting_names[task]
+    keys = [f'{task}/{c}/{measure}' for c in cols]
+    arrow = ' ↑' if better == 'max' else ' ↓'
+    lines += [f'### {title}{arrow}', '',
+              *_md_table('method', [c.replace('_', ' ') for c in cols],
+                         _app_cells(results, keys, better, fmt)), '']
+  fam_only = dict(results, applications={})
+  rows = [r for r in MODEL_APPLICATIONS
+          if r[0] != 'ppl/inception' or any(_stat(results, f, 'app/ppl/inception')[0] is not None
+                                           for f in results['families'])]
+  cells = [_app_cells(fam_only, [k], better, fmt) for k, _, better, fmt in rows]
+  lines += ['### Reconstruction and interpolation smoothness', '',
+            'Perceptual path length (Karras et al. 2019, torch-fidelity\'s definition: '
+            'ε = 1e-4, lerp, 1st-99th percentiles kept) with the squared distance of the '
+            'project\'s own features (and of Inception pool3 features where its weights were '
+            f'given), over {settings.get("ppl_samples", "?")} latent pairs: lower is a smoother '
+            'latent space.', '',
+            *_md_table('family', [label + (' ↑' if b == 'max' else ' ↓')
+                                  for _, label, b, _ in rows],
+                       [(f, [c[i][1][0] for c in cells])
+                        for i, f in enumerate(results['families'])]), '']
+  if os.path.exists(os.path.join(out, APPLICATIONS_PNG)):
+    lines += [f'![applications]({APPLICATIONS_PNG})', '',
+              'One damaged test image per task (rows), restored by each family (seed 0) and '
+              'each classical method (blank: the method does not do that task).', '']
+  return lines
+
+
+def applications_figure(grid, path):
+  """Rows of single images (uint8 (H, W, C) or None = blank), titled."""
+  from vaegan_jax import viz  # pylint: disable=g-import-not-at-top
+  cells = [g for r in grid['images'] for g in r if g is not None]
+  blank = np.full_like(cells[0], viz.WHITE)
+  images = np.stack([blank if g is None else g for r in grid['images'] for g in r])
+  cols = [BASELINE_SHORT.get(c, c) for c in grid['col_titles']]
+  for name, short in (('median filter', 'median'), ('Gaussian filter', 'gauss. filter'),
+                      ('non-local', 'NL-means'), ('biharmonic', 'biharmonic')):
+    cols = [short if c.startswith(name) else c for c in cols]
+  viz.save(path, [viz.Panel(images, ncol=len(cols), row_labels=grid['row_titles'],
+                            col_labels=cols)], scale=3)
+
+
+# ---------------------------------------------------------------------------
 # Plots.
 # ---------------------------------------------------------------------------
 
@@ -489,6 +685,8 @@ def write_images(results, out, grids):
   if cols:
     grid_figure([[recon['inputs']] + [recon[c] for c in cols]], ['test images'] + cols,
                 None, os.path.join(out, RECON_PNG))
+  if grids.get('applications'):
+    applications_figure(grids['applications'], os.path.join(out, APPLICATIONS_PNG))
 
 
 # ---------------------------------------------------------------------------
@@ -646,6 +844,7 @@ def write(results, out, grids=None):
     lines += ['## Reconstructions', '',
               'Test images and their reconstructions (decoded posterior means, seed 0) by '
               'the families with an encoder.', '', f'![reconstructions]({RECON_PNG})', '']
+  lines += applications_section(results, out)
   lines += [
       '## Training curves',
       '',

@@ -42,8 +42,6 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # keras_reference, torch_reference
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -54,6 +52,7 @@ from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,w
 from vaegan_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import families  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax import kernels  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax import validation  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -350,6 +349,7 @@ def main(argv):
     raise UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if FLAGS.config is None:
     raise UsageError('--config is required, e.g. --config=configs/bench/dcgan28.py.')
+  kernels.setup()
   if FLAGS.keep_host_memory and not host_memory.keep_freed_memory():
     raise UsageError('--keep_host_memory needs glibc (Linux).')
   config = FLAGS.config

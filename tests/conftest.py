@@ -7,17 +7,22 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'configs'))
-sys.path.insert(0, os.path.join(ROOT, 'tests'))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# pyproject.toml's [tool.pytest.ini_options] pythonpath puts the checkout, its
+# configs/, tests/ and experiments/ on this process's path; the scripts the
+# tests start (tests/*.py, experiments/*.py, `python -m vaegan_jax.*`, the
+# notebook) import this checkout's vaegan_jax through PYTHONPATH, installed or not.
+os.environ['PYTHONPATH'] = os.pathsep.join(
+    [ROOT] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p])
 
 # The test processes train in-process, under the host-memory policy that
 # vaegan_jax.main sets for training (train.keep_host_memory); tests of glibc's
 # default behaviour run in subprocesses.
 from vaegan_jax import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax import kernels  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 host_memory.keep_freed_memory()
+kernels.setup()  # As the entry points do, before anything is compiled.
 
 
 def load_config(name, arg=None):

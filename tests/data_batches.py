@@ -12,16 +12,13 @@ comes from XLA_FLAGS.
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'configs'))
 
 GLOBAL_BATCH = 8
 SEED = 5
 
 
 def config_for(name, data_dir, image_size):
-  import common  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import config_base as common  # pylint: disable=g-import-not-at-top
   config = common.get_base_config()
   config.data.name = name
   config.data.data_dir = data_dir

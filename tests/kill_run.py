@@ -29,7 +29,6 @@ def main():
   point, step = sys.argv[1], int(sys.argv[2])
   process = int(sys.argv[3]) if sys.argv[3] != '--' else None
   sys.argv = [sys.argv[0]] + sys.argv[sys.argv.index('--') + 1:]
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from vaegan_jax import checkpoint, input_pipeline, main as main_lib  # pylint: disable=g-import-not-at-top
   from vaegan_jax import cli  # pylint: disable=g-import-not-at-top
 

@@ -5,14 +5,12 @@ import math
 import os
 import re
 import shutil
-import sys
 import time
 
 import pytest
 
 from conftest import ROOT
 
-sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 
 from vaegan_jax.errors import UserError  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -430,7 +430,6 @@ def test_training_and_evaluate_report_conditioning(tmp_path, data_dir):
 
 
 def test_compare_study_gains_a_conditional_row_per_family():
-  sys.path.insert(0, os.path.join(ROOT, 'experiments'))
   import compare  # pylint: disable=g-import-not-at-top
   study = _compare_study()
   assert compare.entries(study) == ['vae', 'gan', 'vaegan']

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import load_config
 from vaegan_jax import families
-from vaegan_jax.models import conv_cpu, layers
+from vaegan_jax.kernels import conv_cpu
+from vaegan_jax.models import layers
 
 # The plain-JAX formulations; the built library's ('onednn', 'narrow') have
 # tests/test_conv_onednn.py.

@@ -12,7 +12,8 @@ import optax
 import pytest
 
 from test_conv_cpu import CASES, assert_close, check_conv, geometry, normal
-from vaegan_jax.models import conv_cpu, conv_onednn, layers
+from vaegan_jax.kernels import conv_cpu, conv_onednn
+from vaegan_jax.models import layers
 
 # oneDNN's three convolution primitives; the fused and narrow targets below.
 TARGETS = ('vaegan_onednn_conv_fwd', 'vaegan_onednn_conv_bwd_data',

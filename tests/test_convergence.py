@@ -2,14 +2,12 @@
 
 import math
 import os
-import sys
 
 import numpy as np
 import pytest
 
 from conftest import ROOT
 
-sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 import convergence  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 STEPS = list(range(250, 4001, 250))  # 16 evaluations, 4 per quarter.

@@ -162,7 +162,12 @@ def test_gan_trains_on_a_folder_at_image_size_32(tmp_path, capsys):
   assert state.params['discriminator']['Conv_0']['kernel'].shape[2] == 3
   rows = [json.loads(l) for l in open(tmp_path / 'run' / 'metrics.jsonl')]
   assert [r['step'] for r in rows if 'd_loss' in r] == [1, 2]
-  assert 'no generative metrics for folder:' in capsys.readouterr().out
+  assert all(0 <= r['data_wait_fraction'] <= 1 and r['decode_images_per_s'] > 0
+             for r in rows if 'd_loss' in r)
+  out = capsys.readouterr().out
+  assert 'no sample metrics (FID, KID, ...) for folder:' in out
+  assert "note: no best checkpoint: config.eval.best_metric='fid' is not computed" in out
+  assert ' | data wait ' in out and not (tmp_path / 'run' / 'checkpoints_best').exists()
 
 
 def test_cli_missing_folder_is_one_line_before_anything_starts(tmp_path):

@@ -146,3 +146,18 @@ def test_ladders_share_the_clean_set_and_grow_in_severity():
   assert blurs == sorted(blurs, reverse=True)
   with pytest.raises(ValueError, match='Unknown ladder'):
     D.ladder_images('fog', 1, x, labels, 3, 0)
+
+
+def test_hole_masks_have_the_stated_size_and_are_seeded():
+  m = D.center_hole(3, 28, 28, 0.5)
+  assert m.shape == (3, 28, 28, 1) and m.dtype == np.float32
+  assert (m == 0).sum(axis=(1, 2, 3)).tolist() == [196] * 3
+  assert m[0, 7:21, 7:21].max() == 0 and m[0, 6, 6] == 1
+  assert (D.center_hole(1, 28, 28, 0.25) == 0).sum() == 49
+  b = D.block_holes(50, 28, 28, 0.25, seed=3, num_blocks=4)
+  hidden = (b == 0).sum(axis=(1, 2, 3))
+  assert hidden.min() >= 49 and hidden.max() <= 4 * 49 and len(set(hidden.tolist())) > 1
+  np.testing.assert_array_equal(b, D.block_holes(50, 28, 28, 0.25, seed=3, num_blocks=4))
+  assert not np.array_equal(b, D.block_holes(50, 28, 28, 0.25, seed=4, num_blocks=4))
+  with pytest.raises(ValueError, match='fraction'):
+    D.center_hole(1, 28, 28, 0.0)

@@ -19,6 +19,7 @@ from vaegan_jax import evaluate
 from vaegan_jax import families
 from vaegan_jax import input_pipeline
 from vaegan_jax import train
+from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
 from vaegan_jax.metrics import feature_net
 from vaegan_jax.metrics import generative
@@ -149,14 +150,23 @@ def test_evaluator_tells_real_digits_from_an_untrained_vae(trained_vae, mnist):
 def test_training_never_trains_a_feature_net(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(feature_net, 'DEFAULT_CACHE_DIR', str(tmp_path))
   monkeypatch.setattr(feature_net, 'train', lambda *a, **k: pytest.fail('trained'))
-  config = load_config('vae', 'smoke')
-  family = families.get('vae')
+  config = load_config('gan', 'smoke')
+  family = families.get('gan')  # No metric needs no feature network: no evaluator.
   config.data.name = 'cifar10'  # Labelled, but no shipped or cached net.
   assert generative.training_evaluator(config, family, None, None) is None
   assert 'vaegan_jax.metrics.feature_net --dataset=cifar10' in capsys.readouterr().out
   config.data.name = 'celeb_a'  # No labels.
   assert generative.training_evaluator(config, family, None, None) is None
   assert 'no class labels' in capsys.readouterr().out
+  config = load_config('vae', 'smoke')  # Reconstruction and likelihood need none.
+  family = families.get('vae')
+  config.data.name = 'cifar10'
+  evaluator = generative.training_evaluator(
+      config, family, np.zeros((4, 32, 32, 3), np.uint8), None)
+  assert not evaluator.sample_metrics and evaluator.net is None
+  assert generative.available_metrics(family, evaluator) == (
+      'recon_mse', 'psnr', 'nll_nats', 'bits_per_dim')
+  assert 'reconstruction and likelihood metrics are reported' in capsys.readouterr().out
   config.data.name = 'mnist5k'
   config.eval.generative_metrics = False
   assert generative.training_evaluator(config, family, None, None) is None
@@ -250,14 +260,14 @@ def test_missing_or_unknown_checkpoints_are_clear_errors(vae_workdir, tmp_path):
   with pytest.raises(UserError, match=r'No checkpoint at step 7 in .*checkpoints; '
                                       r'available steps: 5, 10\.$'):
     evaluate.load_state(vae_workdir, 7)
-  with pytest.raises(UserError, match='must be a step number'):
+  with pytest.raises(UserError, match="neither a step number nor 'best'"):
     evaluate.load_state(vae_workdir, 'latest')
   empty = tmp_path / 'empty'
   empty.mkdir()
   (empty / 'config.json').write_text(open(os.path.join(vae_workdir, 'config.json')).read())
   with pytest.raises(UserError, match='No checkpoints in .*train first'):
     evaluate.load_state(str(empty))
-  with pytest.raises(UserError, match='No config.json'):
+  with pytest.raises(UsageError, match='No config.json'):
     evaluate.load_state(str(tmp_path))
   _, _, _, step = evaluate.load_state(vae_workdir, 'best')
   assert step in (5, 10)

@@ -14,7 +14,6 @@ SCRIPT = '''
 import ctypes, resource, sys, threading
 import numpy as np
 ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: count 4 KB pages.
-sys.path.insert(0, {root!r})
 if {keep}:
   from vaegan_jax import host_memory
   assert host_memory.keep_freed_memory()
@@ -48,7 +47,6 @@ def test_freed_memory_is_reused_without_page_faults():
 # vaegan_jax.main with train.train_and_evaluate replaced: does it set the policy?
 MAIN_SCRIPT = '''
 import sys
-sys.path.insert(0, {root!r})
 from vaegan_jax import cli, host_memory, main, train
 host_memory.keep_freed_memory = lambda: print('keep', flush=True) or True
 train.train_and_evaluate = lambda config, workdir: print('train', flush=True)

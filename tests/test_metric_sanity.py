@@ -2,14 +2,12 @@
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
 from conftest import ROOT
 
-sys.path.insert(0, os.path.join(ROOT, 'experiments'))
 
 from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax.metrics import degradations  # pylint: disable=g-import-not-at-top,wrong-import-position

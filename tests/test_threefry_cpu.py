@@ -1,11 +1,11 @@
-"""models/threefry_cpu: jax's unrolled threefry lowering on CPU, same bits."""
+"""kernels/threefry_cpu: jax's unrolled threefry lowering on CPU, same bits."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax._src.random import threefry2x32  # pylint: disable=g-import-not-at-top
 
-from vaegan_jax.models import threefry_cpu  # Importing vaegan_jax.models installs it.
+from vaegan_jax.kernels import threefry_cpu  # conftest calls kernels.setup().
 
 
 def u32(*values):
@@ -53,3 +53,20 @@ def test_same_bits_as_the_rolled_loop():
     got = jax.jit(lambda a, b, c, d: threefry2x32.threefry2x32_p.bind(
         a, b, c, d))(k1, k2, *count[:, :size])
     np.testing.assert_array_equal(np.asarray(want), np.asarray(got))
+
+
+def test_importing_changes_nothing_setup_installs():
+  """Importing the models and kernels leaves jax's lowering alone; the
+  explicit `kernels.setup()` (which the entry points call) installs it."""
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  code = ('import jax\n'
+          'from vaegan_jax import kernels, families, models\n'
+          'from vaegan_jax.models import layers, vae, gan\n'
+          'def lowered():\n'
+          '  return jax.jit(lambda k: jax.random.bits(k, (4096,))).lower(jax.random.key(0)).as_text()\n'
+          'before = "while" in lowered()\n'
+          'assert kernels.setup()\n'
+          'print(before, "while" in lowered())\n')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                       check=True).stdout.split()
+  assert out == ['True', 'False']

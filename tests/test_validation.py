@@ -141,12 +141,12 @@ def test_allowed_values_come_from_the_code():
   from vaegan_jax import families, objectives  # pylint: disable=g-import-not-at-top
   from vaegan_jax.families import vae  # pylint: disable=g-import-not-at-top
   from vaegan_jax.models import layers  # pylint: disable=g-import-not-at-top
-  assert validation.rule_for('gan.loss').choices() is objectives.GAN_LOSSES
-  assert validation.rule_for('vaegan.gan_loss').choices() is objectives.GAN_LOSSES
-  assert validation.rule_for('vae.likelihood').choices() is vae.LIKELIHOODS
-  assert validation.rule_for('model.conv_impl').choices() is layers.IMPLS
-  assert validation.rule_for('model.family').choices() is families.FAMILIES
-  assert set(validation.rule_for('train.compute_dtype').choices()) == set(families.COMPUTE_DTYPES)
+  assert validation.rule_for('gan.loss').choices is objectives.GAN_LOSSES
+  assert validation.rule_for('vaegan.gan_loss').choices is objectives.GAN_LOSSES
+  assert validation.rule_for('vae.likelihood').choices is vae.LIKELIHOODS
+  assert validation.rule_for('model.conv_impl').choices is layers.IMPLS
+  assert validation.rule_for('model.family').choices is families.FAMILIES
+  assert set(validation.rule_for('train.compute_dtype').choices) == set(families.COMPUTE_DTYPES)
   config = load_config('vae')
   with pytest.raises(validation.ConfigError, match="'mnist_typo' is not allowed"):
     validation.validate(_with(config, 'data.name', 'mnist_typo'))
@@ -548,11 +548,11 @@ def test_an_asynchronous_save_failure_names_the_last_good_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize('family, key, bad', [('gan', 'ema_decay', 1.0), ('gan', 'd_steps', 0),
-                                              ('vaegan', 'feature_std', 0.0)])
+                                              ('vaegan', 'feature_std', 0.0), ('vae', 'beta', -1.0)])
 def test_a_family_building_its_state_applies_validations_rules(family, key, bad):
   # init_state (also behind vaegan_jax.load and evaluation) checks the family's
-  # section with validation.RULES, and does not require keys a stored config
-  # predates.
+  # keys with its RULES (the same rules validate uses), and does not require
+  # keys a stored config predates.
   from vaegan_jax import families  # pylint: disable=g-import-not-at-top
   fam = families.get(family)
   config = load_config(family)
@@ -563,3 +563,19 @@ def test_a_family_building_its_state_applies_validations_rules(family, key, bad)
   old = config.copy_and_resolve_references()
   del old[family][key]  # A config from before the key: accepted.
   fam.check_config(old)
+
+
+def test_each_rule_sits_with_its_owner_and_the_book_gathers_them_all():
+  """Every family's table is the rule book's rule for each of its keys, and
+  every owner's constant is what its rule allows."""
+  from vaegan_jax import families  # pylint: disable=g-import-not-at-top
+  table = validation.RULES
+  for name in FAMILIES:
+    family = families.get(name)
+    for key, rule in family.RULES.items():
+      assert table[key] == rule, key
+  gathered = {}
+  import importlib  # pylint: disable=g-import-not-at-top
+  for owner in validation.OWNERS:
+    gathered.update(importlib.import_module(owner).RULES)
+  assert gathered == table

@@ -13,8 +13,6 @@ import os
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, 'configs'))
 
 NUM_STEPS = 5
 GLOBAL_BATCH = 16
@@ -33,8 +31,8 @@ def child_args(argv):
 
 
 def tiny_config(family, data_dir, compute_dtype='float32'):
-  import importlib  # pylint: disable=g-import-not-at-top
-  config = importlib.import_module(family).get_config('smoke')
+  from vaegan_jax import config_files  # pylint: disable=g-import-not-at-top
+  config = config_files.load(os.path.join(ROOT, 'configs', f'{family}.py'), 'smoke')
   config.data.data_dir = data_dir
   config.train.batch_size = GLOBAL_BATCH
   config.train.num_steps = NUM_STEPS
@@ -63,7 +61,8 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   args = child_args(argv)
-  from vaegan_jax import train  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import kernels, train  # pylint: disable=g-import-not-at-top
+  kernels.setup()  # As vaegan_jax.main does.
   root, data_dir, names = args[0], args[1], args[2:]
   for family in names:
     config = tiny_config(family, data_dir)

@@ -22,8 +22,10 @@ from vaegan_jax import checkpoint
 from vaegan_jax import console
 from vaegan_jax import families
 from vaegan_jax import input_pipeline
+from vaegan_jax import kernels
 from vaegan_jax import run_config
 from vaegan_jax import sharding
+from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
 from vaegan_jax.families import conditional
 
@@ -50,15 +52,21 @@ def available_steps(workdir: str, best: bool = False) -> list[int]:
 
 
 def load_config(workdir: str):
-  """The config stored with the run in `workdir`; a UserError if there is none."""
+  """The config stored with the run in `workdir`.
+
+  Raises:
+    UsageError: `workdir` does not exist or is not a run directory (no
+      config.json): the command was pointed at the wrong place.
+  """
   if not os.path.isdir(workdir):
-    raise UserError(f'Workdir {workdir} does not exist.')
+    raise UsageError(f'Workdir {workdir} does not exist.')
+  if not os.path.exists(os.path.join(workdir, run_config.CONFIG_FILE)):
+    raise UsageError(f'No {run_config.CONFIG_FILE} in {workdir}: is it a vaegan_jax workdir? '
+                     'Give the directory a training run wrote.')
   return run_config.load(workdir)
 
 
-def has_encoder(family) -> bool:
-  """Whether a family module defines encode and reconstruct."""
-  return hasattr(family, 'encode') and hasattr(family, 'reconstruct')
+has_encoder = families.has_encoder  # The family facts, defined once.
 
 
 def _check_images(x, image_shape) -> jax.Array:
@@ -179,22 +187,26 @@ def _parse_step(step):
     return int(step)
   if isinstance(step, (int, np.integer)) and not isinstance(step, bool):
     return int(step)
-  raise UserError(f"Step {step!r} is neither a step number nor 'best'; leave it out for the latest.")
+  raise UsageError(f"Step {step!r} is neither a step number nor 'best'; leave it out for the latest.")
 
 
-def load(workdir: str, step: int | str | None = None) -> Model:
-  """Restores the model saved in `workdir`.
+def load(workdir: str, step: int | str | None = None, mesh=None) -> Model:
+  """Restores the model saved in `workdir`: the one way to open a run
+  (`vaegan_jax.load`, sample, evaluate, the study, the notebook).
 
   Args:
     workdir: a training run's directory.
-    step: a checkpointed step; None for the latest; 'best' for the one kept
-      in WORKDIR/checkpoints_best by config.eval.best_metric.
+    step: a checkpointed step (an int or a string of digits, as the CLIs
+      pass it); None or '' for the latest; 'best' for the one kept in
+      WORKDIR/checkpoints_best by config.eval.best_metric.
+    mesh: the device mesh to restore onto; default `sharding.make_mesh()`.
 
   Raises:
     UserError: `workdir` is not a run directory, has no checkpoint, has no
       checkpoint at `step` (the message lists those it has), or the
       checkpoint does not fit the stored config or cannot be read.
   """
+  kernels.setup()
   step = _parse_step(step)
   config = load_config(workdir)
   family = families.get(config.model.family)
@@ -209,9 +221,9 @@ def load(workdir: str, step: int | str | None = None) -> Model:
   if step is None or best:
     step = steps[-1]
   elif step not in steps:
-    raise UserError(f'No checkpoint at step {step} in {workdir}; available steps: '
-                    f'{", ".join(map(str, steps))}.')
-  mesh = sharding.make_mesh()
+    raise UserError(f'No checkpoint at step {step} in {checkpoint.checkpoint_dir(workdir)}; '
+                    f'available steps: {", ".join(map(str, steps))}.')
+  mesh = mesh or sharding.make_mesh()
   try:
     abstract_state = jax.eval_shape(functools.partial(family.init_state, config),
                                     jax.random.PRNGKey(config.seed))

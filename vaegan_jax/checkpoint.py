@@ -16,6 +16,7 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
+from vaegan_jax import rules
 from vaegan_jax.errors import UserError
 
 
@@ -258,6 +259,7 @@ def check_free_space(workdir: str, abstract_state, copies: int = 1, margin: floa
 
 
 BEST_MODES = ('min', 'max')  # config.eval.best_mode.
+RULES = {'eval.best_mode': rules.OneOf(BEST_MODES)}
 
 
 def best_checkpoint_dir(workdir: str) -> str:

@@ -37,6 +37,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM.
 TRACEBACK_ENV = 'VAEGAN_JAX_TRACEBACK'
+HELP_FLAGS = ('help', 'h', '?', 'helpshort', 'helpfull', 'helpxml')
 
 
 def one_line(text, limit: int = 600) -> str:
@@ -70,10 +71,44 @@ def config_source() -> str:
     return str(flags.FLAGS['config'].serialize()).partition('=')[2]
 
 
+def _variants_with_key(argv) -> str:
+  """' configs/X.py:V has config.KEY ...' where the --config.KEY=... override
+  that a variant lacks exists in other variants of the same config file."""
+  config = [a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')]
+  keys = [a[len('--config.'):].split('=', 1)[0] for a in argv[1:] if a.startswith('--config.')]
+  if not config or not keys:
+    return ''
+  path, _, variant = config[-1].partition(':')
+  try:
+    from vaegan_jax import config_files  # pylint: disable=g-import-not-at-top
+    module = config_files.load_module(path)
+    def has(v, key):
+      node = module.get_config(v or None)
+      for part in key.split('.'):
+        if part not in node:
+          return False
+        node = node[part]
+      return True
+    for key in keys:
+      if has(variant, key):
+        continue
+      others = [v for v in getattr(module, 'VARIANTS', ()) if v != variant and has(v, key)]
+      if others:
+        return (f' config.{key} exists in {", ".join(f"{path}:{v}" for v in others)};'
+                ' use one of those.')
+  except Exception:  # pylint: disable=broad-except
+    return ''  # Only a hint: the error line stands without it.
+  return ''
+
+
 def parse_flags(argv):
   """absl flag parsing where a bad flag or config override is one line, exit 2."""
   try:
     argv = flags.FLAGS(argv)
+  except SystemExit as e:  # absl ends --help with status 1; asking for help is no failure.
+    if e.code == 1 and any(a.lstrip('-').split('=')[0] in HELP_FLAGS for a in argv[1:]):
+      sys.exit(0)
+    raise
   except flags.Error as e:
     lines = [l for l in str(e).splitlines() if l.strip()]
     if any('Traceback' in l for l in lines):  # An exception inside a config file.
@@ -83,7 +118,8 @@ def parse_flags(argv):
     # ml_collections reports a misspelt --config.key as a KeyError/AttributeError
     # whose text already holds "Did you mean ...".
     text = str(e).replace('\\n', ' ').replace('\\', '').replace("'", '')
-    _fail(f'bad flag or config override: unknown key {one_line(text)}')
+    text = one_line(text).rstrip('.')
+    _fail(f'bad flag or config override: unknown key {text}.{_variants_with_key(argv)}')
   if 'config' in flags.FLAGS and flags.FLAGS['config'].value is not None:
     try:  # config_flags defers a missing config file's error to first use.
       flags.FLAGS.config.to_dict()
@@ -115,7 +151,14 @@ def _drop_orbax_errors(record) -> bool:
 
 
 def run(main):
-  """app.run(main) where every failure is one `error:` line (see module doc)."""
+  """app.run(main) where every failure is one `error:` line (see module doc).
+
+  `--help` prints the docstring of `main`'s module (also for the console
+  scripts, whose __main__ has none) and exits 0.
+  """
+  entry = sys.modules.get('__main__')
+  if entry is not None and not entry.__doc__:
+    entry.__doc__ = sys.modules[main.__module__].__doc__
 
   def wrapped(argv):
     console.set_verbose(flags.FLAGS['verbosity'].present)

@@ -111,7 +111,7 @@ def quiet_notices():
 # The evaluation block.
 # ---------------------------------------------------------------------------
 
-# What each headline metric is, in a few words (README "Evaluation" has more).
+# What each headline metric is, in a few words (docs/evaluation.md has more).
 GLOSSES = {
     'elbo': 'test ELBO, nats/image (higher is better)',
     'nll_nats': 'IWAE -log p(x), nats/image (lower is better)',

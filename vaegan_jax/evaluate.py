@@ -23,17 +23,24 @@ same --num_samples.
       protocol: 50000 samples against the whole train split (--reference,
       --num_reference); the reference features are cached beside the weights.
 
+  --applications  also the applications benchmark (vaegan_jax/applications/
+      benchmark.py; docs/evaluation.md "Applications benchmark"), under
+      "applications": denoising, inpainting, reconstruction and perceptual
+      path length of the model ("metrics", null where the family cannot take
+      part) and of the classical baselines on the same damaged test images
+      ("baselines"); the Inception PPL too with --features=inception.
+
   --step=N      a checkpoint in DIR/checkpoints (default: the latest);
   --step=best   the best checkpoint kept in DIR/checkpoints_best.
 """
 
-import functools
 import json
 import os
 import sys
 
 from absl import flags
 
+from vaegan_jax import kernels
 from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
 
@@ -59,82 +66,29 @@ def define_flags():
                     'metrics compare with (the literature uses train).')
   flags.DEFINE_integer('num_reference', 0, 'Reference images for the Inception metrics; '
                        '0 = the whole split.')
-
-
-def _steps(mngr) -> list[int]:
-  return sorted(int(s) for s in mngr.all_steps())
+  flags.DEFINE_bool('applications', False, 'Also measure restoration and interpolation '
+                    '(denoising, inpainting, reconstruction, PPL) beside classical baselines.')
 
 
 def load_state(workdir: str, step: str | int | None = None, mesh=None):
-  """Restores a checkpoint of `workdir` with the stored config.
-
-  Args:
-    workdir: the run directory.
-    step: None or '' for the latest checkpoint, an int (or digit string) for
-      that step, or 'best' for the checkpoint in WORKDIR/checkpoints_best.
-    mesh: device mesh; default `sharding.make_mesh()`.
-
-  Returns:
-    (config, family, state, step).
-
-  Raises:
-    UserError: no workdir/config, no checkpoints, or no checkpoint at `step`
-      (the message lists the available steps).
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  from vaegan_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from vaegan_jax import families  # pylint: disable=g-import-not-at-top
-  from vaegan_jax import run_config  # pylint: disable=g-import-not-at-top
-  from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top
-
-  if not os.path.isdir(workdir):
-    raise UserError(f'Workdir {workdir} does not exist.')
-  config = run_config.load(workdir)
-  family = families.get(config.model.family)
-  step = '' if step is None else str(step).strip()
-  best = step == 'best'
-  if not (best or step == '' or step.isdigit()):
-    raise UserError(f"--step={step!r} must be a step number, 'best', or empty for the latest.")
-  directory = (checkpoint.best_checkpoint_dir(workdir) if best
-               else checkpoint.checkpoint_dir(workdir))
-  if not os.path.isdir(directory):
-    raise UserError(f'No checkpoints in {directory}: '
-                    + ('the run kept no best checkpoint (config.eval.best_metric).' if best
-                       else f'train first (python -m vaegan_jax.main --workdir={workdir} ...).'))
-  mngr = (checkpoint.best_manager(workdir, read_only=True) if best
-          else checkpoint.manager(workdir, read_only=True))
-  try:
-    steps = _steps(mngr)
-    if not steps:
-      raise UserError(f'No checkpoints in {directory}: train first '
-                      f'(python -m vaegan_jax.main --workdir={workdir} ...).')
-    if best:
-      chosen = mngr.best_step() or steps[-1]
-    elif step == '':
-      chosen = steps[-1]
-    else:
-      chosen = int(step)
-      if chosen not in steps:
-        raise UserError(f'No checkpoint at step {chosen} in {directory}; available steps: '
-                        f'{", ".join(map(str, steps))}.')
-    mesh = mesh or sharding.make_mesh()
-    abstract = jax.eval_shape(functools.partial(family.init_state, config),
-                              jax.random.PRNGKey(config.seed))
-    state = checkpoint.restore(mngr, chosen, abstract,
-                               sharding.state_sharding(mesh, abstract))
-  finally:
-    mngr.close()
-  return config, family, state, chosen
+  """(config, family, state, step) of a checkpoint of `workdir`: `api.load`'s
+  (the one way to open a run: its step parsing, 'best' and errors)."""
+  from vaegan_jax import api  # pylint: disable=g-import-not-at-top
+  model = api.load(workdir, step, mesh)
+  return model.config, model.family, model.state, model.step
 
 
 def run(workdir: str, num_samples: int | None = None, step: str | int | None = None,
         out: str = '', iwae_k: int = -1, data_dir: str = '', echo=print,
         features: str = 'own', inception_weights: str = '', reference: str = 'train',
-        num_reference: int = 0) -> dict:
+        num_reference: int = 0, applications: bool = False,
+        applications_settings=None) -> dict:
   """Evaluates a checkpoint of `workdir`; returns (and optionally writes) the dict.
 
   `num_samples` None or 0: 10000, or 50000 with features='inception'. The
   Inception arguments are those of the flags of the same names.
+  `applications`: also `run_applications` (with `applications_settings`, a
+  `benchmark.Settings`, default the benchmark's protocol) under 'applications'.
   """
   if features not in ('own', 'inception'):
     raise UserError(f"--features={features!r} must be 'own' or 'inception'.")
@@ -157,7 +111,8 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
   name = config.data.name
   data_dir = data_dir or config.data.get('data_dir') or None
   test_images, test_labels = input_pipeline.load_split(
-      name, 'test', data_dir, image_size=config.data.get('image_size'))
+      name, 'test', data_dir, image_size=config.data.get('image_size'),
+      channels=input_pipeline.config_channels(config))
   incep_ref = None
   if incep is not None:
     incep_ref = inception.reference_features(
@@ -181,6 +136,11 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
                   inception_source_sha256=incep.source_sha256)
   if evaluator.iwae_k and generative.has_likelihood(family):
     result['iwae_k'] = evaluator.iwae_k
+  if applications:
+    from vaegan_jax import api  # pylint: disable=g-import-not-at-top
+    result['applications'] = run_applications(
+        api.Model(workdir, int(chosen), config, family, state), test_images, test_labels,
+        evaluator.net, incep, applications_settings, echo)
   if out:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, 'w') as f:
@@ -190,19 +150,40 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
   return result
 
 
+def run_applications(model, test_images, test_labels, net, inception_net=None,
+                     settings=None, echo=print) -> dict:
+  """The applications benchmark of `model` (an api.Model) on the test split:
+  `benchmark.evaluate`'s dict plus 'baselines', {name: metrics} of the
+  classical restorations of the same damaged images."""
+  from vaegan_jax.applications import benchmark  # pylint: disable=g-import-not-at-top
+  tasks = benchmark.make_tasks(test_images, test_labels, settings or benchmark.Settings())
+  echo(f'Applications benchmark on {len(tasks.clean)} test images.')
+  out = benchmark.evaluate(model, tasks, net, inception_net, echo=echo)
+  out['baselines'] = {name: row['metrics']
+                      for name, row in benchmark.evaluate_baselines(tasks, net).items()}
+  return out
+
+
 def main(argv):
   if len(argv) > 1:
     raise UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS.workdir:
     raise UsageError('--workdir is required.')
+  kernels.setup()
   result = run(FLAGS.workdir, FLAGS.num_samples, FLAGS.step, FLAGS.out, FLAGS.iwae_k,
                FLAGS.data_dir, echo=lambda m: print(m, file=sys.stderr, flush=True),
                features=FLAGS.features, inception_weights=FLAGS.inception_weights,
-               reference=FLAGS.reference, num_reference=FLAGS.num_reference)
+               reference=FLAGS.reference, num_reference=FLAGS.num_reference,
+               applications=FLAGS.applications)
   print(json.dumps(result, indent=2, sort_keys=True), flush=True)
 
 
-if __name__ == '__main__':
+def cli_main():
+  """The `vaegan-evaluate` command: the same as `python -m vaegan_jax.evaluate`."""
   from vaegan_jax import cli  # pylint: disable=g-import-not-at-top
   define_flags()
   cli.run(main)
+
+
+if __name__ == '__main__':
+  cli_main()

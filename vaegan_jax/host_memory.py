@@ -9,8 +9,7 @@ with getrusage. `keep_freed_memory()` tells glibc (mallopt) to serve large
 blocks from the heap (M_MMAP_MAX = 0), to return freed memory to the system
 only above 2 GB at the heap's top (M_TRIM_THRESHOLD) and to use one arena
 (M_ARENA_MAX = 1), so the step reuses its memory: 0 faults per step, and
-convvae28 with conv_impl='onednn' went from 0.71x to 1.11x Keras (README "CPU
-speed"). The price: the process keeps up to 2 GB it no longer uses, and its
+convvae28 with conv_impl='onednn' went from 0.71x to 1.11x Keras (docs/speed.md). The price: the process keeps up to 2 GB it no longer uses, and its
 threads share one malloc lock. Call it before jax starts its threads (first
 thing in a program); it is a no-op (False) where glibc's mallopt is absent.
 The same policy from the shell, for any command:

@@ -21,9 +21,12 @@ def _image_files(path: str) -> list[str]:
 
 def _to_model_image(img, image_shape) -> np.ndarray:
   """A PIL image -> uint8 (H, W, C): channels converted, centre cropped to the
-  model's aspect ratio, resized."""
+  model's aspect ratio, resized (`data.folder.to_channels` decodes)."""
+  from vaegan_jax.data import folder  # pylint: disable=g-import-not-at-top
   height, width, channels = image_shape
-  img = img.convert('L' if channels == 1 else 'RGB')
+  # As folder datasets decode: 16-bit scaled, palettes, alpha premultiplied.
+  a = folder.to_channels(img, channels)
+  img = Image.fromarray(a[..., 0] if channels == 1 else a)
   w, h = img.size
   target = width / height
   if w / h > target:     # Too wide: crop the sides.

@@ -89,6 +89,11 @@ def main(argv):
   print(f'Wrote {run(FLAGS.workdir, FLAGS.out)}', flush=True)
 
 
-if __name__ == '__main__':
+def cli_main():
+  """The `vaegan-plot` command: the same as `python -m vaegan_jax.plot`."""
   define_flags()
   cli.run(main)
+
+
+if __name__ == '__main__':
+  cli_main()

@@ -55,7 +55,7 @@ def _frozen(flat):
   # data.image_size shapes only folder:PATH datasets (and configs written
   # before it existed lack it), so it is frozen only for them.
   free = _FREE_KEYS + (() if str(flat.get('data.name', '')).startswith('folder:')
-                       else ('data.image_size',))
+                       else ('data.image_size', 'data.channels'))
   return {k: v for k, v in flat.items()
           if (k == 'seed' or k.split('.')[0] in _FROZEN_SECTIONS) and k not in free}
 

@@ -31,6 +31,7 @@ from absl import app
 from absl import flags
 
 from vaegan_jax import cli
+from vaegan_jax import kernels
 from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
 
@@ -323,6 +324,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
   if not FLAGS.workdir:
     raise UsageError('--workdir is required: the directory of a training run.')
+  kernels.setup()
   run(FLAGS.workdir, mode=FLAGS.mode, num=FLAGS.num, seed=FLAGS.seed, out=FLAGS.out,
       steps=FLAGS.steps, scale=FLAGS.scale,
       step=FLAGS.step, images=FLAGS.images, data_dir=FLAGS.data_dir, noise=FLAGS.noise,
@@ -331,6 +333,11 @@ def main(argv):
       restarts=FLAGS.restarts, label=FLAGS.label)
 
 
-if __name__ == '__main__':
+def cli_main():
+  """The `vaegan-sample` command: the same as `python -m vaegan_jax.sample`."""
   define_flags()
   cli.run(main)
+
+
+if __name__ == '__main__':
+  cli_main()

@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vaegan_jax import rules
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -30,6 +32,35 @@ class TrainState:
 def step_key(state: TrainState, purpose: int):
   """The key of this step for one purpose (z, dropout, …): pure, resumable."""
   return jax.random.fold_in(jax.random.fold_in(state.key, state.step), purpose)
+
+
+# config.optim: the VAE's one optimiser, or one section per network (`adam`).
+RULES = {
+    'optim.learning_rate': rules.RATE,
+    'optim.b1': rules.PROBABILITY,
+    'optim.b2': rules.PROBABILITY,
+    'optim.warmup_steps': rules.COUNT,
+    'optim.decay_steps': rules.COUNT,           # 0 = constant learning rate.
+    'optim.*.learning_rate': rules.RATE,
+    'optim.*.b1': rules.PROBABILITY,
+    'optim.*.b2': rules.PROBABILITY,
+    'optim.*.warmup_steps': rules.COUNT,
+    'optim.*.decay_steps': rules.COUNT,         # 0 = constant learning rate.
+    'optim.*.grad_clip': rules.NONNEG,          # 0 = off.
+    'optim.*.l2': rules.NONNEG,                 # Coupled L2 weight decay; 0 = off.
+}
+
+
+def warmup_within_decay(config, flat):
+  """The learning-rate warm-up ends before the decay does."""
+  del config
+  for key, decay in flat.items():
+    if key.startswith('optim.') and key.endswith('.decay_steps') and decay:
+      warm_key = key[:-len('decay_steps')] + 'warmup_steps'
+      warm = flat.get(warm_key, 0)
+      if warm >= decay:
+        raise rules.ConfigError(warm_key, warm, f'is not below {key}={decay}',
+                                f'fewer warm-up steps than decay_steps ({decay})')
 
 
 def adam(cfg) -> optax.GradientTransformation:

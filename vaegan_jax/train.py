@@ -318,18 +318,12 @@ def evaluate(config, family, eval_fn, state, data, mesh, generative_eval=None,
   return scalars
 
 
-def best_metric_of(config, gen_eval=False) -> str:
-  """config.eval.best_metric where a best checkpoint is kept by it, else ''.
-
-  A generative metric (FID, ...) needs the generative evaluation: switched
-  off in the config, or `gen_eval` None (it could not be built), none is kept.
-  """
+def keeps_best(config) -> bool:
+  """Whether a run of `config` may keep a best checkpoint (room for 2 copies)."""
   eval_cfg = config.get('eval') or {}
-  metric = eval_cfg.get('best_metric', '')
-  if metric in generative.METRIC_KEYS and (
-      not eval_cfg.get('generative_metrics', True) or gen_eval is None):
-    return ''
-  return metric
+  best_metric = eval_cfg.get('best_metric', '')
+  return bool(best_metric) and (best_metric not in generative.METRIC_KEYS
+                                or eval_cfg.get('generative_metrics', True))
 
 
 def _owed(workdir, log, step, grid_due, eval_due) -> tuple[bool, bool]:
@@ -362,6 +356,7 @@ def train_and_evaluate(config, workdir: str):
   """
   # ----------------------------------------------------------------- setup
   validation.validate(config)  # Every key, range and cross-field rule, first.
+  input_pipeline.resolve_image_size(config)  # folder:PATH at 0 -> the size chosen, saved.
   family = families.get(config.model.family)
   run_config.check_workdir(workdir)
   run_config.check_and_save(config, workdir)
@@ -376,8 +371,7 @@ def train_and_evaluate(config, workdir: str):
   init_fn = functools.partial(family.init_state, config)
   abstract_state = jax.eval_shape(init_fn, root_key)
   # Room for the periodic checkpoint and, where one may be kept, the best one.
-  checkpoint.check_free_space(workdir, abstract_state,
-                              copies=2 if best_metric_of(config) else 1)
+  checkpoint.check_free_space(workdir, abstract_state, copies=2 if keeps_best(config) else 1)
   state_sharding = sharding.state_sharding(mesh, abstract_state)
   mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
   state, restored = checkpoint.restore_or_init(
@@ -400,12 +394,13 @@ def train_and_evaluate(config, workdir: str):
                     in_shardings=(state_sharding, batch_sharding), out_shardings=repl)
   grid_fn = jax.jit(functools.partial(family.grid_panels, config), out_shardings=repl)
   grid_key = np.asarray(jax.random.fold_in(root_key, GRID_KEY))  # Host values, so
-  grid_images = input_pipeline.to_float(data.test_images[:GRID_SIZE])  # multi-host safe.
-  grid_labels = np.asarray(data.test_labels[:GRID_SIZE], np.int32)
+  grid_rows = input_pipeline.balanced_sample(data.test_labels, GRID_SIZE, config.seed)
+  grid_images = input_pipeline.to_float(data.test_images[grid_rows])  # multi-host safe.
+  grid_labels = np.asarray(data.test_labels[grid_rows], np.int32)
   gen_eval = generative.training_evaluator(config, family, data.test_images, mesh,
                                            test_labels=data.test_labels)
-  best_metric = best_metric_of(config, gen_eval)
-  best_mngr = (checkpoint.best_manager(workdir, best_metric, config.eval.best_mode)
+  best_metric, best_mode = generative.best_metric(config, family, gen_eval)  # Or a fallback.
+  best_mngr = (checkpoint.best_manager(workdir, best_metric, best_mode)
                if best_metric else None)
 
   # ------------------------------------------------------------------ loop
@@ -425,7 +420,7 @@ def train_and_evaluate(config, workdir: str):
     if scalars is None:
       return False
     if best_mngr:
-      checkpoint.save_if_best(best_mngr, s, state, scalars, best_metric, config.eval.best_mode)
+      checkpoint.save_if_best(best_mngr, s, state, scalars, best_metric, best_mode)
     log.write(s, scalars)
     print(console.eval_block(s, scalars, family.EVAL_CONSOLE_METRICS), flush=True)
     return True
@@ -475,15 +470,19 @@ def train_and_evaluate(config, workdir: str):
           pending = []
           now = time.time()
           steps_per_s = (step - steps_last) / max(now - t_last, 1e-9)
-          t_last, steps_last = now, step
+          t_last_log, t_last, steps_last = t_last, now, step
           scalars['steps_per_s'] = steps_per_s
           scalars['images_per_s'] = steps_per_s * tc.batch_size
+          scalars.update(it.take_stats(now - t_last_log))  # data_wait_fraction, decode_images_per_s.
           log.write(step, scalars)
           eta = (num_steps - step) / max(steps_per_s, 1e-9)
           main = ' '.join(f'{k} {scalars[k]:.4g}' for k in family.CONSOLE_METRICS if k in scalars)
+          data_line = (f' | data wait {scalars["data_wait_fraction"]:.0%} read '
+                       f'{scalars.get("decode_images_per_s", 0):.0f} img/s'
+                       if 'data_wait_fraction' in scalars else '')
           print(f'step {step}/{num_steps} | {steps_per_s:.2f} steps/s '
-                f'{scalars["images_per_s"]:.0f} img/s | ETA {_format_duration(eta)} | {main}',
-                flush=True)
+                f'{scalars["images_per_s"]:.0f} img/s{data_line} | ETA '
+                f'{_format_duration(eta)} | {main}', flush=True)
 
         if due(tc.sample_every_steps, step):
           write_grid_at(step)
@@ -500,6 +499,7 @@ def train_and_evaluate(config, workdir: str):
         if periodic:  # Keep grids, evals and saves out of the throughput numbers.
           jax.block_until_ready(state)
           t_last, steps_last = time.time(), step
+          it.take_stats(None)  # Waits before the pause belong to no interval.
       if stopped:
         saving = step
         saved = _save_stopped(workdir, mngr, state, step, pending)

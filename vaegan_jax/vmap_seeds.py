@@ -196,7 +196,7 @@ def train_and_evaluate(configs, workdirs, echo=print):
   abstract = jax.eval_shape(functools.partial(family.init_state, config),
                             jax.random.PRNGKey(0))
   for w in workdirs:  # As train does for one run.
-    checkpoint.check_free_space(w, abstract, copies=2 if train.best_metric_of(config) else 1)
+    checkpoint.check_free_space(w, abstract, copies=2 if train.keeps_best(config) else 1)
   state_sharding = sharding.state_sharding(mesh, abstract)
   mngrs = [checkpoint.manager(w, keep=tc.keep_checkpoints) for w in workdirs]
   restored, start_step = _restore_common(mngrs, abstract, state_sharding)
@@ -209,15 +209,15 @@ def train_and_evaluate(configs, workdirs, echo=print):
   eval_fn = jax.jit(functools.partial(family.eval_step, config),
                     in_shardings=(repl, sharding.data_sharding(mesh)), out_shardings=repl)
   grid_fn = jax.jit(functools.partial(family.grid_panels, config), out_shardings=repl)
-  grid_images = input_pipeline.to_float(data.test_images[:train.GRID_SIZE])
-  grid_labels = np.asarray(data.test_labels[:train.GRID_SIZE], np.int32)
+  grid_rows = [input_pipeline.balanced_sample(data.test_labels, train.GRID_SIZE, s)
+               for s in seeds]  # As train picks them for each seed's run.
   grid_keys = [np.asarray(jax.random.fold_in(jax.random.PRNGKey(s), train.GRID_KEY))
                for s in seeds]
   gen_evals = [generative.training_evaluator(c, family, data.test_images, mesh,
                                              test_labels=data.test_labels)
                for c in configs]
-  best_metric = train.best_metric_of(config, gen_evals[0])
-  best_mngrs = [checkpoint.best_manager(w, best_metric, config.eval.best_mode)
+  best_metric, best_mode = generative.best_metric(config, family, gen_evals[0])
+  best_mngrs = [checkpoint.best_manager(w, best_metric, best_mode)
                 if best_metric else None for w in workdirs]
   logs = [train.MetricsLog(w) for w in workdirs]
   b_sharding = batch_sharding(mesh)
@@ -276,8 +276,10 @@ def train_and_evaluate(configs, workdirs, echo=print):
           for s, w in enumerate(workdirs):
             state_s = unstack(states, s)
             if sample_now:
-              train.write_grid(grid_fn, state_s, grid_keys[s], grid_images,
-                               os.path.join(w, 'samples', f'step_{step:07d}.png'), grid_labels,
+              train.write_grid(grid_fn, state_s, grid_keys[s],
+                               input_pipeline.to_float(data.test_images[grid_rows[s]]),
+                               os.path.join(w, 'samples', f'step_{step:07d}.png'),
+                               np.asarray(data.test_labels[grid_rows[s]], np.int32),
                                family.GRID_TITLES, conditional.num_classes(configs[s]))
             if eval_now:
               scalars = train.evaluate(configs[s], family, eval_fn, state_s, data, mesh,
@@ -287,7 +289,7 @@ def train_and_evaluate(configs, workdirs, echo=print):
                 break
               if best_mngrs[s]:
                 checkpoint.save_if_best(best_mngrs[s], step, state_s, scalars, best_metric,
-                                        config.eval.best_mode)
+                                        best_mode)
               logs[s].write(step, scalars)
             if save_now and step not in mngrs[s].all_steps():
               checkpoint.save(mngrs[s], step, state_s, force=True)

@@ -14,11 +14,12 @@ It also trains as usual: `python -m vaegan_jax.main --config=configs/bench/convv
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
-import vae  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax import config_files
+
+# configs/vae.py, read by path as --config reads it.
+vae = config_files.load_module(os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'vae.py'))
 
 
 def get_config(arg=None):

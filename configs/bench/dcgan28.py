@@ -13,11 +13,12 @@ It also trains as usual: `python -m vaegan_jax.main --config=configs/bench/dcgan
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import common  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
-import gan  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax import config_files
+
+# configs/gan.py, read by path as --config reads it.
+gan = config_files.load_module(os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'gan.py'))
 
 
 def get_config(arg=None):

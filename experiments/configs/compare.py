@@ -17,7 +17,9 @@ Expect: the default study (4000 steps of 64, 3 seeds, 3 families) takes
 about 70 min on a 2-core CPU (measured: 68.2 min wall, 120 min of CPU time,
 load average 1.3; the committed report experiments/results/mnist5k/report.md:
 VAE 205 s, GAN 787 s, VAE-GAN 320 s of training per run); `:smoke` (tiny
-networks, 2 seeds, a few steps) under 2 minutes (measured: 107 s).
+networks, 2 seeds, a few steps) under 2 minutes (measured: 107 s). The applications
+benchmark of every final checkpoint (`applications`) adds an estimated 15 min to the
+default study (docs/study.md "Applications"; not yet measured in a full run).
 """
 
 import ml_collections
@@ -40,7 +42,7 @@ def get_config(arg=None):
   # 'constant' keeps each family's own schedule (constant in the defaults);
   # 'cosine' decays each family's own learning rate to 0 over num_steps (the
   # family's warm-up kept; optim.*.decay_steps = num_steps), so every run ends
-  # annealed (README "Comparison study" compares the two).
+  # annealed (docs/study.md compares the two).
   config.lr_schedule = 'constant'
 
   # Training-time evaluation (the FID curves of the report).
@@ -54,12 +56,22 @@ def get_config(arg=None):
   config.iwae_k = 100          # Importance samples of the VAE's NLL; 0 = skip.
   # 'own': metrics in the project's own classifier's feature space only;
   # 'inception': also the FID Inception metrics (fid_inception, is_inception...;
-  # needs converted weights, see README "Evaluation"), against the
+  # needs converted weights, see docs/evaluation.md), against the
   # `inception_reference` split (all of it, or `inception_num_reference` images).
   config.features = 'own'
   config.inception_weights = ''      # '' = $VAEGAN_JAX_INCEPTION.
   config.inception_reference = 'train'
   config.inception_num_reference = 0
+
+  # The applications benchmark of every final checkpoint (vaegan_jax/applications/
+  # benchmark.py; docs/study.md "Applications"): denoising, inpainting,
+  # reconstruction and perceptual path length on `applications_num_images`
+  # test images, beside classical baselines on the same damaged images.
+  config.applications = True
+  config.applications_num_images = 256
+  config.applications_inpaint_steps = 100  # Adam steps of latent optimisation ...
+  config.applications_restarts = 2         # ... from this many starts per image.
+  config.applications_ppl_samples = 1000
 
   # Train the seeds of a family as one vmapped step (vaegan_jax/vmap_seeds.py)
   # instead of one after the other. Off by default: on XLA:CPU a vmapped conv
@@ -70,7 +82,7 @@ def get_config(arg=None):
   config.speed_steps = 10
 
   # Convolution implementation of every run ('' = each family's own, 'auto').
-  # 'onednn' (oneDNN kernels through jax.ffi, README "CPU speed") trains the
+  # 'onednn' (oneDNN kernels through jax.ffi, docs/speed.md) trains the
   # same models faster on CPU; it falls back to 'auto' with one printed line
   # where the library cannot be loaded.
   config.conv_impl = 'onednn'
@@ -97,6 +109,10 @@ def get_config(arg=None):
     config.eval_num_samples = 100
     config.iwae_k = 4
     config.speed_steps = 3
+    config.applications_num_images = 16
+    config.applications_inpaint_steps = 10
+    config.applications_restarts = 1
+    config.applications_ppl_samples = 64
     config.out = '/tmp/vaegan_jax_compare_smoke'
   elif arg:
     raise ValueError(f'Unknown variant {arg!r} of experiments/configs/compare.py; '

@@ -40,8 +40,17 @@ import torch
 import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-import inception_random_weights  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+def _load_sibling(name):
+  """tests/<name>.py, read by path."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(HERE), f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+inception_random_weights = _load_sibling('inception_random_weights')
 
 SIZES = ((28, 1), (32, 3), (64, 1), (64, 3), (32, 1), (28, 3))
 

@@ -29,6 +29,8 @@ int32 (B,), -1 where the dataset has none.
 import functools
 import math
 import os
+import threading
+import time
 from typing import Iterator
 
 import grain
@@ -107,16 +109,56 @@ def as_source(images_or_source, labels=None):
   return sources.ArraySource(images_or_source, labels)
 
 
+class PipelineStats:
+  """Thread-safe counters of the input pipeline between two `take`s: seconds
+  the training loop waited for a batch, and images read (decoded, or copied
+  from the in-memory cache) with the reader threads' seconds spent on them."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self.wait_s = self.read_s = 0.0
+    self.images = 0
+
+  def add_read(self, images: int, seconds: float):
+    with self._lock:
+      self.images += images
+      self.read_s += seconds
+
+  def add_wait(self, seconds: float):
+    with self._lock:
+      self.wait_s += seconds
+
+  def take(self, elapsed_s: float | None) -> dict:
+    """{'data_wait_fraction': waited / elapsed_s, 'decode_images_per_s': images
+    per reader-thread second} since the last take, then zeroed; {} when
+    `elapsed_s` is None (a reset) or nothing was read."""
+    with self._lock:
+      wait, read, images = self.wait_s, self.read_s, self.images
+      self.wait_s = self.read_s = 0.0
+      self.images = 0
+    out = {}
+    if elapsed_s:
+      out['data_wait_fraction'] = min(1.0, wait / elapsed_s)
+    if elapsed_s and images and read > 0:
+      out['decode_images_per_s'] = images / read
+    return out
+
+
 class _StepBatch:
   """grain map: step -> this process's rows of that step's global batch."""
 
-  def __init__(self, source, batch_size, seed, rows):
+  def __init__(self, source, batch_size, seed, rows, stats=None):
     self.source, self.batch_size, self.seed, self.rows = source, batch_size, seed, rows
+    self.stats = stats
 
   def __call__(self, step):
     idx = global_batch_indices(len(self.source), self.batch_size, self.seed,
                                int(step))[self.rows]
-    return read_batch(self.source, idx)
+    t0 = time.perf_counter()
+    batch = read_batch(self.source, idx)
+    if self.stats is not None:
+      self.stats.add_read(len(idx), time.perf_counter() - t0)
+    return batch
 
 
 def default_num_threads() -> int:
@@ -141,7 +183,8 @@ class TrainIterator:
     self.batch_size, self.seed, self.sharding = batch_size, seed, sharding
     self.step = start_step
     self._rows = process_slice(batch_size)
-    self._fn = _StepBatch(self.source, batch_size, seed, self._rows)
+    self.stats = PipelineStats()
+    self._fn = _StepBatch(self.source, batch_size, seed, self._rows, self.stats)
     threads = default_num_threads() if num_threads is None else num_threads
     # Each element is a whole batch: the buffer bounds host memory.
     options = grain.ReadOptions(num_threads=max(1, min(threads, prefetch)),
@@ -158,7 +201,18 @@ class TrainIterator:
   def __iter__(self) -> Iterator[dict]:
     return self
 
+  def take_stats(self, elapsed_s: float | None) -> dict:
+    """`PipelineStats.take`: the data-wait fraction of the last `elapsed_s`
+    seconds and the read rate, since the last call; plus `replaced_reads`, the
+    reads of undecodable files so far, where there were any."""
+    out = self.stats.take(elapsed_s)
+    failed = getattr(self.source, 'num_failures', 0)
+    if failed and elapsed_s is not None:
+      out['replaced_reads'] = failed
+    return out
+
   def __next__(self) -> dict:
+    t0 = time.perf_counter()
     try:
       batch = next(self._it)
     except UserError:
@@ -167,6 +221,7 @@ class TrainIterator:
       raise WorkerError(f'The input pipeline thread failed at step {self.step}: '
                         f'{type(e).__name__}: {e}') from e
     self.step += 1
+    self.stats.add_wait(time.perf_counter() - t0)
     return make_global_batch(batch, self.sharding)
 
   def close(self):
@@ -192,19 +247,26 @@ def eval_batches(images, labels, batch_size: int, sharding):
     yield make_global_batch(batch, sharding), int(valid.sum())
 
 
-def read_all(source, max_examples: int | None = None, chunk: int = 1024):
-  """The first `max_examples` (all by default) examples of a source, in order.
+def read_all(source, max_examples: int | None = None, chunk: int = 1024, seed: int = 0):
+  """Every example of a source in order, or `max_examples` of them: a fixed,
+  class-balanced sample (`balanced_sample` on the labels the source knows
+  without decoding; a seeded random one where it knows none).
 
   Returns:
     images: uint8 (N, H, W, C); labels: int32 (N,).
   """
   n = len(source) if not max_examples else min(len(source), max_examples)
+  rows = np.arange(n)
+  if n < len(source):
+    known = getattr(source, 'labels', None)
+    rows = (balanced_sample(known, n, seed) if known is not None else
+            np.sort(np.random.default_rng([seed, 0x6B1D]).permutation(len(source))[:n]))
   if isinstance(source, sources.ArraySource):  # Already in memory.
-    return (source.images[:n].astype(np.uint8, copy=False),
-            source.labels[:n].astype(np.int32, copy=False))
+    return (source.images[rows].astype(np.uint8, copy=False),
+            source.labels[rows].astype(np.int32, copy=False))
   if n == 0:
     return (np.zeros((0, *source.spec.image_shape), np.uint8), np.zeros(0, np.int32))
-  parts = [source.read(np.arange(s, min(s + chunk, n))) for s in range(0, n, chunk)]
+  parts = [source.read(rows[s:s + chunk]) for s in range(0, n, chunk)]
   return (np.concatenate([p[0] for p in parts]).astype(np.uint8),
           np.concatenate([p[1] for p in parts]).astype(np.int32))
 
@@ -217,7 +279,15 @@ def cached(source, cache_mb: float):
     return source
   if len(source) * math.prod(source.spec.image_shape) > cache_mb * 2**20:
     return source
+  t0 = time.perf_counter()
   images, labels = read_all(source)
+  seconds = time.perf_counter() - t0
+  if sources.is_folder(source.spec.name):
+    failed = getattr(source, 'num_failures', 0)
+    print(f'{source.spec.name}: decoded the {len(images)} train images into memory in '
+          f'{seconds:.1f} s ({len(images) / max(seconds, 1e-9):.0f} img/s)'
+          + (f'; {failed} read(s) of undecodable files replaced.' if failed else '.'),
+          flush=True)
   return sources.ArraySource(images, labels, source.spec)
 
 
@@ -226,35 +296,95 @@ def open_train_source(config):
   when it fits `config.data.cache_mb` (module docstring), else streamed."""
   source = sources.open_source(config.data.name, 'train',
                                config.data.data_dir or None,
-                               config_image_size(config))
+                               config_image_size(config), config_channels(config))
   return cached(source, config.data.get('cache_mb', DEFAULT_CACHE_MB))
 
 
+def model_sizes(config):
+  """The image sides the networks of `config` take (None = any: the VAE)."""
+  if config.model.get('family', 'vae') == 'vae':
+    return None
+  if config.model.get('arch', 'tutorial') == 'resnet':
+    from vaegan_jax.models import resnet  # pylint: disable=g-import-not-at-top
+    return tuple(resnet.PLANS)
+  from vaegan_jax.models import gan  # pylint: disable=g-import-not-at-top
+  return tuple(gan.PLANS)
+
+
+def config_channels(config) -> int:
+  return int(config.data.get('channels', 0) or 0) if hasattr(config.data, 'get') else 0
+
+
 def config_image_size(config):
-  return (config.data.get('image_size') if hasattr(config.data, 'get') else None) or None
+  """`config.data.image_size`; for a folder left at 0, the images' own size
+  (or the nearest the networks take; `sources.native_size`). None for TFDS
+  datasets, whose size is fixed."""
+  size = (config.data.get('image_size') if hasattr(config.data, 'get') else None) or None
+  if size or not sources.is_folder(config.data.name):
+    return size
+  return sources.native_size(config.data.name, model_sizes(config), config_channels(config))
+
+
+def resolve_image_size(config):
+  """Writes the size `config_image_size` chose into `config.data.image_size`
+  (folder datasets), so the config saved with a run names it."""
+  if sources.is_folder(config.data.name) and not config.data.get('image_size'):
+    config.data.image_size = int(config_image_size(config))
+  return config
 
 
 def image_shape(config) -> tuple:
   """(H, W, C) of the images of `config.data.name`; reads no pixels."""
-  return sources.get_spec(config.data.name, config_image_size(config)).image_shape
+  return sources.get_spec(config.data.name, config_image_size(config),
+                          config_channels(config)).image_shape
+
+
+def balanced_sample(labels, num: int, seed: int = 0) -> np.ndarray:
+  """`num` row indices (sorted by class turn, fixed by `seed`): classes take
+  turns (0, 1, ..., K-1, 0, ...), each class's rows in a seeded random order,
+  so every class shows up while it has rows; with no labels (all -1), a seeded
+  random sample. Never the first rows in file order.
+
+  Args:
+    labels: int (N,) labels, -1 where unknown.
+    num: how many rows (at most N).
+
+  Returns:
+    int64 (min(num, N),) distinct row indices.
+  """
+  labels = np.asarray(labels)
+  num = min(int(num), len(labels))
+  rng = np.random.default_rng([int(seed), 0x6B1D])
+  if not len(labels) or (labels < 0).all():
+    return np.sort(rng.permutation(len(labels))[:num]).astype(np.int64)
+  per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+  out = []
+  for turn in range(max(len(p) for p in per_class)):
+    out.extend(int(p[turn]) for p in per_class if turn < len(p))
+    if len(out) >= num:
+      break
+  return np.asarray(out[:num], np.int64)
 
 
 def load_split(name: str, split: str, data_dir: str | None = None,
-               max_examples: int | None = None, image_size: int | None = None):
+               max_examples: int | None = None, image_size: int | None = None,
+               channels: int = 0):
   """Reads a (small) split into host memory.
 
   Args:
     name: a dataset name from `DATASETS`, or 'folder:PATH'.
     split: 'train' or 'test', or any TFDS split string.
     data_dir: where TFDS keeps prepared data; see `resolve_data_dir`.
-    max_examples: read at most this many examples (in file order).
-    image_size: folder datasets only (default 64).
+    max_examples: read at most this many examples (a fixed class-balanced
+      sample, see `read_all`).
+    image_size: folder datasets only (default: the images' own size).
+    channels: folder datasets only: 1 or 3 forces it; 0 = the majority's.
 
   Returns:
     images: uint8 array (N, H, W, C).
     labels: int32 array (N,), -1 where the dataset has no class labels.
   """
-  source = sources.open_source(name, split, data_dir, image_size)
+  source = sources.open_source(name, split, data_dir, image_size, channels)
   images, labels = read_all(source, max_examples)
   if not len(images):
     raise UserError(f'Split {split!r} of dataset {name!r} is empty.')
@@ -268,10 +398,12 @@ class Data:
   def __init__(self, config, max_test_examples: int | None = None):
     size = config_image_size(config)
     self.config = config
-    self.spec = sources.get_spec(config.data.name, size)
+    channels = config_channels(config)
+    self.spec = sources.get_spec(config.data.name, size, channels)
     self.train_source = open_train_source(config)
     self.test_images, self.test_labels = load_split(
-        config.data.name, 'test', config.data.data_dir or None, max_test_examples, size)
+        config.data.name, 'test', config.data.data_dir or None, max_test_examples, size,
+        channels)
     self._train = None
 
   def _train_arrays(self):

@@ -12,21 +12,26 @@ labels -1 where the dataset has none. Three kinds:
     download host is unreachable (one-line error instead of TFDS's retries).
   * `folder:PATH`: PNG/JPEG/WebP files found recursively under PATH, labelled
     by their top-level sub-folder when there are several, centre-cropped and
-    resized to `config.data.image_size`. See `scan_folder`.
+    resized to `config.data.image_size` (0, the default: the images' own size
+    when they share one, else the nearest size the networks support). See
+    `vaegan_jax/data/folder.py`.
 
 TensorFlow is never imported here.
 """
 
 import dataclasses
-import functools
 import os
 import socket
 import threading
-import zlib
 
 from absl import logging
 import numpy as np
 
+from vaegan_jax.data.folder import FOLDER_PREFIX
+from vaegan_jax.data.folder import FolderIndex  # pylint: disable=unused-import
+from vaegan_jax.data.folder import FolderSource
+from vaegan_jax.data.folder import IMAGE_EXTENSIONS  # pylint: disable=unused-import
+from vaegan_jax.data.folder import scan_folder
 from vaegan_jax.errors import UserError
 
 
@@ -40,6 +45,7 @@ class DatasetSpec:
   test_split: str = 'test'
   label_key: str = 'label'
   center_crop: bool = False  # Centre square crop, then resize to image_shape.
+  folder_channels: int = 0   # folder:PATH: config.data.channels (0 = the majority's).
 
 
 DATASETS = {
@@ -54,8 +60,9 @@ DATASETS = {
 }
 
 EMBEDDED = 'mnist5k'
-FOLDER_PREFIX = 'folder:'
-DEFAULT_IMAGE_SIZE = 64
+# Sizes every family's default networks take (models/gan.py PLANS; the VAE
+# takes any size): a folder of mixed sizes is resized to the nearest.
+STANDARD_SIZES = (28, 32, 64)
 DEFAULT_EMBEDDED_DATA_DIR = os.path.join(
     os.path.expanduser('~'), '.cache', 'vaegan_jax', 'tensorflow_datasets')
 TF_HINT = 'pip install -r requirements-tf.txt'
@@ -65,24 +72,55 @@ def is_folder(name: str) -> bool:
   return name.startswith(FOLDER_PREFIX)
 
 
-def get_spec(name: str, image_size: int | None = None) -> DatasetSpec:
+def get_spec(name: str, image_size: int | None = None, channels: int = 0,
+             sizes=None) -> DatasetSpec:
   """The spec of a known dataset or of `folder:PATH`; a UserError otherwise.
 
   Args:
     name: a key of `DATASETS`, or 'folder:PATH'.
-    image_size: side of the square images of a folder dataset (default 64);
-      ignored for TFDS datasets, whose shape is fixed.
+    image_size: side of the square images of a folder dataset; 0 or None =
+      `native_size(name, sizes)`. Ignored for TFDS datasets, whose shape is
+      fixed.
+    channels: folder datasets: 1 or 3 forces the channel count; 0 = the
+      majority's (`folder.scan_folder`).
+    sizes: the image sizes the model takes (None = any), for the native size.
   """
   if is_folder(name):
-    folder = scan_folder(name[len(FOLDER_PREFIX):])
-    size = int(image_size or DEFAULT_IMAGE_SIZE)
+    index = scan_folder(name[len(FOLDER_PREFIX):], int(channels or 0))
+    size = int(image_size or native_size(name, sizes, channels, say=False))
     if size < 8:
-      raise UserError(f'config.data.image_size={size} is too small; use 32, 64 or 128.')
-    return DatasetSpec(name, (size, size, folder.channels), folder.num_classes)
+      raise UserError(f'config.data.image_size={size} is too small; use 28, 32, 64 or 128.')
+    return DatasetSpec(name, (size, size, index.channels), index.num_classes,
+                       folder_channels=int(channels or 0))
   if name not in DATASETS:
     raise UserError(f'Unknown dataset {name!r}; known datasets: '
                     f'{", ".join(sorted(DATASETS))}, or folder:PATH.')
   return DATASETS[name]
+
+
+_SAID = set()
+
+
+def native_size(name: str, sizes=None, channels: int = 0, say: bool = True) -> int:
+  """The default side of a folder's images: their own when they all share one
+  square size that the model takes (`sizes`; None = any), else the size of
+  `sizes` (default `STANDARD_SIZES`) nearest their median shorter side, said
+  once per process (`say`)."""
+  index = scan_folder(name[len(FOLDER_PREFIX):], int(channels or 0))
+  own = index.native_size
+  if own is not None and (sizes is None or own in sizes):
+    return own
+  typical = index.typical_size
+  choices = tuple(sizes or STANDARD_SIZES)
+  size = min(choices, key=lambda s: (abs(s - typical), s))
+  if say and (name, size) not in _SAID:
+    _SAID.add((name, size))
+    why = (f'they are {own}x{own}, which the networks do not take' if own is not None
+           else f'their sizes differ (median shorter side {typical})')
+    print(f'{name}: images resized to {size}x{size} ({why}; supported: '
+          f'{", ".join(map(str, choices))}); set --config.data.image_size to choose.',
+          flush=True)
+  return size
 
 
 def resolve_data_dir(name: str, data_dir: str | None) -> str | None:
@@ -244,7 +282,7 @@ def tfds_records(name: str, split: str, data_dir: str | None):
 
 
 def open_source(name: str, split: str, data_dir: str | None = None,
-                image_size: int | None = None):
+                image_size: int | None = None, channels: int = 0, sizes=None):
   """A random-access source of one split.
 
   Args:
@@ -253,151 +291,15 @@ def open_source(name: str, split: str, data_dir: str | None = None,
       any TFDS split string.
     data_dir: where TFDS keeps prepared data; see `resolve_data_dir`.
     image_size: folder datasets only, see `get_spec`.
+    channels, sizes: folder datasets only, see `get_spec`.
 
   Returns:
     An object with `len()`, `.spec` and `.read(indices)`.
   """
-  spec = get_spec(name, image_size)
+  spec = get_spec(name, image_size, channels, sizes)
   if is_folder(name):
     return FolderSource(name[len(FOLDER_PREFIX):], split, spec)
   split = {'train': spec.train_split, 'test': spec.test_split}.get(split, split)
   return TfdsSource(tfds_records(name, split, resolve_data_dir(name, data_dir)), spec)
 
 
-# ---------------------------------------------------------------------------
-# Folders of images.
-# ---------------------------------------------------------------------------
-
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.webp')
-TEST_FRACTION_MOD = 10  # 1 file in 10 (by a hash of its path) goes to `test`.
-_GREY_MODES = ('1', 'L', 'LA', 'I', 'I;16', 'I;16B', 'I;16L', 'F')
-
-
-@dataclasses.dataclass(frozen=True)
-class FolderIndex:
-  """The readable images of a folder, in sorted relative-path order."""
-  root: str
-  paths: tuple         # Relative paths.
-  labels: np.ndarray   # int32 (N,), -1 when unlabelled.
-  is_test: np.ndarray  # bool (N,).
-  class_names: tuple   # Sorted top-level sub-folder names ('' when unlabelled).
-  channels: int        # 1 when every image is greyscale, else 3.
-  num_skipped: int     # Files with an image extension that PIL cannot open.
-
-  @property
-  def num_classes(self):
-    return len(self.class_names)
-
-
-def _test_split(rel_paths) -> np.ndarray:
-  """Deterministic, stable split: a file is in `test` when the CRC32 of its
-  relative path is 0 mod 10, so adding files never moves the others. With
-  fewer than 10 files that can leave `test` empty; then the last file is."""
-  is_test = np.asarray([zlib.crc32(p.encode()) % TEST_FRACTION_MOD == 0
-                        for p in rel_paths], bool)
-  if len(rel_paths) > 1 and not is_test.any():
-    is_test[-1] = True
-  if len(rel_paths) > 1 and is_test.all():
-    is_test[0] = False
-  return is_test
-
-
-@functools.lru_cache(maxsize=16)
-def scan_folder(path: str) -> FolderIndex:
-  """Indexes the images under `path` (recursively). Reads headers only.
-
-  Labels: when every image sits inside a top-level sub-folder and there are at
-  least two of them, the label is the index of that sub-folder's name in
-  sorted order (deeper nesting is part of the class); otherwise -1.
-  Unreadable files are skipped, and their count printed once.
-
-  Raises:
-    UserError: PATH is missing, not a folder, or holds fewer than 2 images.
-  """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  spec_name = FOLDER_PREFIX + path
-  root = os.path.abspath(os.path.expanduser(path))
-  if not path:
-    raise UserError('data.name=folder: needs a path, e.g. folder:~/my_pictures.')
-  if not os.path.exists(root):
-    raise UserError(f'{spec_name}: no such folder ({root}).')
-  if not os.path.isdir(root):
-    raise UserError(f'{spec_name}: {root} is a file, not a folder of images.')
-  rel = []
-  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-    dirnames.sort()
-    for f in filenames:
-      if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith('.'):
-        rel.append(os.path.relpath(os.path.join(dirpath, f), root))
-  rel.sort()
-  good, grey, skipped = [], [], []
-  for p in rel:
-    try:
-      with Image.open(os.path.join(root, p)) as im:
-        mode = im.mode
-        im.size  # pylint: disable=pointless-statement
-    except Exception:  # pylint: disable=broad-except  # Any unreadable file.
-      skipped.append(p)
-      continue
-    good.append(p)
-    grey.append(mode in _GREY_MODES)
-  if skipped:
-    print(f'{spec_name}: skipped {len(skipped)} unreadable image file(s) '
-          f'(first: {skipped[0]}).', flush=True)
-  if len(good) < 2:
-    raise UserError(f'{spec_name}: found {len(good)} readable PNG/JPEG/WebP '
-                    f'image(s) under {root} (searched recursively); need at least 2.')
-  tops = [p.split(os.sep)[0] if os.sep in p else None for p in good]
-  class_names = sorted(set(tops)) if None not in tops else []
-  if len(class_names) < 2:
-    class_names = []
-  lookup = {c: i for i, c in enumerate(class_names)}
-  labels = np.asarray([lookup[t] if class_names else -1 for t in tops], np.int32)
-  return FolderIndex(root, tuple(good), labels, _test_split(good), tuple(class_names),
-                     1 if all(grey) else 3, len(skipped))
-
-
-class FolderSource:
-  """One split of a folder dataset, decoded on demand.
-
-  A file that opens at indexing time but fails to decode later (truncated) is
-  replaced by the next readable image of the split, with one printed line per
-  file, so a run never crashes on it.
-  """
-
-  def __init__(self, path: str, split: str, spec: DatasetSpec):
-    if split not in ('train', 'test'):
-      raise UserError(f'{spec.name}: split must be train or test, not {split!r}.')
-    self.index = scan_folder(path)
-    self.spec = spec
-    self.rows = np.flatnonzero(self.index.is_test == (split == 'test'))
-    self._bad = set()
-
-  def __len__(self):
-    return len(self.rows)
-
-  def _decode(self, row: int) -> np.ndarray:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    with Image.open(os.path.join(self.index.root, self.index.paths[row])) as im:
-      im.load()
-      return _pil_to_array(im, self.spec.image_shape)
-
-  def read(self, indices):
-    indices = np.asarray(indices).reshape(-1)
-    images = np.empty((len(indices), *self.spec.image_shape), np.uint8)
-    labels = np.empty(len(indices), np.int32)
-    for k, i in enumerate(indices):
-      for attempt in range(len(self.rows)):
-        row = int(self.rows[(int(i) + attempt) % len(self.rows)])
-        try:
-          images[k] = self._decode(row)
-          labels[k] = self.index.labels[row]
-          break
-        except Exception:  # pylint: disable=broad-except  # Truncated or corrupt.
-          if row not in self._bad:
-            self._bad.add(row)
-            print(f'{self.spec.name}: cannot decode {self.index.paths[row]}; '
-                  'using the next image instead.', flush=True)
-      else:
-        raise UserError(f'{self.spec.name}: no image of the split can be decoded.')
-    return images, labels

@@ -13,9 +13,51 @@ import jax
 import jax.numpy as jnp
 
 from vaegan_jax import input_pipeline
+from vaegan_jax import rules
 from vaegan_jax.errors import UserError
 
 _LABEL_KEY = 0x1ABE1  # Purpose of the key of sampled labels (folded into the z key).
+
+RULES = {'model.conditional': rules.Bool()}  # Needs a labelled dataset (needs_labels).
+
+
+def needs_labels(config, flat):
+  """A class-conditional model needs a dataset with class labels."""
+  if not flat.get('model.conditional'):
+    return
+  if not input_pipeline.get_spec(config.data.name).num_classes:
+    raise rules.ConfigError('model.conditional', True, f'needs class labels and dataset '
+                            f'{config.data.name!r} has none',
+                            'False for this dataset, or a labelled dataset')
+
+
+def aux_needs_conditional(config, flat):
+  del config
+  if flat.get('gan.aux_weight', 0) > 0 and not flat.get('model.conditional'):
+    raise rules.ConfigError('gan.aux_weight', flat['gan.aux_weight'],
+                            'needs model.conditional=True (the ACGAN class loss)',
+                            '0 for an unconditional GAN')
+
+
+def conditional_arch(config, flat):
+  del config
+  if flat.get('model.conditional') and flat.get('model.arch', 'tutorial') != 'tutorial':
+    raise rules.ConfigError('model.arch', flat['model.arch'], 'has no class-conditional version',
+                            "'tutorial' with model.conditional=True")
+
+
+# What every family checks of a conditional model (its `check_config`).
+CROSS_RULES = (needs_labels, aux_needs_conditional, conditional_arch)
+
+
+def autoencoder_panels(config, sample, reconstruct, state, key, images, labels=None):
+  """Prior samples | test images | their reconstructions: the grid of the
+  families with an encoder (a conditional model samples classes 0, 1, … in
+  turn and reconstructs with `labels`). `sample`, `reconstruct`: the family's."""
+  n = images.shape[0]
+  k = num_classes(config)
+  return [sample(config, state, key, n, jnp.arange(n) % k if k else None), images,
+          reconstruct(config, state, images, labels)]
 
 
 def is_conditional(config) -> bool:

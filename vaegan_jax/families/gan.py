@@ -31,8 +31,8 @@ import jax.numpy as jnp
 from vaegan_jax import families
 from vaegan_jax import input_pipeline
 from vaegan_jax import objectives
+from vaegan_jax import rules
 from vaegan_jax import state as state_lib
-from vaegan_jax import validation
 from vaegan_jax.families import conditional
 from vaegan_jax.errors import UserError
 from vaegan_jax.models import dcgan_literature
@@ -58,9 +58,9 @@ def compute_dtype(config):
 
 
 def check_config(config):
-  """ConfigError (a UserError) for settings that cannot work: validation's
-  rules of config.gan and the conditional-model rules."""
-  validation.check_family_sections(config, ('gan',))
+  """ConfigError (a UserError) for settings that cannot work: the rules of
+  this family's keys and the conditional-model rules (`rules.check`)."""
+  rules.check(config, {**RULES, **conditional.RULES}, conditional.CROSS_RULES)
 
 
 def aux_weight(config) -> float:
@@ -69,6 +69,40 @@ def aux_weight(config) -> float:
 
 
 ARCHS = ('tutorial', 'studiogan_dcgan', 'radford_dcgan', 'resnet')
+
+RULES = {
+    'model.latent_dim': rules.POSITIVE,
+    'model.g_width_mult': rules.RATE,
+    'model.d_width_mult': rules.RATE,
+    'model.leaky_slope': rules.NONNEG,
+    'model.d_dropout': rules.PROBABILITY,
+    'model.spectral_norm': rules.Bool(),
+    'model.arch': rules.OneOf(ARCHS),         # GAN networks (`models`).
+    'model.g_conv_dim': rules.POSITIVE,       # arch='resnet' widths.
+    'model.d_conv_dim': rules.POSITIVE,
+    'gan.loss': rules.OneOf(objectives.GAN_LOSSES),
+    'gan.d_steps': rules.POSITIVE,
+    'gan.gp_weight': rules.NONNEG,
+    'gan.r1_gamma': rules.NONNEG,
+    'gan.ema_decay': rules.PROBABILITY,
+    'gan.aux_weight': rules.NONNEG,           # ACGAN class loss; > 0 needs model.conditional.
+}
+
+
+def image_size_fits_architecture(config, flat):
+  """The DCGAN generator / the VAE-GAN's decoder support only the image
+  sizes of models/gan.py PLANS."""
+  if flat.get('model.family') not in ('gan', 'vaegan'):
+    return  # The VAE's conv stack adapts to any size.
+  shape = input_pipeline.image_shape(config)
+  try:
+    gan_models.plan(shape)
+  except UserError:
+    key = 'data.image_size' if 'data.image_size' in flat else 'data.name'
+    raise rules.ConfigError(
+        key, flat[key], f'gives {shape[0]}x{shape[1]} images, which the DCGAN '
+        f'{"generator" if flat["model.family"] == "gan" else "decoder"} does not support',
+        f'a dataset of {", ".join(map(str, gan_models.PLANS))}-pixel square images') from None
 
 
 def models(config):

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from vaegan_jax import families
 from vaegan_jax import input_pipeline
 from vaegan_jax import objectives
+from vaegan_jax import rules
 from vaegan_jax import state as state_lib
 from vaegan_jax.families import conditional
 from vaegan_jax.models import vae as vae_models
@@ -28,6 +29,19 @@ CONSOLE_METRICS = ("loss", "elbo", "recon", "kl")
 EVAL_CONSOLE_METRICS = ('elbo', 'nll_nats', 'fid', 'kid', 'psnr')
 GRID_TITLES = ('prior samples', 'test images', 'reconstructions')  # The panels of grid_panels.
 LIKELIHOODS = ('bernoulli', 'gaussian')  # config.vae.likelihood; see log_likelihood.
+
+RULES = {
+    'model.latent_dim': rules.POSITIVE,
+    'model.width': rules.POSITIVE,
+    'model.hidden': rules.POSITIVE,
+    'model.decoder_hidden': rules.COUNT,      # 0 = no Dense between z and the conv stack.
+    'model.kernel_size': rules.POSITIVE,
+    'vae.likelihood': rules.OneOf(LIKELIHOODS),
+    'vae.gaussian_scale': rules.RATE,
+    'vae.learn_scale': rules.Bool(),
+    'vae.beta': rules.NONNEG,
+    'vae.kl_warmup_steps': rules.COUNT,
+}
 
 # Purposes for step keys (state_lib.step_key).
 _Z = 0
@@ -58,7 +72,14 @@ def optimizer(config):
   return state_lib.adam(config.optim)
 
 
+def check_config(config):
+  """ConfigError (a UserError) for settings that cannot work: the rules of
+  this family's keys and the conditional-model rules (`rules.check`)."""
+  rules.check(config, {**RULES, **conditional.RULES}, conditional.CROSS_RULES)
+
+
 def init_state(config, key) -> state_lib.TrainState:
+  check_config(config)
   encoder, decoder = models(config)
   k_enc, k_dec = jax.random.split(jax.random.fold_in(key, 1))
   x = jnp.zeros((1, *input_pipeline.image_shape(config)), jnp.float32)
@@ -163,10 +184,6 @@ def sample(config, state, key, n, labels=None):
 
 
 def grid_panels(config, state, key, images, labels=None):
-  """Prior samples beside test images and their reconstructions (the CVAE
-  samples classes 0, 1, … in turn and reconstructs with `labels`)."""
-  n = images.shape[0]
-  k = conditional.num_classes(config)
-  sample_labels = jnp.arange(n) % k if k else None
-  return [sample(config, state, key, n, sample_labels), images,
-          reconstruct(config, state, images, labels)]
+  """Prior samples beside test images and their reconstructions
+  (`conditional.autoencoder_panels`)."""
+  return conditional.autoencoder_panels(config, sample, reconstruct, state, key, images, labels)

@@ -55,8 +55,8 @@ import jax.numpy as jnp
 from vaegan_jax import families
 from vaegan_jax import input_pipeline
 from vaegan_jax import objectives
+from vaegan_jax import rules
 from vaegan_jax import state as state_lib
-from vaegan_jax import validation
 from vaegan_jax.families import conditional
 from vaegan_jax.models import gan as gan_models
 from vaegan_jax.models import vae as vae_models
@@ -82,10 +82,24 @@ def network_losses(config) -> dict:
   }
 
 
+RULES = {
+    'model.latent_dim': rules.POSITIVE,
+    'model.enc_width': rules.POSITIVE,
+    'model.enc_hidden': rules.POSITIVE,
+    'model.dec_width_mult': rules.RATE,
+    'model.dis_width': rules.POSITIVE,
+    'model.dis_kernel': rules.POSITIVE,
+    'model.dis_dropout': rules.PROBABILITY,
+    'vaegan.gamma': rules.NONNEG,
+    'vaegan.feature_std': rules.RATE,
+    'vaegan.gan_loss': rules.OneOf(objectives.GAN_LOSSES),
+}
+
+
 def check_config(config):
-  """ConfigError (a UserError) for settings that cannot work: validation's
-  rules of config.vaegan and the conditional-model rules."""
-  validation.check_family_sections(config, ('vaegan',))
+  """ConfigError (a UserError) for settings that cannot work: the rules of
+  this family's keys and the conditional-model rules (`rules.check`)."""
+  rules.check(config, {**RULES, **conditional.RULES}, conditional.CROSS_RULES)
 
 
 def compute_dtype(config):
@@ -293,9 +307,6 @@ def sample(config, state, key, n, labels=None):
 
 
 def grid_panels(config, state, key, images, labels=None):
-  """Prior samples | test images | their reconstructions (a conditional model
-  samples classes 0, 1, … in turn and reconstructs with `labels`)."""
-  n = images.shape[0]
-  k = conditional.num_classes(config)
-  return [sample(config, state, key, n, jnp.arange(n) % k if k else None), images,
-          reconstruct(config, state, images, labels)]
+  """Prior samples | test images | their reconstructions
+  (`conditional.autoencoder_panels`)."""
+  return conditional.autoencoder_panels(config, sample, reconstruct, state, key, images, labels)

@@ -23,6 +23,9 @@ Fidelity damages (each image on its own):
   dilate            grey dilation by a disk of `radius` px (strokes swell into
                     blobs)
   mix_noise         a `fraction` of the images replaced by uniform noise
+Holes (masks for inpainting, 1 = observed):
+  center_hole       a centred box of a `fraction` of the side
+  block_holes       random squares of a `fraction` of the side
 Diversity damages (the set):
   drop_classes      the images of `k` classes removed (mode dropping)
   memorise          exact copies of only `num_distinct` training images
@@ -129,6 +132,43 @@ def salt_and_pepper(images, fraction: float, seed: int) -> np.ndarray:
   x[hit & salt] = 1.0
   x[hit & ~salt] = 0.0
   return x
+
+
+def center_hole(n: int, height: int, width: int, fraction: float) -> np.ndarray:
+  """Masks hiding a centred box of round(`fraction` x side) pixels (at least 1).
+
+  Returns:
+    float32 (n, height, width, 1): 1 where a pixel is observed, 0 in the hole
+    (the convention of vaegan_jax.applications).
+  """
+  if not 0 < fraction <= 1:
+    raise ValueError(f'fraction must be in (0, 1]; got {fraction}.')
+  bh, bw = max(1, round(height * fraction)), max(1, round(width * fraction))
+  top, left = (height - bh) // 2, (width - bw) // 2
+  mask = np.ones((n, height, width, 1), np.float32)
+  mask[:, top:top + bh, left:left + bw] = 0.0
+  return mask
+
+
+def block_holes(n: int, height: int, width: int, fraction: float, seed: int,
+                num_blocks: int = 4) -> np.ndarray:
+  """Masks hiding `num_blocks` squares of side round(`fraction` x side), each
+  placed uniformly at random per image (they may overlap).
+
+  Returns:
+    float32 (n, height, width, 1): 1 observed, 0 hidden.
+  """
+  if not 0 < fraction <= 1:
+    raise ValueError(f'fraction must be in (0, 1]; got {fraction}.')
+  bh, bw = max(1, round(height * fraction)), max(1, round(width * fraction))
+  rng = np.random.default_rng(seed)
+  top = rng.integers(0, height - bh + 1, (n, num_blocks))
+  left = rng.integers(0, width - bw + 1, (n, num_blocks))
+  mask = np.ones((n, height, width, 1), np.float32)
+  for i in range(n):
+    for t, l in zip(top[i], left[i]):
+      mask[i, t:t + bh, l:l + bw] = 0.0
+  return mask
 
 
 def elastic_warp(images, alpha: float, seed: int, sigma: float = 3.0) -> np.ndarray:

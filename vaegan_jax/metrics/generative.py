@@ -39,6 +39,7 @@ import time
 import jax
 import numpy as np
 
+from vaegan_jax import families
 from vaegan_jax import input_pipeline
 from vaegan_jax import progress
 from vaegan_jax import sharding
@@ -163,14 +164,8 @@ def conditional_metrics(real_feats, real_labels, fake_feats, fake_probs, fake_la
   return out
 
 
-def has_encoder(family) -> bool:
-  return hasattr(family, 'reconstruct')
-
-
-def has_likelihood(family) -> bool:
-  """Whether the family defines p(x) through the VAE's ELBO terms (the VAE;
-  the VAE-GAN's decoder is trained adversarially and has no likelihood)."""
-  return hasattr(family, 'elbo_terms') and hasattr(family, 'log_likelihood')
+has_encoder = families.has_encoder  # The family facts, defined once.
+has_likelihood = families.has_likelihood
 
 
 class Evaluator:
@@ -185,7 +180,7 @@ class Evaluator:
                reference_images: np.ndarray | None = None,
                iwae_k: int | None = None, batch_size: int | None = None,
                inception_net=None, inception_reference: np.ndarray | None = None,
-               test_labels: np.ndarray | None = None):
+               test_labels: np.ndarray | None = None, sample_metrics: bool = True):
     """Args:
       config: the run's config.
       family: the family module (`families.get(config.model.family)`).
@@ -207,6 +202,8 @@ class Evaluator:
         reconstructions use them, and the intra-class FID compares each
         class with the reference images of that class (the reference set must
         then be `test_images`).
+      sample_metrics: False = no feature network: only the metrics that need
+        none (reconstruction and likelihood; `available_metrics`).
     """
     self.config, self.family = config, family
     self.mesh = mesh or sharding.make_mesh()
@@ -225,12 +222,17 @@ class Evaluator:
     if self.batch_size % self.mesh.devices.size:
       raise ValueError(f'batch_size {self.batch_size} does not split over '
                        f'{self.mesh.devices.size} devices.')
-    self.net = net or feature_net_lib.get(config.data.name, config.data.get('data_dir') or None)
-    self.num_classes = self.net.num_classes
+    self.sample_metrics = bool(sample_metrics)
     self.test_images = test_images
     ref = test_images if reference_images is None else reference_images
-    self.real_feats, _ = self.net.compute(ref, self.batch_size, self.data_sharding)
     self.num_reference = len(ref)
+    self.net = self.real_feats = None
+    self.num_classes = 0
+    if self.sample_metrics:
+      self.net = net or feature_net_lib.get(config.data.name,
+                                            config.data.get('data_dir') or None)
+      self.num_classes = self.net.num_classes
+      self.real_feats, _ = self.net.compute(ref, self.batch_size, self.data_sharding)
     if (inception_net is None) != (inception_reference is None):
       raise ValueError('inception_net and inception_reference go together.')
     self.inception_net, self.inception_reference = inception_net, inception_reference
@@ -335,12 +337,14 @@ class Evaluator:
     """The flat metric dict (Python floats) of `state`; see the module doc."""
     if num_samples < 6:
       raise ValueError(f'num_samples must be at least 6; got {num_samples}.')
-    fake_feats, fake_probs, *incep = self.sample_features(state, num_samples, key)
-    out = feature_metrics(self.real_feats, fake_feats, fake_probs, self.num_classes)
-    if incep:
-      out.update(inception_metrics(self.inception_reference, incep[0]['pool3'],
-                                   incep[0]['logits_unbiased']))
-    if self.num_conditional_classes:
+    out = {}
+    if self.sample_metrics:
+      fake_feats, fake_probs, *incep = self.sample_features(state, num_samples, key)
+      out.update(feature_metrics(self.real_feats, fake_feats, fake_probs, self.num_classes))
+      if incep:
+        out.update(inception_metrics(self.inception_reference, incep[0]['pool3'],
+                                     incep[0]['logits_unbiased']))
+    if self.sample_metrics and self.num_conditional_classes:
       feats, probs, labels = self.class_sample_features(state, num_samples, key)
       out.update(conditional_metrics(self.real_feats, self.test_labels, feats, probs,
                                      labels, self.num_conditional_classes))
@@ -363,13 +367,66 @@ def evaluate(config, family, state, test_images, num_samples: int, mesh=None,
   return out
 
 
+def available_metrics(family, evaluator) -> tuple:
+  """The metric names a training-time evaluation of `family` reports besides
+  the family's own eval metrics (elbo, recon, kl; d_real, d_fake; ...), given
+  `training_evaluator`'s result (None = none)."""
+  if evaluator is None:
+    return ()
+  out = list(METRIC_KEYS) if evaluator.sample_metrics else []
+  if has_encoder(family):
+    out += ['recon_mse', 'psnr']
+  if has_likelihood(family) and evaluator.iwae_k > 0:
+    out += ['nll_nats', 'bits_per_dim']
+  return tuple(out)
+
+
+# Where the asked-for best metric does not exist in a run: the first of these
+# that does, per family (name, mode). The GAN has no metric without a feature
+# network (D's scores rank nothing), so it keeps no best checkpoint then.
+_BEST_FALLBACKS = (('nll_nats', 'min'), ('elbo', 'max'), ('psnr', 'max'))
+_OPTIONAL_KEYS = ('recon_mse', 'psnr', 'nll_nats', 'bits_per_dim')  # Need no feature network.
+
+
+def best_metric(config, family, evaluator) -> tuple:
+  """(metric, mode) to keep the best checkpoint by: `config.eval.best_metric`
+  where the run reports it, else the first of `_BEST_FALLBACKS` that it
+  does (said once), else ('', mode) (said once). With
+  `config.eval.generative_metrics` False, none by the metrics it turns off.
+
+  The family's own eval metrics (`family.eval_step`'s names) always exist;
+  the rest are `available_metrics(family, evaluator)`."""
+  eval_cfg = config.get('eval', {}) or {}
+  wanted, mode = eval_cfg.get('best_metric', ''), eval_cfg.get('best_mode', 'min')
+  if not wanted:
+    return '', mode
+  if not eval_cfg.get('generative_metrics', True) and wanted in METRIC_KEYS + _OPTIONAL_KEYS:
+    return '', mode  # Turned off on purpose: no best checkpoint by them.
+  own = ('elbo', 'recon', 'kl') if has_likelihood(family) else ()
+  exists = set(available_metrics(family, evaluator)) | set(own)
+  if wanted in exists or wanted not in METRIC_KEYS + _OPTIONAL_KEYS:
+    return wanted, mode  # Present, or a family metric checked at the first eval.
+  why = ('no feature network for it' if wanted in METRIC_KEYS else 'this run does not compute it')
+  for name, fallback_mode in _BEST_FALLBACKS:
+    if name in exists:
+      print(f'note: best checkpoint by {name} ({fallback_mode}) instead of '
+            f'config.eval.best_metric={wanted!r} ({why} on {config.data.name}).', flush=True)
+      return name, fallback_mode
+  print(f'note: no best checkpoint: config.eval.best_metric={wanted!r} is not computed '
+        f'({why} on {config.data.name}) and {config.model.family} has no other quality '
+        f'metric without one.', flush=True)
+  return '', mode
+
+
 def training_evaluator(config, family, test_images, mesh, test_labels=None):
   """The Evaluator for training-time evals, or None when they are off.
 
-  Off when `config.eval.generative_metrics` is False, when the dataset has no
-  class labels to train the feature network on, or when its feature network
-  is neither shipped nor cached yet: training never trains one, so a run
-  cannot stall on it (a note gives the command). The
+  Off when `config.eval.generative_metrics` is False. Without a feature
+  network (a folder, a dataset without class labels to train one on, or one
+  neither shipped nor cached yet: training never trains one, so a run cannot
+  stall on it; a note gives the command) the evaluator reports only what needs
+  none: reconstruction (recon_mse, psnr) and the likelihood (nll_nats,
+  bits_per_dim); None for a family with neither (the GAN). The
   VAE's IWAE bound uses `config.eval.train_iwae_k` importance samples (default
   10): k = 100 costs about 20-40 s of CPU per evaluation of the mnist5k test
   split, the rest of the metrics about 2 s with 1000 samples.
@@ -377,20 +434,29 @@ def training_evaluator(config, family, test_images, mesh, test_labels=None):
   eval_cfg = config.get('eval', {}) or {}
   if not eval_cfg or not eval_cfg.get('generative_metrics', True):
     return None
+  iwae_k = int(eval_cfg.get('train_iwae_k', 10))
+  net, why = None, ''
   if input_pipeline.is_folder(config.data.name):
-    print(f'note: no generative metrics for {config.data.name}: feature networks '
-          'exist only for the TFDS datasets so far.', flush=True)
+    why = (f'no sample metrics (FID, KID, ...) for {config.data.name}: feature networks '
+           'exist only for the TFDS datasets so far')
+  elif not input_pipeline.get_spec(config.data.name).num_classes:
+    why = (f'no sample metrics (FID, KID, ...) for {config.data.name}: it has no class '
+           "labels to train the project's feature network on")
+  else:
+    net = feature_net_lib.find(config.data.name)
+    if net is None:  # Training it here could stall the run for a long time.
+      why = (f'no sample metrics during training: no feature network for '
+             f'{config.data.name} yet. Train it once with `python -m '
+             f'vaegan_jax.metrics.feature_net --dataset={config.data.name}` (it is '
+             f'cached), or let `python -m vaegan_jax.evaluate` do so')
+  if net is not None:
+    return Evaluator(config, family, test_images, mesh, net=net, iwae_k=iwae_k,
+                     test_labels=test_labels)
+  without = has_encoder(family) or (has_likelihood(family) and iwae_k > 0)
+  print(f'note: {why}; ' + ('reconstruction and likelihood metrics are reported.'
+                            if without else 'the family\'s own eval metrics are reported.'),
+        flush=True)
+  if not without:
     return None
-  if not input_pipeline.get_spec(config.data.name).num_classes:
-    print(f'note: no generative metrics for {config.data.name}: it has no class labels '
-          "to train the project's feature network on.", flush=True)
-    return None
-  net = feature_net_lib.find(config.data.name)
-  if net is None:  # Training it here could stall the run for a long time.
-    print(f'note: no generative metrics during training: no feature network for '
-          f'{config.data.name} yet. Train it once with `python -m '
-          f'vaegan_jax.metrics.feature_net --dataset={config.data.name}` (it is '
-          f'cached), or let `python -m vaegan_jax.evaluate` do so.', flush=True)
-    return None
-  return Evaluator(config, family, test_images, mesh, net=net,
-                   iwae_k=int(eval_cfg.get('train_iwae_k', 10)), test_labels=test_labels)
+  return Evaluator(config, family, test_images, mesh, iwae_k=iwae_k,
+                   test_labels=test_labels, sample_metrics=False)

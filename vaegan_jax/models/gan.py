@@ -7,12 +7,15 @@ generative/dcgan) that the seed articles reproduce:
      -> ConvT(C, 5, s2) -> tanh                        (no biases, as there)
   D: Conv(64, 5, s2) -> LReLU -> Dropout(0.3)
      -> Conv(128, 5, s2) -> LReLU -> Dropout(0.3) -> Dense(1) = logit
-32x32 and 64x64 use the standard DCGAN widths of Radford et al. 2016 (a 4x4
-base, channels halving per 2x upsampling in G and doubling per 2x
-downsampling in D: G 512-256-128 / 1024-512-256-128, D 64-128-256 /
-64-128-256-512), in the tutorial's layer pattern (5x5 kernels, BN in G only,
-LeakyReLU and dropout in D). `PLANS` holds the three, scaled by the width
-multipliers. Keras defaults are kept where the tutorial relies on them:
+32x32 and 64x64 use the layout of Radford et al. 2016's DCGAN (a 4x4 base,
+channels halving per 2x upsampling in G and doubling per 2x downsampling in
+D) in the tutorial's layer pattern (5x5 kernels, BN in G only, LeakyReLU and
+dropout in D). The widths follow the image size: at 32 px the tutorial's own
+(G 256-128-64, D 32-64-128), so that a 32-px dataset trains at about the
+speed of a 28-px one; at 64 px Radford's (G 1024-512-256-128, D
+64-128-256-512). The `:cifar10` / `:svhn_cropped` configs use width
+multipliers 2, i.e. Radford's 32-px widths (G 512-256-128, D 64-128-256).
+`PLANS` holds the three, scaled by the width multipliers. Keras defaults are kept where the tutorial relies on them:
 LeakyReLU slope 0.3, BatchNorm momentum 0.99 and epsilon 1e-3.
 
 Class conditioning (`num_classes` K > 0; K = 0 builds exactly the networks
@@ -55,7 +58,7 @@ class Plan:
 
 PLANS = {
     28: Plan(7, (256, 128, 64), (1, 2, 2), (64, 128)),  # The TF tutorial.
-    32: Plan(4, (512, 256, 128), (2, 2, 2), (64, 128, 256)),
+    32: Plan(4, (256, 128, 64), (2, 2, 2), (32, 64, 128)),  # x2: Radford's 32-px DCGAN.
     64: Plan(4, (1024, 512, 256, 128), (2, 2, 2, 2), (64, 128, 256, 512)),
 }
 

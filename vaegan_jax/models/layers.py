@@ -73,8 +73,8 @@ input gradient (input-dilated convolutions, which XLA:CPU runs far below its
 matmul speed) become col2im GEMMs too; every gradient of a gradient runs
 through the same maps. It is opt-in (`model.conv_impl='gemm'`): its outputs
 differ from 'xla' / 'fast' in the last bits (the sums run in another order),
-so a default run with it does not reproduce the numbers the README records
-for the defaults. Per-primitive and whole-step timings: README "CPU speed",
+so a default run with it does not reproduce the numbers docs/speed.md records
+for the defaults. Per-primitive and whole-step timings: docs/speed.md,
 `experiments/conv_primitives.py`, `experiments/throughput.py`.
 """
 
@@ -88,10 +88,12 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from vaegan_jax.models import conv_cpu
-from vaegan_jax.models import conv_onednn
+from vaegan_jax.kernels import conv_cpu
+from vaegan_jax import rules
+from vaegan_jax.kernels import conv_onednn
 
 IMPLS = ('auto', 'xla', 'fast', 'gemm', 'onednn')
+RULES = {'model.conv_impl': rules.OneOf(IMPLS)}
 # Taps of the kernel gradient are stacked into one GEMM while the sliced
 # operand has few channels: all taps at 1 channel, one tap per GEMM at >= 32.
 _TAP_STACK_CHANNELS = 32
@@ -396,46 +398,15 @@ class Conv(nn.Module):
     return _apply_conv(self, inputs, transpose=False)
 
 
-class ConvTranspose(nn.Module):
+class ConvTranspose(Conv):
   """`flax.linen.ConvTranspose` (transpose_kernel=False), fast on CPU.
 
   Same semantics as flax: the input is dilated by `strides` and convolved
   (stride 1, kernel not flipped); 'SAME' gives out = in * stride, explicit
-  (lo, hi) pairs pad the dilated input directly.
-
-  Attributes:
-    features: output channels C_out.
-    kernel_size: spatial kernel shape, e.g. (4, 4); an int means 1-D, as flax.
-    strides: int or one per spatial dim (default 1).
-    padding: 'SAME', 'VALID', an int, or one (lo, hi) pair / int per dim.
-    use_bias: add a learned bias.
-    dtype: computation dtype (default: inferred from inputs and params).
-    param_dtype: dtype of the parameters.
-    precision: `lax.Precision` of the convolution and its gradient GEMMs.
-    kernel_init, bias_init: initialisers (flax's defaults).
-    impl: 'auto', 'xla', 'fast', 'gemm' or 'onednn' (module docstring).
-    activation: None, 'relu' or 'leaky_relu' (with `negative_slope`),
-      applied to conv + bias: the same as calling nn.relu / nn.leaky_relu on
-      the layer's output; with impl='onednn' and a bias, one oneDNN call
-      does all three where it can (`conv_cpu.conv_bias_act`).
-    negative_slope: leaky_relu's slope for negative inputs (flax's default).
-
-  Input (*batch, *spatial, C_in) -> output (*batch, *out_spatial, C_out);
-  params 'kernel' (*kernel_size, C_in, C_out) and 'bias' (C_out,).
+  (lo, hi) pairs pad the dilated input directly. Attributes, input, output
+  and params: as `Conv` (e.g. kernel_size (4, 4); strides default None = 1).
   """
-  features: int
-  kernel_size: int | Sequence[int]
   strides: None | int | Sequence[int] = None
-  padding: Any = 'SAME'
-  use_bias: bool = True
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-  kernel_init: Any = flax_linear.default_kernel_init
-  bias_init: Any = nn.initializers.zeros_init()
-  impl: str = 'auto'
-  activation: str | None = None
-  negative_slope: float = 0.01
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:

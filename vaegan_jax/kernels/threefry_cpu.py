@@ -15,8 +15,9 @@ result reproduces.
 unrolled form for hashes of at least MIN_UNROLLED counters and keeps the
 rolled loop for smaller ones (splitting and folding keys): unrolled, those
 would be fused into every consumer and double the compile time of a GAN
-step (5 -> 10 s for dcgan28) for no run time gained. It is called when
-`vaegan_jax.models` is imported, changes only how this process lowers
+step (5 -> 10 s for dcgan28) for no run time gained. It is called by
+`vaegan_jax.kernels.setup()` (which the entry points call before anything is
+compiled; importing a module never installs it), changes only how this process lowers
 threefry on CPU, and is a no-op (returning False) if jax's internals moved.
 """
 

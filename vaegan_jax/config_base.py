@@ -1,6 +1,13 @@
-"""Keys shared by every family. Family configs start from `get_base_config()`."""
+"""Keys shared by every family. Family configs start from `get_base_config()`.
+
+They live in the package (configs/*.py: `from vaegan_jax import config_base`),
+so a config file loaded by path from any directory imports them from the
+installed package (vaegan_jax/config_files.py).
+"""
 
 import ml_collections
+
+from vaegan_jax import rules
 
 
 def get_base_config() -> ml_collections.ConfigDict:
@@ -13,7 +20,8 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'mnist5k'     # mnist5k (embedded) | mnist | fashion_mnist | cifar10 | svhn_cropped | celeb_a | folder:PATH (PNG/JPEG/WebP, recursive).
-  config.data.image_size = 64      # folder:PATH only: side of the centre-cropped square images (32 | 64 | 128); TFDS sets keep their own size.
+  config.data.image_size = 0       # folder:PATH only: side of the centre-cropped square images; 0 = the images' own size (else the nearest of 28 | 32 | 64); the VAE takes any size >= 8, the GANs 28 | 32 | 64. TFDS sets keep their own size.
+  config.data.channels = 0         # folder:PATH only: 1 (grey) or 3 (RGB) forces the channel count; 0 = the majority of the files'.
   config.data.data_dir = ''        # '' = ~/.cache/vaegan_jax/tensorflow_datasets for mnist5k, TFDS's default otherwise.
   config.data.cache_mb = 512       # Train splits of at most this many MB of images are decoded once into memory; larger ones (and 0) stream.
 
@@ -40,6 +48,41 @@ def get_base_config() -> ml_collections.ConfigDict:
   return config
 
 
+# The rules of the shared keys (vaegan_jax/rules.py; validation gathers them).
+RULES = {
+    'seed': rules.Int(min=0, max=2**32 - 1),
+    'data.data_dir': rules.Str(),
+    'data.cache_mb': rules.COUNT,                # 0 = always stream the train split.
+    'train.batch_size': rules.POSITIVE,
+    'train.num_steps': rules.POSITIVE,
+    'train.log_every_steps': rules.POSITIVE,
+    'train.checkpoint_every_steps': rules.POSITIVE,
+    'train.sample_every_steps': rules.POSITIVE,
+    'train.eval_every_steps': rules.POSITIVE,
+    'train.keep_checkpoints': rules.POSITIVE,
+    'train.keep_host_memory': rules.Bool(),     # Read by vaegan_jax.main before training.
+    'eval.generative_metrics': rules.Bool(),
+    'eval.num_samples': rules.Int(min=6),       # metrics.generative.Evaluator's minimum.
+    'eval.iwae_k': rules.COUNT,
+    'eval.train_iwae_k': rules.COUNT,
+    'eval.best_metric': rules.Str(),            # Checked against the eval metrics at the first eval.
+}
+
+
+def best_mode_with_metric(config, flat):
+  """A best metric needs eval.best_mode (checkpoint.BEST_MODES)."""
+  del config
+  if flat.get('eval.best_metric') and 'eval.best_mode' not in flat:
+    raise rules.ConfigError('eval.best_mode', None, 'is missing', "'min' or 'max'")
+
+
+def check_variant(arg, variants, path: str):
+  """ValueError naming the valid variants when `arg` is none of them."""
+  if arg and arg not in variants:
+    raise ValueError(f'Unknown variant {arg!r} of {path}; valid variants: '
+                     f'{", ".join(variants)}.')
+
+
 def smoke(config, num_steps: int = 20) -> ml_collections.ConfigDict:
   """Shrinks a config to a run of a few seconds."""
   config.train.batch_size = 32
@@ -50,3 +93,4 @@ def smoke(config, num_steps: int = 20) -> ml_collections.ConfigDict:
   config.train.eval_every_steps = 10
   config.eval.num_samples = 100
   return config
+

@@ -1,7 +1,7 @@
 """oneDNN's CPU convolutions as XLA custom calls: conv_impl='onednn'.
 
 XLA:CPU runs its convolutions well below the oneDNN kernels TensorFlow uses
-(README "CPU speed"); every plain-JAX rearrangement in `conv_cpu` ends in
+(docs/speed.md); every plain-JAX rearrangement in `conv_cpu` ends in
 XLA's GEMM or convolution kernels. This module calls oneDNN itself: a small
 C++ file (onednn_conv.cc, next to this one) defines oneDNN's convolution
 forward, backward-data and backward-weights as XLA FFI handlers (`jax.ffi`),

@@ -1,6 +1,6 @@
 // oneDNN's 2-D convolutions as XLA FFI handlers, for conv_impl='onednn'.
 //
-// Built on first use by vaegan_jax/models/conv_onednn.py (which see) against
+// Built on first use by vaegan_jax/kernels/conv_onednn.py (which see) against
 // the pip-installed oneDNN 3.x (onednn-devel-cpu-gomp) and jax.ffi's headers.
 // float32 only; activations NHWC, weights HWIO, as conv_cpu lays them out:
 //

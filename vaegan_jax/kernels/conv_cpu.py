@@ -1,7 +1,7 @@
 """Convolutions on CPU as a few large matrix products, with their gradients.
 
 XLA:CPU multiplies matrices at close to the machine's peak but runs its own
-convolution kernels far below it (README "CPU speed"), so this module writes
+convolution kernels far below it (docs/speed.md), so this module writes
 every convolution the project's layers make -- a Conv with window strides, or
 a ConvTranspose (an input-dilated convolution) -- as strided slices, pads and
 GEMMs in plain JAX, and picks the fastest formulation for each pass.
@@ -78,7 +78,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from vaegan_jax.models import conv_onednn
+from vaegan_jax.kernels import conv_onednn
 
 FORMULATIONS = {
     'down': ('im2col', 'taps', 'swap', 'xla', 'onednn', 'narrow'),
@@ -543,6 +543,16 @@ def _wgrad_impl(big, small, dims, precision, how):
 # ---------------------------------------------------------------------------
 
 
+def _keeping_inputs(fn):
+  """The forward of `fn`'s custom VJP: fn's output, both array inputs kept
+  for the backward (each map's gradient is made of the other two maps)."""
+
+  def fwd(a, b, dims, precision, plan):
+    return fn(a, b, dims, precision, plan), (a, b)
+
+  return fwd
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def down(big, w, dims, precision, plan):
   """small = G . W.
@@ -560,17 +570,13 @@ def down(big, w, dims, precision, plan):
   return _down_impl(big, w, dims, precision, plan.down)
 
 
-def _down_fwd(big, w, dims, precision, plan):
-  return down(big, w, dims, precision, plan), (big, w)
-
-
 def _down_bwd(dims, precision, plan, res, d_small):
   big, w = res
   return (up(d_small, w, dims, precision, plan).astype(big.dtype),
           wgrad(big, d_small, dims, precision, plan).astype(w.dtype))
 
 
-down.defvjp(_down_fwd, _down_bwd)
+down.defvjp(_keeping_inputs(down), _down_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -588,17 +594,13 @@ def up(small, w, dims, precision, plan):
   return _up_impl(small, w, dims, precision, plan.up)
 
 
-def _up_fwd(small, w, dims, precision, plan):
-  return up(small, w, dims, precision, plan), (small, w)
-
-
 def _up_bwd(dims, precision, plan, res, d_big):
   small, w = res
   return (down(d_big, w, dims, precision, plan).astype(small.dtype),
           wgrad(d_big, small, dims, precision, plan).astype(w.dtype))
 
 
-up.defvjp(_up_fwd, _up_bwd)
+up.defvjp(_keeping_inputs(up), _up_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -616,17 +618,13 @@ def wgrad(big, small, dims, precision, plan):
   return _wgrad_impl(big, small, dims, precision, plan.wgrad)
 
 
-def _wgrad_fwd(big, small, dims, precision, plan):
-  return wgrad(big, small, dims, precision, plan), (big, small)
-
-
 def _wgrad_bwd(dims, precision, plan, res, d_w):
   big, small = res
   return (up(small, d_w, dims, precision, plan).astype(big.dtype),
           down(big, d_w, dims, precision, plan).astype(small.dtype))
 
 
-wgrad.defvjp(_wgrad_fwd, _wgrad_bwd)
+wgrad.defvjp(_keeping_inputs(wgrad), _wgrad_bwd)
 
 
 # ---------------------------------------------------------------------------
@@ -638,7 +636,7 @@ def choose(dims, batch, c_big, c_small):
   """The formulation of each map for these shapes.
 
   Rules read off the per-primitive table of experiments/conv_primitives.py
-  (README "CPU speed"), preferring, where timings were close, the
+  (docs/speed.md), preferring, where timings were close, the
   formulation that compiles faster (a 'taps' map compiles one GEMM per tap:
   2-3 s per layer):
     down   'xla': XLA:CPU's strided convolution packs patches block by block
@@ -686,7 +684,7 @@ def choose_onednn(dims, batch, c_big, c_small):
       slower than `choose`'s pick (conv_primitives.py rows V1 dx, G3 fwd, D1
       dx: 7.7 / 28.6 / 24.4 ms against col2im's 2.2 / 4.8 / 3.7 at batch 256);
     - a unit-step Conv into one channel from at least 8 (row V5, the VAE's
-      output conv): every map 'narrow' (README "CPU speed": ahead of
+      output conv): every map 'narrow' (docs/speed.md: ahead of
       oneDNN's and of 'swap' in the training step)."""
   if c_big == 1:
     return ONEDNN._replace(up=choose(dims, batch, c_big, c_small).up)

@@ -1,0 +1,86 @@
+"""Training on a folder with no flag but its name: native size, class-balanced
+grids, the metrics that need no feature network, the best-checkpoint fallback
+and the input pipeline's numbers in the log."""
+
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+from conftest import load_config
+from vaegan_jax import train
+from vaegan_jax.data import sources
+from vaegan_jax.metrics import generative
+
+
+def _class_sorted_digits(root, classes=4, per_class=40):
+  """Class sub-folders whose test files in path order start with one class."""
+  rng = np.random.default_rng(0)
+  for c in range(classes):
+    os.makedirs(f'{root}/{c}', exist_ok=True)
+    for i in range(per_class):
+      image = (rng.random((28, 28)) < 0.1 + 0.2 * c).astype(np.uint8) * 255
+      Image.fromarray(image).save(f'{root}/{c}/{i:03d}.png')
+  return str(root)
+
+
+def test_vae_on_a_folder_reports_nll_psnr_and_keeps_a_fallback_best(tmp_path, monkeypatch,
+                                                                    capsys):
+  monkeypatch.setenv('VAEGAN_JAX_CACHE', str(tmp_path / 'cache'))
+  sources.scan_folder.cache_clear()
+  root = _class_sorted_digits(tmp_path / 'digits')
+  grids = []
+  real_write_grid = train.write_grid
+
+  def spy(grid_fn, state, key, test_images, path, test_labels=None, *args, **kwargs):
+    grids.append(np.asarray(test_labels))
+    return real_write_grid(grid_fn, state, key, test_images, path, test_labels, *args, **kwargs)
+
+  monkeypatch.setattr(train, 'write_grid', spy)
+  config = load_config('vae', 'smoke')
+  config.data.name = f'folder:{root}'  # No other data flag: image_size stays 0.
+  config.train.batch_size = 8
+  config.train.num_steps = 2
+  config.train.log_every_steps = 1
+  config.train.sample_every_steps = config.train.eval_every_steps = 2
+  config.eval.num_samples = 8
+  workdir = tmp_path / 'run'
+  state = train.train_and_evaluate(config, str(workdir))
+  assert int(state.step) == 2
+  stored = json.load(open(workdir / 'config.json'))
+  assert stored['data']['image_size'] == 28  # The size chosen is saved with the run.
+  rows = [json.loads(l) for l in open(workdir / 'metrics.jsonl')]
+  evals = [r for r in rows if 'eval/elbo' in r]
+  assert evals and all(k in evals[-1] for k in ('eval/psnr', 'eval/recon_mse', 'eval/nll_nats'))
+  assert 'eval/fid' not in evals[-1]
+  train_rows = [r for r in rows if 'loss' in r or 'elbo' in r]
+  assert train_rows and all('data_wait_fraction' in r for r in train_rows)
+  out = capsys.readouterr().out
+  assert "note: best checkpoint by nll_nats (min) instead of config.eval.best_metric='fid'" in out
+  assert os.listdir(workdir / 'checkpoints_best')
+  # The grid's test images: every class, though path order starts with class 0.
+  assert grids and set(grids[0]) == {0, 1, 2, 3}
+
+
+class _Stub:
+  def __init__(self, sample_metrics, iwae_k):
+    self.sample_metrics, self.iwae_k = sample_metrics, iwae_k
+
+
+def test_best_metric_falls_back_per_family(capsys):
+  from vaegan_jax import families  # pylint: disable=g-import-not-at-top
+  vae, gan, vaegan = (families.get(f) for f in ('vae', 'gan', 'vaegan'))
+  config = load_config('vae')
+  assert generative.best_metric(config, vae, _Stub(True, 10)) == ('fid', 'min')
+  assert generative.best_metric(config, vae, _Stub(False, 10)) == ('nll_nats', 'min')
+  assert generative.best_metric(config, vae, _Stub(False, 0)) == ('elbo', 'max')
+  config = load_config('vaegan')
+  assert generative.best_metric(config, vaegan, _Stub(False, 0)) == ('psnr', 'max')
+  config = load_config('gan')
+  assert generative.best_metric(config, gan, None)[0] == ''
+  out = capsys.readouterr().out
+  assert out.count('note: best checkpoint by') == 3 and out.count('no best checkpoint') == 1
+  config.eval.generative_metrics = False  # Turned off on purpose: no note.
+  assert generative.best_metric(config, gan, None)[0] == ''
+  assert not capsys.readouterr().out
