@@ -187,7 +187,7 @@ def test_package_never_unpickles_or_evaluates():
 # where a run never stopped ends (train.StopRequest).
 # ---------------------------------------------------------------------------
 
-TIMING = ('steps_per_s', 'images_per_s')
+TIMING = ('steps_per_s', 'images_per_s', 'data_wait_fraction', 'decode_images_per_s')
 
 
 def interrupt_config(data_dir):
