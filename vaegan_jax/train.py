@@ -526,7 +526,13 @@ def train_and_evaluate(config, workdir: str):
                          f'not saved; {_kept(workdir)}.') from None
   if stopped:  # Every save has finished (on every process: the wait is collective).
     done = 'saved it; ' if saved is not None else ''
-    raise stop.error(f'{step}; {done}{_kept(workdir, saved)}.')
+    error = stop.error(f'{step}; {done}{_kept(workdir, saved)}.')
+    if jax.process_count() > 1:
+      # The entry point exits at once: leave the distributed runtime together
+      # first, so that no process loses the coordinator inside Orbax's last
+      # barrier.
+      jax.distributed.shutdown()
+    raise error
   if step == start_step and owed:
     print(f'Done: step {step} had its {" and ".join(owed)} still to do; '
           f'workdir {workdir}', flush=True)
