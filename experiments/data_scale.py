@@ -294,9 +294,9 @@ def register(path, num_test=256):
   sources.DATASETS[NAME] = spec()
   open_source = sources.open_source
 
-  def open_data_scale(name, split, data_dir=None, image_size=None):
+  def open_data_scale(name, split, *args, **kwargs):
     if name != NAME:
-      return open_source(name, split, data_dir, image_size)
+      return open_source(name, split, *args, **kwargs)
     train = RecordSource(path)
     if split == 'train':
       return train
@@ -354,9 +354,9 @@ def timed_iterator():
 
 
 def train_config(name, steps):
-  from vaegan_jax import config_base  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import config_files  # pylint: disable=g-import-not-at-top
   module, _, arg = name.partition(':')
-  config = config_base.load(os.path.join(ROOT, 'configs', module), arg or None)
+  config = config_files.load(os.path.join(ROOT, 'configs', module), arg or None)
   config.data.name = NAME
   config.data.cache_mb = 0  # Always streamed, whatever the size.
   config.train.num_steps = steps

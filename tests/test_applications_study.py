@@ -1,18 +1,13 @@
 """The applications benchmark in evaluate (--applications) and in the study's
 report (experiments/report.py "Applications")."""
 
-import os
-import sys
-
 import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import ROOT, load_config
+from conftest import load_config
 
-sys.path.insert(0, os.path.join(ROOT, 'experiments'))
-
-from vaegan_jax.applications import benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vaegan_jax.applications import benchmark
 
 TINY = benchmark.Settings(num_images=4, inpaint_steps=2, restarts=1, posterior_iters=2,
                           ppl_samples=8)

@@ -195,7 +195,7 @@ def _check_report(out, family_names):
     parts = [p.strip() for p in row.strip('|').split('|')]
     if set(''.join(parts)) <= set('-:'):  # The separator row.
       continue
-    if parts[0] in ('measure', 'cost', 'seeds trained', 'family'):  # Header rows.
+    if parts[0] in ('measure', 'cost', 'seeds trained', 'family', 'method'):  # Header rows.
       continue
     first_data = 2 if parts[0] in family_names else 1  # Per-seed rows: family | seed.
     for cell in parts[first_data:]:
@@ -350,6 +350,8 @@ def test_inception_features_in_study_and_report(tmp_path, monkeypatch):
   assert study.features == 'own'
   study.features = 'inception'
   monkeypatch.delenv('VAEGAN_JAX_INCEPTION', raising=False)
+  monkeypatch.setenv('VAEGAN_JAX_CACHE', str(tmp_path / 'cache'))  # Offline: a refused
+  monkeypatch.setenv('VAEGAN_JAX_WEIGHTS_MIRROR', 'http://127.0.0.1:9')  # loopback port.
   with pytest.raises(UserError, match='--inception_weights=PATH or set .VAEGAN_JAX_INCEPTION'):
     compare.run_study(study, str(tmp_path))
   study.features = 'clip'

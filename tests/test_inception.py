@@ -229,6 +229,8 @@ def test_converter_cli_errors_are_one_line(tmp_path):
 
 def test_loader_errors_name_both_options(tmp_path, monkeypatch):
   monkeypatch.delenv(inception.ENV_VAR, raising=False)
+  monkeypatch.setenv('VAEGAN_JAX_CACHE', str(tmp_path / 'cache'))  # Offline: a refused
+  monkeypatch.setenv('VAEGAN_JAX_WEIGHTS_MIRROR', 'http://127.0.0.1:9')  # loopback port.
   for bad in (None, str(tmp_path / 'missing.npz')):
     with pytest.raises(UserError) as e:
       inception.load(bad)
@@ -273,12 +275,15 @@ def test_evaluate_cli_inception_end_to_end(vae_workdir, net, tmp_path):
   shutil.copy(net.path, weights)
   base = ('vaegan_jax.evaluate', f'--workdir={vae_workdir}', '--features=inception',
           '--num_samples=12', '--num_reference=16', '--iwae_k=0')
-  env = {inception.ENV_VAR: ''}
+  env = {inception.ENV_VAR: '', 'VAEGAN_JAX_CACHE': str(tmp_path / 'cache'),
+         'VAEGAN_JAX_WEIGHTS_MIRROR': 'http://127.0.0.1:9'}  # Offline (refused port).
   rc, err = _run(*base, env=env)
   assert rc == 1 and len(err) == 1 and '--inception_weights' in err[0]
-  assert inception.ENV_VAR in err[0]
+  assert inception.ENV_VAR in err[0] and 'sha256 6726825d0af5f729' in err[0]
   out = str(tmp_path / 'eval.json')
-  rc, err = _run(*base, f'--out={out}', env={inception.ENV_VAR: weights})
+  cache = str(tmp_path / 'cache')
+  rc, err = _run(*base, f'--out={out}', env={inception.ENV_VAR: weights,
+                                             'VAEGAN_JAX_CACHE': cache})
   assert rc == 0, err[-3:]
   import json  # pylint: disable=g-import-not-at-top
   with open(out) as f:
@@ -289,20 +294,28 @@ def test_evaluate_cli_inception_end_to_end(vae_workdir, net, tmp_path):
     assert np.isfinite(result[key]), key
   assert result['fid_inception'] > 0 and 1.0 <= result['is_inception'] <= 1008.0
   assert 0.0 <= result['precision_inception'] <= 1.0
-  assert (result['features'], result['inception_reference'], result['num_inception_reference'],
-          result['num_samples']) == ('inception', 'train', 16, 12)
-  assert result['inception_weights_sha256'] == inception.file_sha256(weights)
-  # The train-split statistics were cached beside the weights, keyed by the hash.
-  (cache,) = glob.glob(os.path.join(os.path.dirname(weights), 'fid_ref_mnist5k_train_16_*.npz'))
-  assert inception.file_sha256(weights)[:16] in cache
-  with np.load(cache, allow_pickle=False) as data:
-    assert data['pool3'].shape == (16, 2048) and data['sigma'].shape == (2048, 2048)
+  assert (result['features'], result['num_samples']) == ('inception', 12)
+  assert result['protocol']['inception'] == {
+      'backbone': 'inception', 'weights_sha256': '0' * 64,  # the source .pth's (fixture)
+      'resize': 'pytorch_fid', 'num_samples': 12, 'reference': 'mnist5k train',
+      'num_reference': 16}
+  assert result['lines'][0].startswith('FID-12 (Inception, pytorch_fid resize, vs mnist5k '
+                                       'train 16) = ')
+  # The train-split features were cached, keyed by the weights' hash and the resize.
+  (cached,) = glob.glob(os.path.join(cache, 'fid_refs', 'mnist5k_train_16_inception_'
+                                     'pytorch_fid_*.npz'))
+  with np.load(cached, allow_pickle=False) as data:
+    assert data['features'].shape == (16, 2048) and data['sigma'].shape == (2048, 2048)
   # Later runs read the cache (the split is not loaded again) and only then.
   def no_load():
     raise AssertionError('the cached statistics were not used')
 
-  cached = inception.reference_features(
-      inception.InceptionNetwork(net.params, weights, inception.file_sha256(weights)),
-      'mnist5k', 'train', no_load, num_images=16, echo=lambda m: None)
-  assert cached['cache'] == cache and cached['num_images'] == 16
-  np.testing.assert_allclose(cached['mu'], cached['pool3'].astype(np.float64).mean(0))
+  from vaegan_jax.metrics import backbones  # pylint: disable=g-import-not-at-top
+  os.environ['VAEGAN_JAX_CACHE'] = cache
+  try:
+    bb = backbones.get('inception', weights_path=weights, echo=lambda m: None)
+    feats = backbones.reference_features(bb, 'mnist5k', 'train', no_load, 16, None,
+                                         echo=lambda m: None)
+  finally:
+    del os.environ['VAEGAN_JAX_CACHE']
+  assert feats['features'].shape == (16, 2048)

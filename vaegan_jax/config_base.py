@@ -40,6 +40,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # space of the project's own classifier (not Inception), every eval_every_steps.
   config.eval = ml_collections.ConfigDict()
   config.eval.generative_metrics = True  # False = only the family's own eval metrics.
+  config.eval.features = 'own'     # Feature space of the sample metrics: 'own' (the project's net; labelled TFDS sets) | 'inception' | 'dinov2' (added where the weights are at hand: python -m vaegan_jax.metrics.weights NAME).
   config.eval.num_samples = 1000   # Samples per training-time evaluation.
   config.eval.iwae_k = 100         # Importance samples of the VAE's IWAE NLL (evaluate CLI); 0 = skip.
   config.eval.train_iwae_k = 10    # The same during training, kept small for speed; 0 = skip.
@@ -49,6 +50,11 @@ def get_base_config() -> ml_collections.ConfigDict:
 
 
 # The rules of the shared keys (vaegan_jax/rules.py; validation gathers them).
+def _eval_features():
+  from vaegan_jax.metrics import backbones  # pylint: disable=g-import-not-at-top
+  return backbones.EVAL_FEATURES
+
+
 RULES = {
     'seed': rules.Int(min=0, max=2**32 - 1),
     'data.data_dir': rules.Str(),
@@ -62,6 +68,7 @@ RULES = {
     'train.keep_checkpoints': rules.POSITIVE,
     'train.keep_host_memory': rules.Bool(),     # Read by vaegan_jax.main before training.
     'eval.generative_metrics': rules.Bool(),
+    'eval.features': rules.OneOf(_eval_features),  # metrics/backbones.py's EVAL_FEATURES.
     'eval.num_samples': rules.Int(min=6),       # metrics.generative.Evaluator's minimum.
     'eval.iwae_k': rules.COUNT,
     'eval.train_iwae_k': rules.COUNT,

@@ -8,20 +8,31 @@ dataset's test split, then writes one flat JSON object:
   recon_mse, psnr                                families with an encoder
   elbo, nll_nats, bits_per_dim                   the VAE (IWAE, --iwae_k)
   cond_accuracy, cond_accuracy/<k>, intra_fid    class-conditional models
-  step, num_samples, dataset, family, feature_net_sha256, eval_seconds
+  step, num_samples, dataset, family, features, feature_net_sha256, eval_seconds
+  protocol   {backbone: {backbone, weights_sha256, resize, num_samples,
+              reference, num_reference}}: how every number was made
+  lines      one line per backbone to paste into a paper, also printed last, e.g.
+             FID-50k (Inception, pytorch_fid resize, vs cifar10 train 50000) = 9.01
 
-The distribution metrics live in the feature space of the project's own
-classifier (vaegan_jax/metrics/feature_net.py), not Inception-v3: compare
+The unsuffixed distribution metrics live in the feature space of the project's
+own classifier (vaegan_jax/metrics/feature_net.py), not Inception-v3: compare
 them only with numbers from this project, on the same dataset and with the
 same --num_samples.
 
   --features=inception  also the literature's numbers, in the FID Inception's
-      feature space (vaegan_jax/metrics/inception.py; weights from
-      --inception_weights or $VAEGAN_JAX_INCEPTION): fid_inception,
-      kid_inception(_std), is_inception(_std), precision_inception,
-      recall_inception, density_inception, coverage_inception. Default
-      protocol: 50000 samples against the whole train split (--reference,
-      --num_reference); the reference features are cached beside the weights.
+      feature space: fid_inception, kid_inception(_std), is_inception(_std),
+      precision_inception, recall_inception, density_inception,
+      coverage_inception.
+  --features=dinov2     also FD-DINOv2 (Stein et al. 2023): fd_dinov2,
+      kd_dinov2(_std), precision_dinov2, recall_dinov2, density_dinov2,
+      coverage_dinov2.
+      Weights from --inception_weights / --dinov2_weights, the environment
+      variables, or downloaded and checked once (vaegan_jax/metrics/weights.py).
+      Default protocol: 50000 samples against the whole train split
+      (--reference, --num_reference), resize per --resize; the reference
+      features are cached in $VAEGAN_JAX_CACHE/fid_refs. Without a flag the
+      run's config.eval.features decides. Folder datasets have no feature net
+      of the project: only these backbones measure them.
 
   --applications  also the applications benchmark (vaegan_jax/applications/
       benchmark.py; docs/evaluation.md "Applications benchmark"), under
@@ -34,6 +45,7 @@ same --num_samples.
   --step=best   the best checkpoint kept in DIR/checkpoints_best.
 """
 
+import functools
 import json
 import os
 import sys
@@ -45,6 +57,7 @@ from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
 
 FLAGS = flags.FLAGS
+FEATURES = ('own', 'inception', 'dinov2')
 
 
 def define_flags():
@@ -58,14 +71,20 @@ def define_flags():
                        '-1 = config.eval.iwae_k (default 100), 0 = skip.')
   flags.DEFINE_string('data_dir', '', 'TFDS data_dir for the test split; default the '
                       'one stored in the run config.')
-  flags.DEFINE_enum('features', 'own', ['own', 'inception'], "'own': the project's "
-                    "feature net only; 'inception': also the FID Inception metrics (*_inception).")
-  flags.DEFINE_string('inception_weights', '', 'Converted FID Inception .npz; default '
-                      '$VAEGAN_JAX_INCEPTION (see vaegan_jax.metrics.convert_inception).')
-  flags.DEFINE_enum('reference', 'train', ['train', 'test'], 'Split the Inception '
-                    'metrics compare with (the literature uses train).')
-  flags.DEFINE_integer('num_reference', 0, 'Reference images for the Inception metrics; '
-                       '0 = the whole split.')
+  flags.DEFINE_enum('features', '', ['', *FEATURES], "'own': the project's feature net "
+                    "only; 'inception' / 'dinov2': also the FID Inception (*_inception) / "
+                    "FD-DINOv2 (*_dinov2) metrics; '' = the run's config.eval.features.")
+  flags.DEFINE_string('resize', '', 'Resize convention of --features=inception|dinov2: '
+                      "pytorch_fid, clean, tf1, dgm_eval; '' = the backbone's default.")
+  flags.DEFINE_string('inception_weights', '', "FID Inception weights at hand (pytorch-fid's "
+                      '.pth or its converted .npz); default $VAEGAN_JAX_INCEPTION, else '
+                      'downloaded and checked once into $VAEGAN_JAX_CACHE.')
+  flags.DEFINE_string('dinov2_weights', '', 'DINOv2 ViT-L/14 weights at hand (the official '
+                      '.pth or its .npz); default $VAEGAN_JAX_DINOV2, else downloaded once.')
+  flags.DEFINE_enum('reference', 'train', ['train', 'test'], 'Split the Inception / '
+                    'DINOv2 metrics compare with (the literature uses train).')
+  flags.DEFINE_integer('num_reference', 0, 'Reference images for the Inception / DINOv2 '
+                       'metrics; 0 = the whole split.')
   flags.DEFINE_bool('applications', False, 'Also measure restoration and interpolation '
                     '(denoising, inpainting, reconstruction, PPL) beside classical baselines.')
 
@@ -80,27 +99,35 @@ def load_state(workdir: str, step: str | int | None = None, mesh=None):
 
 def run(workdir: str, num_samples: int | None = None, step: str | int | None = None,
         out: str = '', iwae_k: int = -1, data_dir: str = '', echo=print,
-        features: str = 'own', inception_weights: str = '', reference: str = 'train',
-        num_reference: int = 0, applications: bool = False,
-        applications_settings=None) -> dict:
+        features: str = '', inception_weights: str = '', reference: str = 'train',
+        num_reference: int = 0, resize: str = '', dinov2_weights: str = '',
+        applications: bool = False, applications_settings=None) -> dict:
   """Evaluates a checkpoint of `workdir`; returns (and optionally writes) the dict.
 
-  `num_samples` None or 0: 10000, or 50000 with features='inception'. The
-  Inception arguments are those of the flags of the same names.
+  `features` '' = the run's config.eval.features ('own' by default).
+  `num_samples` None or 0: 10000, or 50000 with 'inception' / 'dinov2'. The
+  other arguments are those of the flags of the same names.
   `applications`: also `run_applications` (with `applications_settings`, a
   `benchmark.Settings`, default the benchmark's protocol) under 'applications'.
   """
-  if features not in ('own', 'inception'):
-    raise UserError(f"--features={features!r} must be 'own' or 'inception'.")
-  num_samples = num_samples or (50000 if features == 'inception' else 10000)
+  import time  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import api  # pylint: disable=g-import-not-at-top
+  t0 = time.time()
+  stored = api.load_config(workdir)
+  features = features or (stored.get('eval') or {}).get('features', 'own') or 'own'
+  if features not in FEATURES:
+    raise UsageError(f"--features={features!r} must be one of {', '.join(FEATURES)}.")
+  num_samples = num_samples or (10000 if features == 'own' else 50000)
   if num_samples < 10:
     raise UsageError(f'--num_samples={num_samples} is too small; use at least 10 '
                     '(FID and KID need many; 10000 is the usual count).')
-  import time  # pylint: disable=g-import-not-at-top
-  from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
-
-  t0 = time.time()  # Weights first: a missing file fails before the slow imports.
-  incep = inception.load(inception_weights) if features == 'inception' else None
+  from vaegan_jax.metrics import backbones  # pylint: disable=g-import-not-at-top
+  bb = None  # Weights first: a missing file fails before the slow work.
+  if features != 'own':
+    bb = backbones.get(features, resize, inception_weights if features == 'inception'
+                       else dinov2_weights, echo=echo)
+  elif resize:
+    backbones.check_resize('own', resize)
   from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top
   from vaegan_jax.metrics import generative  # pylint: disable=g-import-not-at-top
@@ -110,37 +137,54 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
        f'with {num_samples} samples.')
   name = config.data.name
   data_dir = data_dir or config.data.get('data_dir') or None
+  size = config.data.get('image_size')
   test_images, test_labels = input_pipeline.load_split(
-      name, 'test', data_dir, image_size=config.data.get('image_size'),
-      channels=input_pipeline.config_channels(config))
-  incep_ref = None
-  if incep is not None:
-    incep_ref = inception.reference_features(
-        incep, name, reference, lambda: input_pipeline.load_split(
-            name, reference, data_dir, image_size=config.data.get('image_size'))[0],
-        num_reference or None, echo=echo)
-  evaluator = generative.Evaluator(
-      config, family, test_images, mesh, iwae_k=None if iwae_k < 0 else iwae_k,
-      inception_net=incep, inception_reference=None if incep is None else incep_ref['pool3'],
-      test_labels=test_labels)
-  metrics = evaluator(state, num_samples)
-  result = {**metrics, 'step': int(chosen), 'num_samples': int(num_samples),
-            'dataset': name, 'family': config.model.family,
-            'num_reference': evaluator.num_reference,
-            'feature_net_sha256': evaluator.net.metadata.get('sha256', ''),
-            'eval_seconds': round(time.time() - t0, 1)}
-  if incep is not None:
-    result.update(features='inception', inception_reference=reference,
-                  num_inception_reference=int(incep_ref['num_images']),
-                  inception_weights_sha256=incep.sha256,
-                  inception_source_sha256=incep.source_sha256)
-  if evaluator.iwae_k and generative.has_likelihood(family):
-    result['iwae_k'] = evaluator.iwae_k
+      name, 'test', data_dir, image_size=size, channels=input_pipeline.config_channels(config))
+  result, protocol, lines = {}, {}, []
+  evaluator = None
+  if not input_pipeline.is_folder(name) and input_pipeline.get_spec(name).num_classes:
+    evaluator = generative.Evaluator(
+        config, family, test_images, mesh, iwae_k=None if iwae_k < 0 else iwae_k,
+        test_labels=test_labels)
+    result.update(evaluator(state, num_samples))
+    own_bb = backbones.Backbone(f'own:{name}', f'own {name} feature net', '', 'none',
+                                evaluator.net.metadata.get('sha256', ''), None)
+    protocol[own_bb.name] = backbones.protocol(own_bb, num_samples, f'{name} test',
+                                               evaluator.num_reference)
+    lines.append(backbones.line(own_bb, result['fid'], protocol[own_bb.name]))
+    result.update(num_reference=evaluator.num_reference,
+                  feature_net_sha256=own_bb.weights_sha256)
+    if evaluator.iwae_k and generative.has_likelihood(family):
+      result['iwae_k'] = evaluator.iwae_k
+  elif features == 'own':
+    raise UserError(f'{name} has no feature net of the project (folder datasets and '
+                    'unlabelled sets): use --features=inception or --features=dinov2 '
+                    '(weights downloaded once).')
+  if bb is not None:
+    ref = backbones.reference_features(
+        bb, name, reference, lambda: input_pipeline.load_split(
+            name, reference, data_dir, image_size=size,
+            channels=input_pipeline.config_channels(config))[0], num_reference or None, mesh,
+        echo=echo)
+    metrics = backbones.SampleMetrics(config, family, mesh, bb, ref, f'{name} {reference}')
+    result.update(metrics(state, num_samples))
+    protocol[bb.name] = metrics.protocol(num_samples)
+    if bb.name == 'inception':  # The keys the study's report reads.
+      result.update(inception_reference=reference,
+                    num_inception_reference=protocol[bb.name]['num_reference'],
+                    inception_source_sha256=bb.weights_sha256)
+    lines.insert(0, backbones.line(bb, result[bb.fd_key], protocol[bb.name]))
   if applications:
-    from vaegan_jax import api  # pylint: disable=g-import-not-at-top
+    if evaluator is None:
+      raise UserError(f'--applications needs the project\'s feature net, which {name} '
+                      'lacks (folder datasets and unlabelled sets).')
     result['applications'] = run_applications(
         api.Model(workdir, int(chosen), config, family, state), test_images, test_labels,
-        evaluator.net, incep, applications_settings, echo)
+        evaluator.net, bb.net if bb is not None and bb.name == 'inception' else None,
+        applications_settings, echo)
+  result.update(step=int(chosen), num_samples=int(num_samples), dataset=name,
+                family=config.model.family, features=features, protocol=protocol,
+                lines=lines, eval_seconds=round(time.time() - t0, 1))
   if out:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, 'w') as f:
@@ -174,8 +218,11 @@ def main(argv):
                FLAGS.data_dir, echo=lambda m: print(m, file=sys.stderr, flush=True),
                features=FLAGS.features, inception_weights=FLAGS.inception_weights,
                reference=FLAGS.reference, num_reference=FLAGS.num_reference,
+               resize=FLAGS.resize, dinov2_weights=FLAGS.dinov2_weights,
                applications=FLAGS.applications)
   print(json.dumps(result, indent=2, sort_keys=True), flush=True)
+  for line in result['lines']:
+    print(line, flush=True)
 
 
 def cli_main():

@@ -161,10 +161,11 @@ class MetricsLog:
     self.writer = summaries.ScalarWriter(workdir if _is_main() else None)
 
   def write(self, step: int, scalars: dict):
-    scalars = {k: float(v) for k, v in scalars.items()}
+    notes = {k: v for k, v in scalars.items() if isinstance(v, str)}  # Eval protocol: jsonl only.
+    scalars = {k: float(v) for k, v in scalars.items() if k not in notes}
     if _is_main():
       with open(self.path, 'a') as f:
-        f.write(json.dumps({'step': int(step), **scalars}) + '\n')
+        f.write(json.dumps({'step': int(step), **scalars, **notes}) + '\n')
     self.writer.write_scalars(int(step), scalars)
     self.writer.flush()
 
@@ -318,6 +319,11 @@ def evaluate(config, family, eval_fn, state, data, mesh, generative_eval=None,
   return scalars
 
 
+def numbers_only(scalars: dict) -> dict:
+  """The eval scalars without the protocol notes (strings) logged beside them."""
+  return {k: v for k, v in scalars.items() if not isinstance(v, str)}
+
+
 def keeps_best(config) -> bool:
   """Whether a run of `config` may keep a best checkpoint (room for 2 copies)."""
   eval_cfg = config.get('eval') or {}
@@ -420,7 +426,8 @@ def train_and_evaluate(config, workdir: str):
     if scalars is None:
       return False
     if best_mngr:
-      checkpoint.save_if_best(best_mngr, s, state, scalars, best_metric, best_mode)
+      checkpoint.save_if_best(best_mngr, s, state, numbers_only(scalars), best_metric,
+                              best_mode)
     log.write(s, scalars)
     print(console.eval_block(s, scalars, family.EVAL_CONSOLE_METRICS), flush=True)
     return True

@@ -288,7 +288,8 @@ def train_and_evaluate(configs, workdirs, echo=print):
                 stopped = True
                 break
               if best_mngrs[s]:
-                checkpoint.save_if_best(best_mngrs[s], step, state_s, scalars, best_metric,
+                checkpoint.save_if_best(best_mngrs[s], step, state_s, train.numbers_only(scalars),
+                                        best_metric,
                                         best_mode)
               logs[s].write(step, scalars)
             if save_now and step not in mngrs[s].all_steps():

@@ -247,6 +247,56 @@ def convert(pth: str, out: str, sha256: str = '') -> dict:
   return {'out': out, 'sha256': digest, 'source_sha256': got, 'num_tensors': len(state)}
 
 
+def convert_state_dict(pth: str, out: str, sha256: str, title: str,
+                       expected_keys=None, optional_keys=()) -> dict:
+  """Checks ``pth`` against its full ``sha256`` and writes its tensors, in
+  PyTorch layout and float32, as the project's plain ``.npz`` (the layout a
+  backbone's loader converts; see ``weights.py``'s registry).
+
+  Args:
+    pth: a torch-saved state dict.
+    out: the ``.npz`` to write (through a temporary file).
+    sha256: the file's expected sha256 (or prefix).
+    title: the network's name, for messages.
+    expected_keys: the exact key set (without ``num_batches_tracked``), or
+      None to take any state dict.
+    optional_keys: keys that may also be there (dropped).
+
+  Returns:
+    {'out', 'sha256' (of out), 'source_sha256', 'num_tensors'}.
+
+  Raises:
+    UserError: wrong hash, not a torch state dict, other keys; one line.
+  """
+  from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
+  got = inception.file_sha256(pth)
+  if not got.startswith(sha256.lower()):
+    raise UserError(f'{pth} has sha256 {got[:16]}..., expected {sha256[:16]}...: the file '
+                    f'is damaged or not the {title} weights; download it again.')
+  try:
+    state = read_state_dict(pth)
+  except ValueError as e:
+    raise UserError(f'{pth} cannot be converted: {e}.') from None
+  state = {k: v for k, v in state.items()
+           if not k.endswith('num_batches_tracked') and k not in optional_keys}
+  if expected_keys is not None:
+    keys = set(expected_keys)
+    missing, extra = sorted(keys - set(state)), sorted(set(state) - keys)
+    if missing or extra:
+      what = (f'{len(missing)} keys missing (e.g. {missing[0]})' if missing
+              else f'{len(extra)} unexpected keys (e.g. {extra[0]})')
+      raise UserError(f'{pth} is not the {title} state dict: {what}.')
+  digest = inception.save_npz(state, out, source_sha256=got)
+  return {'out': out, 'sha256': digest, 'source_sha256': got, 'num_tensors': len(state)}
+
+
+def convert_dinov2(pth: str, out: str, sha256: str) -> dict:
+  """The official ``dinov2_vitl14_pretrain.pth`` -> ``.npz`` (PyTorch layout;
+  ``metrics/dinov2.py`` converts it to Flax params when it loads)."""
+  from vaegan_jax.metrics import dinov2  # pylint: disable=g-import-not-at-top
+  return convert_state_dict(pth, out, sha256, 'DINOv2 ViT-L/14', set(dinov2.torch_shapes(dinov2.VITL14)))
+
+
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:

@@ -518,3 +518,34 @@ def psnr(x: jax.Array, y: jax.Array, max_val: float = 1.0) -> jax.Array:
   per_image = jnp.mean(err.reshape(err.shape[0], -1), axis=1)
   per_image = jnp.maximum(per_image, 1e-10 * max_val**2)
   return jnp.mean(10.0 * jnp.log10(max_val**2 / per_image))
+
+
+def distribution_metrics(real_feats, fake_feats, suffix: str = '',
+                         kid_subsets: int = 100, kid_subset_size: int = 1000) -> dict:
+  """FID, KID, precision/recall and density/coverage in one feature space.
+
+  The same formulas serve the project's own features (suffix '') and the
+  Inception pool3 features (suffix '_inception'): the feature space is the
+  argument, not a copy of the metrics.
+
+  Args:
+    real_feats: reference features, (N, D).
+    fake_feats: features of generated (or any other) images, (M, D).
+    suffix: appended to every key.
+    kid_subsets: subset pairs for KID.
+    kid_subset_size: images per KID subset (clipped to min(N, M)).
+
+  Returns:
+    fid, kid, kid_std (std over subsets), precision, recall (k = 3),
+    density, coverage (k = 5), each key + suffix (kid_std -> kid<suffix>_std),
+    Python floats.
+  """
+  fd = frechet_distance(*feature_stats(real_feats), *feature_stats(fake_feats))
+  mmd, mmd_std = kid(real_feats, fake_feats, num_subsets=kid_subsets,
+                     subset_size=kid_subset_size)
+  precision, recall = precision_recall(real_feats, fake_feats, k=3)
+  density, coverage = density_coverage(real_feats, fake_feats, k=5)
+  out = {'fid': fd, 'kid': mmd, 'kid_std': mmd_std, 'precision': precision,
+         'recall': recall, 'density': density, 'coverage': coverage}
+  name = lambda k: 'kid' + suffix + '_std' if k == 'kid_std' else k + suffix  # kid_inception_std
+  return {name(k): float(v) for k, v in jax.device_get(out).items()}

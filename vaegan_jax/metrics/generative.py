@@ -44,48 +44,20 @@ from vaegan_jax import input_pipeline
 from vaegan_jax import progress
 from vaegan_jax import sharding
 from vaegan_jax.families import conditional
+from vaegan_jax.metrics import backbones
 from vaegan_jax.metrics import distances
 from vaegan_jax.metrics import feature_net as feature_net_lib
 from vaegan_jax.metrics import inception as inception_lib
 from vaegan_jax.metrics import likelihood
 
-_SAMPLE_KEY = 0x5EED5  # Fixed purpose: the same latents at every evaluation.
-_MIN_BATCH = 256       # Sample/featurise at least this many images per call.
+_SAMPLE_KEY = backbones.SAMPLE_KEY  # Fixed purpose: the same latents at every evaluation.
+_MIN_BATCH = backbones.MIN_BATCH    # Sample/featurise at least this many images per call.
 
 METRIC_KEYS = ('fid', 'kid', 'kid_std', 'precision', 'recall', 'density',
                'coverage', 'classifier_score', 'modes_covered')
 
 
-def distribution_metrics(real_feats, fake_feats, suffix: str = '',
-                         kid_subsets: int = 100, kid_subset_size: int = 1000) -> dict:
-  """FID, KID, precision/recall and density/coverage in one feature space.
-
-  The same formulas serve the project's own features (suffix '') and the
-  Inception pool3 features (suffix '_inception'): the feature space is the
-  argument, not a copy of the metrics.
-
-  Args:
-    real_feats: reference features, (N, D).
-    fake_feats: features of generated (or any other) images, (M, D).
-    suffix: appended to every key.
-    kid_subsets: subset pairs for KID.
-    kid_subset_size: images per KID subset (clipped to min(N, M)).
-
-  Returns:
-    fid, kid, kid_std (std over subsets), precision, recall (k = 3),
-    density, coverage (k = 5), each key + suffix (kid_std -> kid<suffix>_std),
-    Python floats.
-  """
-  fid = distances.frechet_distance(*distances.feature_stats(real_feats),
-                                   *distances.feature_stats(fake_feats))
-  kid, kid_std = distances.kid(real_feats, fake_feats, num_subsets=kid_subsets,
-                               subset_size=kid_subset_size)
-  precision, recall = distances.precision_recall(real_feats, fake_feats, k=3)
-  density, coverage = distances.density_coverage(real_feats, fake_feats, k=5)
-  out = {'fid': fid, 'kid': kid, 'kid_std': kid_std, 'precision': precision,
-         'recall': recall, 'density': density, 'coverage': coverage}
-  name = lambda k: 'kid' + suffix + '_std' if k == 'kid_std' else k + suffix  # kid_inception_std
-  return {name(k): float(v) for k, v in jax.device_get(out).items()}
+distribution_metrics = distances.distribution_metrics  # One copy for every backbone.
 
 
 def feature_metrics(real_feats, fake_feats, fake_probs, num_classes: int,
@@ -419,7 +391,7 @@ def best_metric(config, family, evaluator) -> tuple:
 
 
 def training_evaluator(config, family, test_images, mesh, test_labels=None):
-  """The Evaluator for training-time evals, or None when they are off.
+  """The evaluator for training-time evals, or None when they are off.
 
   Off when `config.eval.generative_metrics` is False. Without a feature
   network (a folder, a dataset without class labels to train one on, or one
@@ -430,18 +402,26 @@ def training_evaluator(config, family, test_images, mesh, test_labels=None):
   VAE's IWAE bound uses `config.eval.train_iwae_k` importance samples (default
   10): k = 100 costs about 20-40 s of CPU per evaluation of the mnist5k test
   split, the rest of the metrics about 2 s with 1000 samples.
+  `config.eval.features` 'inception' or 'dinov2' adds that backbone's metrics
+  (`backbones.training_metrics`) where its weights are at hand, against the
+  test split; each set of sample metrics carries its protocol fields.
   """
   eval_cfg = config.get('eval', {}) or {}
   if not eval_cfg or not eval_cfg.get('generative_metrics', True):
     return None
   iwae_k = int(eval_cfg.get('train_iwae_k', 10))
+  features = eval_cfg.get('features', 'own') or 'own'
+  extra = backbones.training_metrics(config, family, test_images, mesh)
   net, why = None, ''
+  hint = ('' if features != 'own' else ". Set config.eval.features='inception' (or 'dinov2') "
+          'for FID there, after fetching the weights once with `python -m '
+          'vaegan_jax.metrics.weights inception`')
   if input_pipeline.is_folder(config.data.name):
     why = (f'no sample metrics (FID, KID, ...) for {config.data.name}: feature networks '
-           'exist only for the TFDS datasets so far')
+           'exist only for the TFDS datasets so far' + hint)
   elif not input_pipeline.get_spec(config.data.name).num_classes:
     why = (f'no sample metrics (FID, KID, ...) for {config.data.name}: it has no class '
-           "labels to train the project's feature network on")
+           "labels to train the project's feature network on" + hint)
   else:
     net = feature_net_lib.find(config.data.name)
     if net is None:  # Training it here could stall the run for a long time.
@@ -450,13 +430,16 @@ def training_evaluator(config, family, test_images, mesh, test_labels=None):
              f'vaegan_jax.metrics.feature_net --dataset={config.data.name}` (it is '
              f'cached), or let `python -m vaegan_jax.evaluate` do so')
   if net is not None:
-    return Evaluator(config, family, test_images, mesh, net=net, iwae_k=iwae_k,
-                     test_labels=test_labels)
-  without = has_encoder(family) or (has_likelihood(family) and iwae_k > 0)
-  print(f'note: {why}; ' + ('reconstruction and likelihood metrics are reported.'
-                            if without else 'the family\'s own eval metrics are reported.'),
-        flush=True)
-  if not without:
-    return None
-  return Evaluator(config, family, test_images, mesh, iwae_k=iwae_k,
-                   test_labels=test_labels, sample_metrics=False)
+    own = Evaluator(config, family, test_images, mesh, net=net, iwae_k=iwae_k,
+                    test_labels=test_labels)
+  else:
+    without = has_encoder(family) or (has_likelihood(family) and iwae_k > 0)
+    if extra is None:
+      print(f'note: {why}; ' + ('reconstruction and likelihood metrics are reported.'
+                                if without else 'the family\'s own eval metrics are reported.'),
+            flush=True)
+    own = (Evaluator(config, family, test_images, mesh, iwae_k=iwae_k,
+                     test_labels=test_labels, sample_metrics=False) if without else None)
+  if extra is None and (own is None or not own.sample_metrics):
+    return own
+  return backbones.TrainingEvaluator(own, extra)

@@ -13,25 +13,23 @@ torchvision Inception-v3 that the reference keeps, and so does this module:
   (``count_include_pad=False``); the second InceptionE (``Mixed_7c``)
   max-pools instead (a quirk of the TF graph).
 
-Input handling, exactly as pytorch-fid's ``InceptionV3.forward``:
+Input handling (metrics/resize.py), by default exactly as pytorch-fid's
+``InceptionV3.forward``:
 
 1. uint8 images ``(N, H, W, C)`` -> float32 ``x / 255`` (float images are
    taken as already in ``[0, 1]``); grey (``C == 1``) repeated to 3 channels;
 2. bilinear resize to 299×299 as ``torch.nn.functional.interpolate(x,
    size=(299, 299), mode='bilinear', align_corners=False)`` without
-   antialiasing: output pixel ``i`` reads source coordinate
-   ``max((i + 0.5) · H/299 - 0.5, 0)`` (computed in float32, like torch) and
-   mixes its two neighbours linearly, the upper one clamped to ``H - 1``.
-   Being separable and linear it is applied here as two small matrices,
-   ``R_h (299, H)`` and ``R_w (299, W)``: ``out = R_h · x · R_wᵀ`` per channel
-   (:func:`resize_matrix`);
+   antialiasing, applied as two small matrices ``R_h (299, H)`` and
+   ``R_w (299, W)``: ``out = R_h · x · R_wᵀ`` per channel
+   (:func:`resize.bilinear_matrix`);
 3. ``2x - 1``: range ``[-1, 1]``.
 
-(torch-fidelity and TF-GAN instead resize with TF1's
-``resize_bilinear(align_corners=False)``, source coordinate ``i · H/299``
-without the half-pixel shift and scale ``(x - 128) / 128``; on 32-px CIFAR
-images the two conventions differ by a fraction of a FID point. This project
-follows pytorch-fid, the most widely used.)
+``resize='clean'`` (clean-fid's PIL bicubic) and ``resize='tf1'``
+(torch-fidelity's / TF-GAN's TF1 bilinear) resize on the 0..255 scale and feed
+``(x - 128) / 128``, as those packages do; ``dgm_eval`` is PIL's uint8
+bicubic. The conventions move FID on 32-px images by up to several points,
+so a number is only comparable with one made with the same convention.
 
 Outputs (:class:`InceptionNetwork`): the 2048-d ``pool3`` features (global
 average of ``Mixed_7c``; FID, KID, precision/recall), the 1008 logits
@@ -42,7 +40,9 @@ of Salimans et al. (openai/improved-gan ``inception_score.py``, torch-fidelity
 Weights come from the converted pytorch-fid file (``python -m
 vaegan_jax.metrics.convert_inception``): a plain ``.npz`` whose keys are the
 PyTorch state-dict names, loaded with ``allow_pickle=False``. :func:`load`
-finds it from ``--inception_weights=PATH`` or ``$VAEGAN_JAX_INCEPTION``.
+finds it from ``--inception_weights=PATH`` or ``$VAEGAN_JAX_INCEPTION`` (the
+``.npz`` or pytorch-fid's ``.pth``), else downloads, checks and converts
+pytorch-fid's file once into the cache (vaegan_jax/metrics/weights.py).
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ from jax import lax
 
 from vaegan_jax import progress as progress_lib
 from vaegan_jax.errors import UserError
+from vaegan_jax.metrics import resize as resize_lib
 
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
@@ -73,10 +74,9 @@ TORCH_SHA256_PREFIX = '6726825d'
 FORMAT_VERSION = 1
 
 HOW_TO_GET_WEIGHTS = (
-    f'pass --inception_weights=PATH or set ${ENV_VAR}=PATH to an .npz made by '
-    f'`python -m vaegan_jax.metrics.convert_inception --pth={TORCH_FILE} '
-    '--out=inception_fid.npz` from pytorch-fid\'s weights file (in '
-    '~/.cache/torch/hub/checkpoints/ after any pytorch-fid run)')
+    f'pass --inception_weights=PATH or set ${ENV_VAR}=PATH to pytorch-fid\'s '
+    f'{TORCH_FILE} (in ~/.cache/torch/hub/checkpoints/ after any pytorch-fid run) '
+    'or the .npz converted from it, or leave both unset to download it')
 
 
 # ---------------------------------------------------------------------------
@@ -84,60 +84,25 @@ HOW_TO_GET_WEIGHTS = (
 # ---------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
 def resize_matrix(in_size: int, out_size: int = INPUT_SIZE) -> np.ndarray:
-  """Bilinear interpolation matrix of ``F.interpolate(align_corners=False)``.
-
-  Row ``i`` holds the weights output pixel ``i`` gives the input pixels:
-  source coordinate ``s = max((i + 0.5) · in/out - 0.5, 0)`` in float32 (as
-  torch's ``area_pixel_compute_source_index``), ``i0 = floor(s)``,
-  ``i1 = min(i0 + 1, in - 1)``, weights ``1 - (s - i0)`` and ``s - i0``. No
-  antialiasing, also when downsampling (as the reference).
-
-  Args:
-    in_size: input length (height or width).
-    out_size: output length.
-
-  Returns:
-    float32 matrix, shape ``(out_size, in_size)``; rows sum to 1.
-  """
-  scale = np.float32(in_size) / np.float32(out_size)
-  dst = np.arange(out_size, dtype=np.float32)
-  src = np.maximum(scale * (dst + np.float32(0.5)) - np.float32(0.5), np.float32(0))
-  i0 = np.floor(src).astype(np.int64)
-  i0 = np.minimum(i0, in_size - 1)
-  i1 = np.minimum(i0 + 1, in_size - 1)
-  lam = (src - i0.astype(np.float32)).astype(np.float32)
-  m = np.zeros((out_size, in_size), np.float32)
-  rows = np.arange(out_size)
-  np.add.at(m, (rows, i0), np.float32(1) - lam)
-  np.add.at(m, (rows, i1), lam)
-  return m
+  """pytorch-fid's bilinear matrix (:func:`resize.bilinear_matrix`), float32
+  ``(out_size, in_size)``."""
+  return resize_lib.bilinear_matrix(in_size, out_size)
 
 
-def preprocess(images: jax.Array) -> jax.Array:
-  """Images -> the network's input, exactly as pytorch-fid (module doc).
+def preprocess(images: jax.Array, convention: str = 'pytorch_fid') -> jax.Array:
+  """Images -> the network's input (module doc; metrics/resize.py).
 
   Args:
     images: ``(N, H, W, C)`` with ``C`` in ``{1, 3}``; uint8 in ``[0, 255]``
       or float in ``[0, 1]``.
+    convention: resize convention, one of ``resize.CONVENTIONS``; default
+      pytorch-fid's.
 
   Returns:
-    float32 ``(N, 299, 299, 3)`` in ``[-1, 1]``.
+    float32 ``(N, 299, 299, 3)``, about ``[-1, 1]``.
   """
-  if images.ndim != 4 or images.shape[-1] not in (1, 3):
-    raise ValueError('images must have shape (N, H, W, 1 or 3); got shape '
-                     f'{tuple(images.shape)}.')
-  x = images.astype(jnp.float32)
-  if images.dtype == jnp.uint8:
-    x = x / 255.0
-  if x.shape[-1] == 1:
-    x = jnp.repeat(x, 3, axis=-1)
-  r_h = jnp.asarray(resize_matrix(x.shape[1]))
-  r_w = jnp.asarray(resize_matrix(x.shape[2]))
-  x = jnp.einsum('oh,nhwc->nowc', r_h, x, precision=lax.Precision.HIGHEST)
-  x = jnp.einsum('pw,nowc->nopc', r_w, x, precision=lax.Precision.HIGHEST)
-  return 2.0 * x - 1.0
+  return resize_lib.preprocess(images, convention, INPUT_SIZE, normalize='inception')
 
 
 # ---------------------------------------------------------------------------
@@ -409,14 +374,17 @@ def save_npz(state: dict[str, np.ndarray], path: str, source_sha256: str = '') -
   return file_sha256(path)
 
 
-def resolve_weights_path(path: str | None = None) -> str:
-  """``path``, else ``$VAEGAN_JAX_INCEPTION``; UserError naming both if neither."""
-  path = path or os.environ.get(ENV_VAR, '')
-  if not path:
-    raise UserError(f'No Inception weights: {HOW_TO_GET_WEIGHTS}.')
-  if not os.path.isfile(path):
-    raise UserError(f'Inception weights file {path} does not exist: {HOW_TO_GET_WEIGHTS}.')
-  return path
+def resolve_weights_path(path: str | None = None, echo: Callable = print) -> str:
+  """``path``, else ``$VAEGAN_JAX_INCEPTION``, else the cached download of
+  pytorch-fid's file (fetched, checked and converted on first use:
+  vaegan_jax/metrics/weights.py). A ``.pth`` is converted once into the cache.
+
+  Raises:
+    UserError: a missing file, or no weights and no download (one line
+      naming the URL, the sha256, ``--inception_weights`` and the variable).
+  """
+  from vaegan_jax.metrics import weights  # pylint: disable=g-import-not-at-top
+  return weights.ensure('inception', path or '', echo=echo)
 
 
 class InceptionNetwork:
@@ -427,13 +395,16 @@ class InceptionNetwork:
     path: the ``.npz`` it was loaded from.
     sha256: that file's sha256 (keys the cached reference statistics).
     source_sha256: sha256 of the ``.pth`` it was converted from.
+    resize: the resize convention of its input (metrics/resize.py).
   """
 
-  def __init__(self, params, path: str = '', sha256: str = '', source_sha256: str = ''):
+  def __init__(self, params, path: str = '', sha256: str = '', source_sha256: str = '',
+               resize: str = 'pytorch_fid'):
     self.params, self.path, self.sha256 = params, path, sha256
     self.source_sha256 = source_sha256
+    self.resize = resize_lib.check_convention(resize)
     self.module = FIDInceptionV3()
-    self._preprocess = jax.jit(preprocess)
+    self._preprocess = jax.jit(functools.partial(preprocess, convention=resize))
     self._network = jax.jit(lambda params, x: self.module.apply({'params': params}, x))
 
   def apply_preprocessed(self, x):
@@ -516,15 +487,18 @@ def _rechunk(batches, size: int):
     yield np.concatenate(buf)
 
 
-def load(path: str | None = None) -> InceptionNetwork:
-  """Loads converted weights from ``path`` or ``$VAEGAN_JAX_INCEPTION``.
+def load(path: str | None = None, echo: Callable = print,
+         resize: str = 'pytorch_fid') -> InceptionNetwork:
+  """Loads converted weights from ``path``, ``$VAEGAN_JAX_INCEPTION`` or the
+  cache, downloading them on first use (:func:`resolve_weights_path`);
+  ``resize``: the input's resize convention (metrics/resize.py).
 
   Raises:
     UserError: no path, a missing file, a file that is not a converter
       ``.npz``, or weights of the wrong layout -- one line naming both ways
       to give the weights.
   """
-  path = resolve_weights_path(path)
+  path = resolve_weights_path(path, echo)
   try:
     with np.load(path, allow_pickle=False) as data:
       state = {k: data[k] for k in data.files}
@@ -541,7 +515,7 @@ def load(path: str | None = None) -> InceptionNetwork:
   except ValueError as e:
     raise UserError(f'Inception weights file {path} does not hold the FID Inception ({e}): '
                     f'{HOW_TO_GET_WEIGHTS}.') from None
-  return InceptionNetwork(params, path, file_sha256(path), source)
+  return InceptionNetwork(params, path, file_sha256(path), source, resize=resize)
 
 
 # ---------------------------------------------------------------------------
@@ -551,10 +525,12 @@ def load(path: str | None = None) -> InceptionNetwork:
 
 def reference_cache_path(net: InceptionNetwork, dataset: str, split: str,
                          num_images: int | None, cache_dir: str | None = None) -> str:
-  """``<dir>/fid_ref_<dataset>_<split>_<count|all>_<weights sha256[:16]>.npz``;
-  ``dir`` defaults to the weights file's folder."""
+  """``<dir>/fid_ref_<dataset>_<split>_<count|all>[_<resize>]_<weights sha256[:16]>.npz``
+  (the resize only when not pytorch-fid's); ``dir`` defaults to the weights
+  file's folder."""
   count = 'all' if not num_images else str(int(num_images))
-  name = f'fid_ref_{dataset}_{split.replace("/", "-")}_{count}_{net.sha256[:16]}.npz'
+  resize = '' if getattr(net, 'resize', 'pytorch_fid') == 'pytorch_fid' else f'_{net.resize}'
+  name = f'fid_ref_{dataset}_{split.replace("/", "-")}_{count}{resize}_{net.sha256[:16]}.npz'
   return os.path.join(cache_dir or os.path.dirname(os.path.abspath(net.path)), name)
 
 

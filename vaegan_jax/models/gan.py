@@ -11,8 +11,9 @@ generative/dcgan) that the seed articles reproduce:
 channels halving per 2x upsampling in G and doubling per 2x downsampling in
 D) in the tutorial's layer pattern (5x5 kernels, BN in G only, LeakyReLU and
 dropout in D). The widths follow the image size: at 32 px the tutorial's own
-(G 256-128-64, D 32-64-128), so that a 32-px dataset trains at about the
-speed of a 28-px one; at 64 px Radford's (G 1024-512-256-128, D
+(G 256-128-64, D 32-64-128; 1.2x the 28-px networks' multiply-adds, a
+quarter of Radford's 32-px widths'; measured 3.4x faster than those on the
+2-core CPU, docs/datasets.md); at 64 px Radford's (G 1024-512-256-128, D
 64-128-256-512). The `:cifar10` / `:svhn_cropped` configs use width
 multipliers 2, i.e. Radford's 32-px widths (G 512-256-128, D 64-128-256).
 `PLANS` holds the three, scaled by the width multipliers. Keras defaults are kept where the tutorial relies on them:
