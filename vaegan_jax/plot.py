@@ -47,8 +47,8 @@ def read_metrics(workdir: str) -> list[dict]:
         row = json.loads(line)
       except json.JSONDecodeError:
         continue
-      if isinstance(row, dict) and 'step' in row:
-        rows.append(row)
+      if isinstance(row, dict) and 'step' in row:  # Curves of numbers: notes
+        rows.append({k: v for k, v in row.items() if not isinstance(v, str)})  # left out.
   if not rows:
     raise UserError(f'{path} holds no logged step yet.')
   return latest_rows(rows)
