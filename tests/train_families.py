@@ -1,9 +1,10 @@
 """Trains tiny configs of several families in one process (for device tests).
 
-  python tests/train_families.py WORKDIR_ROOT DATA_DIR [family ...]
+  python tests/train_families.py WORKDIR_ROOT DATA_DIR [name ...]   (e.g. vae, vae:conditional)
 
-Each family trains `NUM_STEPS` steps into WORKDIR_ROOT/<family>, then writes
-WORKDIR_ROOT/<family>/grid.npy: sample panels drawn from the final state.
+Each config (a family's default, shrunk in steps and sizes: `tiny_config`)
+trains `NUM_STEPS` steps with its evaluation on into WORKDIR_ROOT/<name>, then
+writes WORKDIR_ROOT/<name>/grid.npy: sample panels drawn from the final state.
 The device count comes from the environment (XLA_FLAGS), and with
 --coordinator_address/--num_processes/--process_id it runs as one process of
 a multi-process job.
@@ -14,8 +15,25 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-NUM_STEPS = 5
+NUM_STEPS = 4
+EVERY = 2            # Log, grid, evaluate and save every EVERY steps (twice per run).
 GLOBAL_BATCH = 16
+
+# Each family's default config, shrunk in these sizes only (as its 'smoke'
+# variant shrinks them); every feature stays on: evaluation with the
+# generative metrics, sample grids, best checkpoint.
+SIZES = {
+    'vae': {'width': 8, 'hidden': 32, 'latent_dim': 8},
+    'gan': {'latent_dim': 16, 'g_width_mult': 1 / 16, 'd_width_mult': 1 / 16},
+    'vaegan': {'latent_dim': 8, 'enc_width': 8, 'enc_hidden': 32,
+               'dec_width_mult': 0.0625, 'dis_width': 8},
+}
+# The only keys `tiny_config` changes (tests/test_distributed.py checks it).
+CHANGED_KEYS = {'data.data_dir', 'train.batch_size', 'train.num_steps',
+                'train.log_every_steps', 'train.checkpoint_every_steps',
+                'train.sample_every_steps', 'train.eval_every_steps',
+                'train.compute_dtype', 'eval.num_samples',
+                *(f'model.{k}' for sizes in SIZES.values() for k in sizes)}
 
 
 def child_args(argv):
@@ -30,19 +48,32 @@ def child_args(argv):
   return args
 
 
-def tiny_config(family, data_dir, compute_dtype='float32'):
+def default_config(name):
+  """configs/<module>.py:get_config(arg) for a name 'module' or 'module:arg'."""
   from vaegan_jax import config_files  # pylint: disable=g-import-not-at-top
-  config = config_files.load(os.path.join(ROOT, 'configs', f'{family}.py'), 'smoke')
+  module, _, arg = name.partition(':')
+  return config_files.load(os.path.join(ROOT, 'configs', f'{module}.py'), arg or None)
+
+
+def workdir_name(name):
+  return name.replace(':', '_')
+
+
+def tiny_config(name, data_dir, compute_dtype='float32'):
+  """The default config of `name` ('vae', 'gan', 'vaegan', 'vae:conditional'),
+  shrunk in steps and sizes only."""
+  config = default_config(name)
   config.data.data_dir = data_dir
+  for key, value in SIZES[name.partition(':')[0]].items():
+    config.model[key] = value
   config.train.batch_size = GLOBAL_BATCH
   config.train.num_steps = NUM_STEPS
   config.train.log_every_steps = 1
-  config.train.checkpoint_every_steps = NUM_STEPS
-  config.train.sample_every_steps = 100
-  config.train.eval_every_steps = 100
+  config.train.checkpoint_every_steps = EVERY
+  config.train.sample_every_steps = EVERY
+  config.train.eval_every_steps = EVERY
   config.train.compute_dtype = compute_dtype
-  if 'eval' in config:
-    config.eval.generative_metrics = False
+  config.eval.num_samples = 64
   return config
 
 
@@ -64,11 +95,13 @@ def main(argv):
   from vaegan_jax import kernels, train  # pylint: disable=g-import-not-at-top
   kernels.setup()  # As vaegan_jax.main does.
   root, data_dir, names = args[0], args[1], args[2:]
-  for family in names:
-    config = tiny_config(family, data_dir)
-    state = train.train_and_evaluate(config, os.path.join(root, family))
+  for name in names:
+    config = tiny_config(name, data_dir)
+    workdir = os.path.join(root, workdir_name(name))
+    state = train.train_and_evaluate(config, workdir)
+    panels = grid(config, state)  # A jit over every process's devices: all call it.
     if jax.process_index() == 0:
-      np.save(os.path.join(root, family, 'grid.npy'), grid(config, state))
+      np.save(os.path.join(workdir, 'grid.npy'), panels)
   print('devices', jax.device_count(), 'processes', jax.process_count(), flush=True)
 
 

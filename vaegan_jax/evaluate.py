@@ -43,6 +43,11 @@ same --num_samples.
 
   --step=N      a checkpoint in DIR/checkpoints (default: the latest);
   --step=best   the best checkpoint kept in DIR/checkpoints_best.
+
+In several processes (--coordinator_address, --num_processes, --process_id,
+as for training; vaegan_jax/distributed.py) sampling and features are split
+over every device of every process; every process computes the same JSON and
+process 0 writes --out.
 """
 
 import functools
@@ -111,6 +116,7 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
   `benchmark.Settings`, default the benchmark's protocol) under 'applications'.
   """
   import time  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
   from vaegan_jax import api  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   stored = api.load_config(workdir)
@@ -185,7 +191,7 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
   result.update(step=int(chosen), num_samples=int(num_samples), dataset=name,
                 family=config.model.family, features=features, protocol=protocol,
                 lines=lines, eval_seconds=round(time.time() - t0, 1))
-  if out:
+  if out and jax.process_index() == 0:  # One writer in a multi-process job.
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, 'w') as f:
       json.dump(result, f, indent=2, sort_keys=True)
@@ -214,6 +220,8 @@ def main(argv):
   if not FLAGS.workdir:
     raise UsageError('--workdir is required.')
   kernels.setup()
+  from vaegan_jax import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize()
   result = run(FLAGS.workdir, FLAGS.num_samples, FLAGS.step, FLAGS.out, FLAGS.iwae_k,
                FLAGS.data_dir, echo=lambda m: print(m, file=sys.stderr, flush=True),
                features=FLAGS.features, inception_weights=FLAGS.inception_weights,
@@ -228,7 +236,9 @@ def main(argv):
 def cli_main():
   """The `vaegan-evaluate` command: the same as `python -m vaegan_jax.evaluate`."""
   from vaegan_jax import cli  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import distributed  # pylint: disable=g-import-not-at-top
   define_flags()
+  distributed.define_flags()
   cli.run(main)
 
 

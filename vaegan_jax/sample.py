@@ -182,6 +182,7 @@ def run(workdir, mode='samples', num=None, seed=0, out='', step=None, images='',
   from vaegan_jax import applications as apps  # pylint: disable=g-import-not-at-top
   from vaegan_jax import families  # pylint: disable=g-import-not-at-top
   from vaegan_jax import viz  # pylint: disable=g-import-not-at-top
+  from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top
   from vaegan_jax.families import conditional  # pylint: disable=g-import-not-at-top
 
   stored = api.load_config(workdir)
@@ -308,7 +309,7 @@ def run(workdir, mode='samples', num=None, seed=0, out='', step=None, images='',
            f'grey fill {result["psnr_grey_fill"]:.2f} dB, observed-mean fill '
            f'{result["psnr_mean_fill"]:.2f} dB -> completed {result["psnr_completed"]:.2f} dB')
 
-  figure = [viz.Panel(np.asarray(jax.device_get(images)), title, **options)
+  figure = [viz.Panel(sharding.to_host(images), title, **options)
             for images, title, options in panels]
   out = out or os.path.join(workdir, f'{mode}_step{model.step}.png')
   rendered = viz.render(figure, scale)
@@ -325,6 +326,8 @@ def main(argv):
   if not FLAGS.workdir:
     raise UsageError('--workdir is required: the directory of a training run.')
   kernels.setup()
+  from vaegan_jax import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize()
   run(FLAGS.workdir, mode=FLAGS.mode, num=FLAGS.num, seed=FLAGS.seed, out=FLAGS.out,
       steps=FLAGS.steps, scale=FLAGS.scale,
       step=FLAGS.step, images=FLAGS.images, data_dir=FLAGS.data_dir, noise=FLAGS.noise,
@@ -335,7 +338,9 @@ def main(argv):
 
 def cli_main():
   """The `vaegan-sample` command: the same as `python -m vaegan_jax.sample`."""
+  from vaegan_jax import distributed  # pylint: disable=g-import-not-at-top
   define_flags()
+  distributed.define_flags()
   cli.run(main)
 
 

@@ -255,7 +255,11 @@ def _prepare(name: str, data_dir: str | None):
     print(f'Building the embedded dataset {name} into {builder.data_dir} '
           '(offline, a few seconds).', flush=True)
     tfds.disable_progress_bar()  # The builder shows the project's own bar.
-    builder.download_and_prepare(file_format='array_record')
+    try:
+      builder.download_and_prepare(file_format='array_record')
+    except FileExistsError:  # Each process of a multi-process run builds it; one
+      if not tfds.builder(name, data_dir=data_dir).is_prepared():  # rename wins.
+        raise
     return
   if not _download_host_reachable():
     raise UserError(

@@ -257,9 +257,9 @@ def line(bb: Backbone, value: float, proto: dict) -> str:
 def save_stats(path: str, bb: Backbone, feats: dict, source: str):
   """Writes the features (all the metrics need them, not only FID's mean and
   covariance) with the backbone, weights, resize and source, as a plain .npz."""
+  from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top
   from vaegan_jax.metrics import distances  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  mu, sigma = jax.device_get(distances.feature_stats(feats['features']))
+  mu, sigma = sharding.to_host(distances.feature_stats(feats['features']))
   arrays = {k: np.asarray(v) for k, v in feats.items()}
   arrays.update(mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
                 __vaegan_stats__=np.array(STATS_FORMAT), backbone=np.array(bb.name),
@@ -324,7 +324,7 @@ def draw_samples(config, family, state, num: int, mesh, desc: str = 'samples'):
                    out_shardings=sharding.data_sharding(mesh))
   out = []
   for i in progress.iterate(range(math.ceil(num / b)), desc, unit='batch'):
-    out.append(np.asarray(jax.device_get(sample(state, jax.random.fold_in(key, i)))))
+    out.append(sharding.to_host(sample(state, jax.random.fold_in(key, i))))
   return np.concatenate(out)[:num]
 
 

@@ -39,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from vaegan_jax import sharding
+
 _HIGHEST = lax.Precision.HIGHEST
 
 
@@ -548,4 +550,4 @@ def distribution_metrics(real_feats, fake_feats, suffix: str = '',
   out = {'fid': fd, 'kid': mmd, 'kid_std': mmd_std, 'precision': precision,
          'recall': recall, 'density': density, 'coverage': coverage}
   name = lambda k: 'kid' + suffix + '_std' if k == 'kid_std' else k + suffix  # kid_inception_std
-  return {name(k): float(v) for k, v in jax.device_get(out).items()}
+  return {name(k): float(v) for k, v in sharding.to_host(out).items()}

@@ -67,6 +67,7 @@ import optax
 
 from vaegan_jax import input_pipeline
 from vaegan_jax import progress
+from vaegan_jax import sharding as sharding_lib
 from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
 
@@ -166,33 +167,34 @@ class FeatureNetwork:
     return _features_and_probs(self.module, self.feature_map, self.params,
                                jnp.float32(self.feature_scale), images)
 
-  def compute(self, images: np.ndarray, batch_size: int = 500, sharding=None):
+  def compute(self, images: np.ndarray, batch_size: int = 500, sharding=None, mesh=None,
+              on_batch=None):
     """Features and probabilities of a whole host array, in batches.
 
+    The batches are split over the devices of `mesh` (every device of every
+    process with `sharding.make_mesh()`) and the results gathered once
+    (`sharding.map_batches`); in several processes every process calls this
+    with the same images and gets the same result.
+
     Args:
-      images: uint8 (N, H, W, C) or float in [0, 1].
+      images: uint8 (N, H, W, C) or float in [0, 1], the same in every process.
       batch_size: images per jitted call (the last batch is zero-padded, so
-        only one shape is compiled); a multiple of the device count when
-        `sharding` splits the batch.
-      sharding: optional sharding for each batch (e.g. the data sharding).
+        only one shape is compiled); a multiple of the mesh's device count.
+      sharding: optional batch sharding (a NamedSharding over 'data'); its
+        mesh is used.
+      mesh: the devices to split the batches over; default (with no
+        `sharding`) this process's first device.
+      on_batch: optional callback(num_images) after each batch (progress).
 
     Returns:
       (features float32 (N, D), probs float32 (N, K)), numpy arrays.
     """
-    feats, probs = [], []
-    for start in range(0, len(images), batch_size):
-      chunk = images[start:start + batch_size]
-      n = len(chunk)
-      if chunk.dtype == np.uint8:
-        chunk = input_pipeline.to_float(chunk)
-      if n < batch_size:
-        pad = np.zeros((batch_size - n, *chunk.shape[1:]), np.float32)
-        chunk = np.concatenate([np.asarray(chunk, np.float32), pad])
-      x = jax.device_put(chunk, sharding) if sharding is not None else jnp.asarray(chunk)
-      f, p = jax.device_get(self(x))
-      feats.append(f[:n])
-      probs.append(p[:n])
-    return np.concatenate(feats), np.concatenate(probs)
+    mesh = sharding.mesh if sharding is not None else mesh
+    if mesh is None:
+      mesh = jax.sharding.Mesh(np.array(jax.local_devices()[:1]), (sharding_lib.DATA_AXIS,))
+    prepare = lambda x: input_pipeline.to_float(x) if x.dtype == np.uint8 else np.asarray(
+        x, np.float32)
+    return sharding_lib.map_batches(self, images, batch_size, mesh, prepare, on_batch)
 
 
 # ---------------------------------------------------------------------------
@@ -285,9 +287,9 @@ def train(dataset: str, seed: int = 0, num_steps: int | None = None,
     losses.append(loss)
     if verbose and ((step + 1) % 200 == 0 or step + 1 == num_steps):
       print(f'feature net {dataset}: step {step + 1}/{num_steps} '
-            f'loss {float(np.mean(jax.device_get(losses[-200:]))):.4f}', flush=True)
+            f'loss {float(np.mean(sharding_lib.to_host(losses[-200:]))):.4f}', flush=True)
 
-  net = FeatureNetwork(module, jax.device_get(params), {}, feature_map='scaled')
+  net = FeatureNetwork(module, sharding_lib.to_host(params), {}, feature_map='scaled')
   raw_feats, _ = net.compute(images)
   feature_scale = float(np.sqrt(np.mean(np.square(raw_feats.astype(np.float64)))))
   test_acc = accuracy(net, test_images, test_labels)

@@ -27,16 +27,22 @@ Keys:
   cond_accuracy, intra_fid       class-conditional models (`conditional_metrics`)
 
 Samples are drawn with `family.sample` in jitted batches split over the
-'data' axis of the mesh (like training batches), featurised in the same
-jitted, sharded batches, and only the (N, D) features come back to the host.
+'data' axis of the mesh (every device of every process, like training
+batches), featurised in the same jitted, sharded batches (the Inception
+network in chunks of `inception_batch` images spread over every device,
+`sharding.map_chunks`), and the (N, D) features of all batches come back to
+the host in one gather (`sharding.gather`), the same in every process.
+The reference images are featurised the same way (`sharding.map_batches`).
 The latents are drawn from a fixed key, so evaluations at different steps use
-the same draws.
+the same draws; the results do not depend on the number of devices or
+processes (up to float rounding).
 """
 
 import math
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vaegan_jax import families
@@ -52,6 +58,7 @@ from vaegan_jax.metrics import likelihood
 
 _SAMPLE_KEY = backbones.SAMPLE_KEY  # Fixed purpose: the same latents at every evaluation.
 _MIN_BATCH = backbones.MIN_BATCH    # Sample/featurise at least this many images per call.
+_INCEPTION_OUTPUTS = ('pool3', 'logits', 'logits_unbiased')  # FIDInceptionV3's.
 
 METRIC_KEYS = ('fid', 'kid', 'kid_std', 'precision', 'recall', 'density',
                'coverage', 'classifier_score', 'modes_covered')
@@ -215,17 +222,45 @@ class Evaluator:
     b = self.batch_size
     self._sample = jax.jit(lambda state, key: family.sample(config, state, key, b),
                            out_shardings=self.data_sharding)
-    if has_encoder(family):
-      self._reconstruct = jax.jit(
-          lambda state, x, y: (family.reconstruct(config, state, x) if y is None
-                               else family.reconstruct(config, state, x, y)),
-          out_shardings=self.data_sharding)
     if self.num_conditional_classes:
       self._sample_class = jax.jit(
           lambda state, key, y: family.sample(config, state, key, b, y),
           out_shardings=self.data_sharding)
     if has_likelihood(family) and self.iwae_k > 0:
       self._likelihood_fn = likelihood.make_batch_fn(config, self.iwae_k, self.mesh)
+    if has_encoder(family):
+      repl = sharding.replicated(self.mesh)
+
+      def recon_sums(state, x, y, mask):
+        recon = (family.reconstruct(config, state, x) if y is None
+                 else family.reconstruct(config, state, x, y))
+        err = jnp.square(x.astype(jnp.float32) - recon.astype(jnp.float32))
+        per_image = jnp.mean(err.reshape(err.shape[0], -1), axis=1)
+        psnr = 10.0 * jnp.log10(1.0 / jnp.maximum(per_image, 1e-10))  # distances.psnr
+        return jnp.sum(mask * per_image), jnp.sum(mask * psnr)
+
+      self._recon_sums = jax.jit(recon_sums, out_shardings=(repl, repl))
+    if self.inception_net is not None:
+      module, chunk, mesh = self.inception_net.module, self.inception_batch, self.mesh
+
+      def incep(params, images):
+        def one(x):  # Quantised to uint8 first, as saving samples to PNG would.
+          x = jnp.clip(jnp.round(x.astype(jnp.float32) * 255.0), 0, 255).astype(jnp.uint8)
+          out = module.apply({'params': params}, inception_lib.preprocess(x))
+          return dict(zip(_INCEPTION_OUTPUTS, out))
+        return sharding.map_chunks(one, images, chunk, mesh)
+
+      self._inception = jax.jit(incep)
+
+  def features(self, images) -> dict:
+    """Device features of one sharded batch of images (B, H, W, C) in [0, 1]:
+    {'feats': (B, D), 'probs': (B, K)} and, with an `inception_net`,
+    'inception': {'pool3', 'logits', 'logits_unbiased'}; all split over 'data'."""
+    f, p = self.net(images)
+    out = {'feats': f, 'probs': p}
+    if self.inception_net is not None:
+      out['inception'] = self._inception(self.inception_net.params, images)
+    return out
 
   def sample_features(self, state, num_samples: int, key=None):
     """Features and probabilities of `num_samples` model samples.
@@ -237,27 +272,20 @@ class Evaluator:
     """
     if key is None:
       key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), _SAMPLE_KEY)
-    feats, probs, incep = [], [], []
+    outs = []
     steps = math.ceil(num_samples / self.batch_size)
     what = 'samples -> features' + (' (+ Inception)' if self.inception_net is not None else '')
     with progress.bar(num_samples, what, 'img') as bar:
       for i in range(steps):
-        images = self._sample(state, jax.random.fold_in(key, i))
-        f, p = self.net(images)
-        feats.append(f)
-        probs.append(p)
-        if self.inception_net is not None:
-          incep.append(self.inception_net.compute(
-              jax.device_get(images)[:num_samples - i * self.batch_size],
-              self.inception_batch, self.data_sharding))
-        elif bar.on:
-          jax.block_until_ready(f)  # So that the bar follows the work.
+        out = self.features(self._sample(state, jax.random.fold_in(key, i)))
+        outs.append(sharding.await_if_needed(out))
+        if bar.on:
+          jax.block_until_ready(out)  # So that the bar follows the work.
         bar.update(min(self.batch_size, num_samples - i * self.batch_size))
-    feats, probs = jax.device_get((feats, probs))
-    out = (np.concatenate(feats)[:num_samples], np.concatenate(probs)[:num_samples])
+    got = sharding.gather(outs, num_samples, self.mesh)
     if self.inception_net is None:
-      return out
-    return (*out, {k: np.concatenate([d[k] for d in incep]) for k in incep[0]})
+      return got['feats'], got['probs']
+    return got['feats'], got['probs'], got['inception']
 
   def reconstruction(self, state) -> dict:
     """recon_mse (per pixel) and psnr (dB, mean over images) on the test split."""
@@ -270,13 +298,11 @@ class Evaluator:
                                     self.data_sharding),
         'test images -> reconstructions',
         total=math.ceil(len(self.test_images) / self.batch_size), unit='batch'):
-      x = batch['image']
-      recon = self._reconstruct(state, x, batch['label'] if self.num_conditional_classes
-                                else None)
-      # Full batches share one compilation; only the padded last one differs.
-      x, recon = (x, recon) if valid == len(x) else (x[:valid], recon[:valid])
-      mse_sum += float(distances.mse(x, recon)) * valid
-      psnr_sum += float(distances.psnr(x, recon)) * valid
+      sums = self._recon_sums(state, batch['image'], batch['label'] if
+                              self.num_conditional_classes else None, batch['mask'])
+      mse, psnr = sharding.to_host(sums)
+      mse_sum += float(mse)
+      psnr_sum += float(psnr)
       count += valid
     return {'recon_mse': mse_sum / count, 'psnr': psnr_sum / count}
 
@@ -292,18 +318,15 @@ class Evaluator:
     k = self.num_conditional_classes
     labels = np.arange(num_samples) % k
     padded = np.resize(labels, math.ceil(num_samples / self.batch_size) * self.batch_size)
-    feats, probs = [], []
+    outs = []
     for i in progress.iterate(range(len(padded) // self.batch_size),
                               'class-conditional samples -> features', unit='batch'):
-      y = jax.device_put(padded[i * self.batch_size:(i + 1) * self.batch_size].astype(np.int32),
-                         self.data_sharding)
+      y = sharding.put(padded[i * self.batch_size:(i + 1) * self.batch_size].astype(np.int32),
+                       self.data_sharding)
       images = self._sample_class(state, jax.random.fold_in(key, i), y)
-      f, p = self.net(images)
-      feats.append(f)
-      probs.append(p)
-    feats, probs = jax.device_get((feats, probs))
-    return (np.concatenate(feats)[:num_samples], np.concatenate(probs)[:num_samples],
-            labels)
+      outs.append(sharding.await_if_needed(self.net(images)))
+    feats, probs = sharding.gather(outs, num_samples, self.mesh)
+    return feats, probs, labels
 
   def __call__(self, state, num_samples: int, key=None) -> dict:
     """The flat metric dict (Python floats) of `state`; see the module doc."""

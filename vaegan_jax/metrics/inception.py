@@ -59,6 +59,7 @@ import numpy as np
 from jax import lax
 
 from vaegan_jax import progress as progress_lib
+from vaegan_jax import sharding as sharding_lib
 from vaegan_jax.errors import UserError
 from vaegan_jax.metrics import resize as resize_lib
 
@@ -455,13 +456,13 @@ class InceptionNetwork:
         if valid < batch_size:
           chunk = np.concatenate([chunk, np.zeros((batch_size - valid, *chunk.shape[1:]),
                                                   np.uint8)])
-        x = jax.device_put(chunk, sharding) if sharding is not None else chunk
+        x = sharding_lib.put(chunk, sharding) if sharding is not None else chunk
         outs.append((valid, self(x)))
         done += valid
         bar.update(valid)
         if done >= total:
           break
-    fetched = jax.device_get([o for _, o in outs])
+    fetched = sharding_lib.to_host([o for _, o in outs])
     return {name: np.concatenate([o[j][:v] for (v, _), o in zip(outs, fetched)])
             for j, name in enumerate(('pool3', 'logits', 'logits_unbiased'))}
 
@@ -582,6 +583,8 @@ def reference_features(net: InceptionNetwork, dataset: str, split: str,
   p64 = pool3.astype(np.float64)
   out = {'pool3': pool3, 'mu': p64.mean(0), 'sigma': np.cov(p64, rowvar=False)}
   try:
+    if jax.process_index() != 0:  # One writer in a multi-process job.
+      return {**out, 'num_images': len(pool3), 'cache': path}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + '.tmp.npz'
     np.savez(tmp, **out, weights_sha256=np.array(net.sha256), dataset=np.array(dataset),

@@ -133,7 +133,7 @@ def evaluate(config, state, images, k: int = 100, key=None, batch_size: int = 10
   with progress.bar(len(images), f'IWAE bound, k={k}', 'img') as bar:
     for i, (batch, valid) in enumerate(input_pipeline.eval_batches(
         images, labels, batch_size, sharding.data_sharding(mesh))):
-      e, w = jax.device_get(batch_fn(state.params, batch, jax.random.fold_in(key, i)))
+      e, w = sharding.to_host(batch_fn(state.params, batch, jax.random.fold_in(key, i)))
       elbo_sum += float(e)
       iwae_sum += float(w)
       count += valid
