@@ -36,9 +36,7 @@ def _flags(workdir, data_dir):
           f'--config.data.data_dir={data_dir}', '--config.train.batch_size=16',
           f'--config.train.num_steps={NUM_STEPS}', '--config.train.log_every_steps=3',
           '--config.train.checkpoint_every_steps=6', '--config.train.sample_every_steps=100',
-          '--config.train.eval_every_steps=100', '--config.train.keep_checkpoints=10',
-          # until the multi-process evaluation fix lands
-          '--config.eval.generative_metrics=False']
+          '--config.train.eval_every_steps=100', '--config.train.keep_checkpoints=10']
 
 
 def _two_processes(workdir, data_dir, kill=None):
