@@ -420,6 +420,7 @@ class DinoV2Network:
     Returns:
       float32 numpy ``(N, embed_dim)``.
     """
+    from vaegan_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
     from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
     if isinstance(images, np.ndarray):
       total = len(images) if num_images is None else min(num_images, len(images))
@@ -436,12 +437,12 @@ class DinoV2Network:
       valid = len(chunk)
       if valid < batch_size:
         chunk = np.concatenate([chunk, np.zeros((batch_size - valid, *chunk.shape[1:]), np.uint8)])
-      x = jax.device_put(chunk, sharding) if sharding is not None else chunk
+      x = sharding_lib.put(chunk, sharding) if sharding is not None else chunk
       outs.append((valid, self(x)))
       done += valid
       if done >= total:
         break
-    fetched = jax.device_get([o for _, o in outs])
+    fetched = sharding_lib.to_host([o for _, o in outs])  # Any number of processes.
     return np.concatenate([o[:v] for (v, _), o in zip(outs, fetched)])
 
 
