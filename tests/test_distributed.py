@@ -295,7 +295,8 @@ def test_bfloat16_trains_with_finite_losses(family, tmp_path, data_dir):
   state = train.train_and_evaluate(config, str(tmp_path))
   assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(state.params))
   rows = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
-  values = [v for r in rows for k, v in r.items() if k != 'step' and not isinstance(v, str)]
+  values = [v for r in rows for k, v in r.items()
+            if k != 'step' and not isinstance(v, str)]  # Strings: the protocol's notes.
   assert values and np.isfinite(values).all()
 
 

@@ -51,3 +51,15 @@ def test_cli_default_out_and_errors(smoke_run, tmp_path):
     plot.run(str(empty))
   (empty / 'metrics.jsonl').write_text(json.dumps({'step': 1, 'loss': 2.0}) + '\n{"st')
   assert len(plot.read_metrics(str(empty))) == 1
+
+
+def test_rows_logged_again_after_a_resume_supersede_the_earlier_ones(tmp_path):
+  rows = [{'step': 1, 'loss': 3.0}, {'step': 2, 'loss': 2.0}, {'step': 2, 'eval/loss': 2.5},
+          {'step': 3, 'loss': 1.0},  # Never saved: the run resumed from step 2.
+          {'step': 3, 'loss': 1.5}, {'step': 4, 'loss': 0.5}]
+  (tmp_path / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  got = plot.read_metrics(str(tmp_path))
+  assert got == [rows[0], rows[1], rows[2], rows[4], rows[5]]
+  fig = viz.curves_figure(got)
+  loss = fig.axes[[ax.get_title() for ax in fig.axes].index('loss')]
+  np.testing.assert_array_equal(loss.lines[0].get_xdata(), [1, 2, 3, 4])  # No zig-zag.

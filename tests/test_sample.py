@@ -466,7 +466,7 @@ def test_cli_errors(vae_workdir, tmp_path):
                     code=2)
   _assert_one_error(_cli(f'--workdir={vae_workdir}', '--step=7'),
                     'available steps: 10, 20')
-  _assert_one_error(_cli(f'--workdir={tmp_path}'), 'No config.json')
+  _assert_one_error(_cli(f'--workdir={tmp_path}'), 'No config.json', code=2)  # usage: not a run
 
 
 def test_cli_reconstruct_on_a_gan(family_workdirs):

@@ -11,6 +11,7 @@ from conftest import load_config
 from vaegan_jax import checkpoint
 from vaegan_jax import families
 from vaegan_jax import input_pipeline
+from vaegan_jax import train
 from vaegan_jax import vmap_seeds
 from vaegan_jax.errors import UserError
 
@@ -89,7 +90,8 @@ def test_ctrl_c_saves_every_seeds_step_and_resumes_exactly(tmp_path, data_dir, m
 
   workdirs = [str(tmp_path / f'stopped{s}') for s in (3, 5)]
   monkeypatch.setattr(vmap_seeds, 'seed_batches', interrupt_at_8)
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(train.Interrupted, match=r'^Interrupted \(Ctrl-C\) at step 7; saved it '
+                                              r'for every seed; rerun the same command'):
     vmap_seeds.train_and_evaluate(configs, workdirs, echo=lambda _: None)
   for w in workdirs:
     assert checkpoint.finalized_steps(checkpoint.checkpoint_dir(w)) == [3, 6, 7]
@@ -100,3 +102,41 @@ def test_ctrl_c_saves_every_seeds_step_and_resumes_exactly(tmp_path, data_dir, m
                jax.device_get(resumed.params))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.opt_state),
                jax.device_get(resumed.opt_state))
+
+
+def test_sigterm_during_an_evaluation_saves_every_seed_and_resumes_exactly(
+    tmp_path, data_dir, monkeypatch):
+  """SIGTERM during the vmapped loop's evaluation abandons it and saves each
+  seed's step; the rerun's metrics rows past it are logged once."""
+  import os  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  from test_validation import tiny  # pylint: disable=g-import-not-at-top
+  configs = []
+  for seed in (3, 5):
+    config = tiny(data_dir, num_steps=6)
+    config.seed = seed
+    config.train.eval_every_steps = 4
+    config.train.log_every_steps = 4
+    config.eval.best_metric, config.eval.best_mode = 'elbo', 'max'  # As train keeps one.
+    configs.append(config)
+  straight, _ = vmap_seeds.train_and_evaluate(
+      configs, [str(tmp_path / f'straight{s}') for s in (3, 5)], echo=lambda _: None)
+  original = train.evaluate
+
+  def evaluate(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return original(*args, **kwargs)
+
+  workdirs = [str(tmp_path / f'stopped{s}') for s in (3, 5)]
+  monkeypatch.setattr(train, 'evaluate', evaluate)
+  with pytest.raises(train.Terminated, match=r'^Terminated \(SIGTERM\) at step 4; saved it'):
+    vmap_seeds.train_and_evaluate(configs, workdirs, echo=lambda _: None)
+  for w in workdirs:
+    assert checkpoint.finalized_steps(checkpoint.checkpoint_dir(w)) == [3, 4]
+  monkeypatch.setattr(train, 'evaluate', original)
+  resumed, info = vmap_seeds.train_and_evaluate(configs, workdirs, echo=lambda _: None)
+  assert info['start_step'] == 4
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(straight.params),
+               jax.device_get(resumed.params))
+  for w in workdirs:
+    assert checkpoint.finalized_steps(checkpoint.best_checkpoint_dir(w)) == [6]

@@ -7,7 +7,8 @@ to do>`, and an exit status:
   1  the run failed: missing data or checkpoint, a NaN, a full disk, a
      crashed worker thread, or an unexpected exception (a bug: its type and
      message are on the line);
-  130  interrupted with Ctrl-C (the trainer says which checkpoint it kept).
+  130  interrupted with Ctrl-C, 143 terminated with SIGTERM (the trainer saves
+       the step reached and says which checkpoint it kept; docs/reliability.md).
 The traceback is printed above the line with `--verbosity=1` (or higher) or
 when the environment variable VAEGAN_JAX_TRACEBACK=1 is set, for bug reports.
 

@@ -23,3 +23,8 @@ class SigTerm(KeyboardInterrupt):
   """SIGTERM during training (a scheduler's preemption), raised in the main
   thread by train's handler and handled as Ctrl-C: the step reached is
   saved; entry points exit with status 143."""
+
+
+class ForcedStop(KeyboardInterrupt):
+  """A second Ctrl-C while the training loop was saving the step reached on
+  the first: it stops at once and says what it skipped (exit status 130)."""

@@ -28,7 +28,8 @@ def define_flags():
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  """The rows of WORKDIR/metrics.jsonl; a line cut short by a kill is skipped.
+  """The rows of WORKDIR/metrics.jsonl; a line cut short by a kill is skipped,
+  and of rows logged twice for one step (a resumed run) the last one counts.
 
   Raises:
     UserError: no such workdir or file, or no row in it.
@@ -46,11 +47,21 @@ def read_metrics(workdir: str) -> list[dict]:
         row = json.loads(line)
       except json.JSONDecodeError:
         continue
-      if isinstance(row, dict) and 'step' in row:
-        rows.append(row)
+      if isinstance(row, dict) and 'step' in row:  # Curves of numbers: notes
+        rows.append({k: v for k, v in row.items() if not isinstance(v, str)})  # left out.
   if not rows:
     raise UserError(f'{path} holds no logged step yet.')
-  return rows
+  return latest_rows(rows)
+
+
+def latest_rows(rows: list[dict]) -> list[dict]:
+  """`rows` where a later row of the same step and the same keys supersedes
+  an earlier one (a run resumed from an earlier checkpoint logged those
+  steps again), in the order of the rows kept."""
+  last = {}
+  for i, row in enumerate(rows):
+    last[(row['step'], frozenset(row))] = i
+  return [rows[i] for i in sorted(last.values())]
 
 
 def _title(workdir: str) -> str:

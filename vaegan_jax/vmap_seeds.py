@@ -41,6 +41,7 @@ from vaegan_jax import run_config
 from vaegan_jax import sharding
 from vaegan_jax import validation
 from vaegan_jax import train
+from vaegan_jax.errors import ForcedStop
 from vaegan_jax.errors import UserError
 from vaegan_jax.families import conditional
 from vaegan_jax.metrics import generative
@@ -145,16 +146,24 @@ def _check_finite(metrics_host, step, seeds):
           step=step, seed=seeds[s])
 
 
-def _save_on_interrupt(mngrs, states, pending):
-  """On Ctrl-C or SIGTERM: each seed's state at the step reached, saved as
-  `train` saves a one-run's (not where the buffers went to an unfinished
-  step, nor a non-finite seed), so a rerun resumes from there."""
-  if train.donated(states):  # Nothing to unstack.
-    return
+def _save_stopped(workdirs, mngrs, states, step, pending) -> bool:
+  """On Ctrl-C or SIGTERM: each seed's state at `step`, saved as `train`
+  saves a single run's (with its unlogged step metrics), unless a seed is not
+  finite. Returns whether the saves were started."""
   host = jax.device_get(pending)
-  for s, mngr in enumerate(mngrs):
-    seed_pending = [{k: v[s] for k, v in m.items()} for m in host]
-    train._save_on_interrupt(mngr, unstack(states, s), seed_pending)  # pylint: disable=protected-access
+  try:
+    if pending:
+      _check_finite({k: np.stack([m[k] for m in host]) for k in host[0]}, step, [0] * len(mngrs))
+  except train.NonFiniteError:
+    return False
+  started = False
+  for s, (w, mngr) in enumerate(zip(workdirs, mngrs)):
+    state_s = unstack(states, s)
+    if step in mngr.all_steps() or not train.finite_state(state_s):
+      continue
+    train.save_pending(w, step, [{k: v[s] for k, v in m.items()} for m in host])
+    started |= bool(checkpoint.save(mngr, step, state_s, force=True))
+  return started
 
 
 def train_and_evaluate(configs, workdirs, echo=print):
@@ -178,7 +187,7 @@ def train_and_evaluate(configs, workdirs, echo=print):
   validation.validate(config)  # Dataset name, batch over devices, every key.
   family = families.get(config.model.family)
   for c, w in zip(configs, workdirs):
-    os.makedirs(w, exist_ok=True)
+    run_config.check_workdir(w)
     run_config.check_and_save(c, w)
   mesh = sharding.make_mesh()
   data = input_pipeline.Data(config)
@@ -186,6 +195,8 @@ def train_and_evaluate(configs, workdirs, echo=print):
 
   abstract = jax.eval_shape(functools.partial(family.init_state, config),
                             jax.random.PRNGKey(0))
+  for w in workdirs:  # As train does for one run.
+    checkpoint.check_free_space(w, abstract, copies=2 if train.keeps_best(config) else 1)
   state_sharding = sharding.state_sharding(mesh, abstract)
   mngrs = [checkpoint.manager(w, keep=tc.keep_checkpoints) for w in workdirs]
   restored, start_step = _restore_common(mngrs, abstract, state_sharding)
@@ -198,13 +209,16 @@ def train_and_evaluate(configs, workdirs, echo=print):
   eval_fn = jax.jit(functools.partial(family.eval_step, config),
                     in_shardings=(repl, sharding.data_sharding(mesh)), out_shardings=repl)
   grid_fn = jax.jit(functools.partial(family.grid_panels, config), out_shardings=repl)
-  grid_images = input_pipeline.to_float(data.test_images[:train.GRID_SIZE])
-  grid_labels = np.asarray(data.test_labels[:train.GRID_SIZE], np.int32)
-  grid_keys = [np.asarray(jax.random.fold_in(jax.random.PRNGKey(s), train._GRID_KEY))  # pylint: disable=protected-access
+  grid_rows = [input_pipeline.balanced_sample(data.test_labels, train.GRID_SIZE, s)
+               for s in seeds]  # As train picks them for each seed's run.
+  grid_keys = [np.asarray(jax.random.fold_in(jax.random.PRNGKey(s), train.GRID_KEY))
                for s in seeds]
   gen_evals = [generative.training_evaluator(c, family, data.test_images, mesh,
                                              test_labels=data.test_labels)
                for c in configs]
+  best_metric, best_mode = generative.best_metric(config, family, gen_evals[0])
+  best_mngrs = [checkpoint.best_manager(w, best_metric, best_mode)
+                if best_metric else None for w in workdirs]
   logs = [train.MetricsLog(w) for w in workdirs]
   b_sharding = batch_sharding(mesh)
 
@@ -212,12 +226,25 @@ def train_and_evaluate(configs, workdirs, echo=print):
     host = seed_batches(data.train_images, data.train_labels, tc.batch_size, seeds, step)
     return jax.tree.map(lambda x: jax.device_put(x, b_sharding), host)
 
+  for log in logs:
+    log.drop_after(start_step)  # Rows of steps never saved are logged again.
   pending, step = [], start_step
+  if restored:  # The step metrics an interrupt kept (see train.save_pending).
+    kept = [train.load_pending(w, start_step) for w in workdirs]
+    if all(len(k) == len(kept[0]) for k in kept):
+      pending = [{name: np.stack([k[i][name] for k in kept]) for name in kept[0][i]}
+                 for i in range(len(kept[0]))]
   t_last, steps_last, loop_seconds = time.time(), start_step, 0.0
+  stop = train.StopRequest()
+  stopped = False
   try:
-    with train._sigterm_as_interrupt():  # pylint: disable=protected-access
+    with stop.handlers():
       while step < tc.num_steps:
-        states, metrics = step_fn(states, batch_of(step))
+        batch = batch_of(step)
+        if stop.requested(step):
+          stopped = True
+          break
+        states, metrics = step_fn(states, batch)
         step += 1
         pending.append(metrics)
         is_last = step == tc.num_steps
@@ -249,23 +276,46 @@ def train_and_evaluate(configs, workdirs, echo=print):
           for s, w in enumerate(workdirs):
             state_s = unstack(states, s)
             if sample_now:
-              train.write_grid(grid_fn, state_s, grid_keys[s], grid_images,
-                               os.path.join(w, 'samples', f'step_{step:07d}.png'), grid_labels,
+              train.write_grid(grid_fn, state_s, grid_keys[s],
+                               input_pipeline.to_float(data.test_images[grid_rows[s]]),
+                               os.path.join(w, 'samples', f'step_{step:07d}.png'),
+                               np.asarray(data.test_labels[grid_rows[s]], np.int32),
                                family.GRID_TITLES, conditional.num_classes(configs[s]))
             if eval_now:
               scalars = train.evaluate(configs[s], family, eval_fn, state_s, data, mesh,
-                                       gen_evals[s])
+                                       gen_evals[s], should_stop=stop.requested)
+              if scalars is None:  # Abandoned for Ctrl-C / SIGTERM.
+                stopped = True
+                break
+              if best_mngrs[s]:
+                checkpoint.save_if_best(best_mngrs[s], step, state_s, train.numbers_only(scalars),
+                                        best_metric,
+                                        best_mode)
               logs[s].write(step, scalars)
             if save_now and step not in mngrs[s].all_steps():
               checkpoint.save(mngrs[s], step, state_s, force=True)
+          if stopped:
+            break
           t_last = time.time()  # Keep grids, evals and saves out of the throughput.
-  except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the step reached.
-    _save_on_interrupt(mngrs, states, pending)
-    raise
+      if stopped:
+        _save_stopped(workdirs, mngrs, states, step, pending)
+  except KeyboardInterrupt as e:  # Raised by other code than the handler.
+    if isinstance(e, ForcedStop) or train.donated(states):
+      raise
+    stop.note_interrupt(e)
+    stopped = True
+    _save_stopped(workdirs, mngrs, states, step, pending)
   finally:
-    for m in mngrs:
+    for m in mngrs + [b for b in best_mngrs if b]:
       m.wait_until_finished()
       m.close()
+  if stopped:
+    saved = [checkpoint.last_good_step(w) for w in workdirs]
+    kept = (f'saved it for every seed; rerun the same command to resume from it'
+            if saved == [step] * len(workdirs) else
+            f'the last good checkpoints are steps {saved} in {", ".join(workdirs)}; '
+            'rerun the same command to resume from them')
+    raise stop.error(f'{step}; {kept}.')
   return states, {'train_seconds': loop_seconds, 'steps': step - start_step,
                   'start_step': start_step}
 
