@@ -28,7 +28,7 @@ def test_first_run_prints_only_the_projects_lines(smoke_run):
   assert not [l for l in lines if ABSL_LINE.match(l)], output[:3000]
   # The eval: a header and the VAE's five headline metrics, values aligned.
   start = next(i for i, l in enumerate(lines) if l.startswith('eval at step 10 '))
-  assert re.match(r'eval at step 10 \(5 of 1\d metrics; all in metrics.jsonl', lines[start])
+  assert re.match(r'eval at step 10 \(5 of \d+ metrics; all in metrics.jsonl', lines[start])
   block = lines[start + 1:start + 6]
   assert [l.split()[0] for l in block] == ['elbo', 'nll_nats', 'fid', 'kid', 'psnr']
   value_ends = {l.index(l.split()[1]) + len(l.split()[1]) for l in block}
