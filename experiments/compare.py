@@ -303,8 +303,6 @@ def check_schedule(config, workdir: str):
 def train_family(study, out: str, family: str, echo=print):
   """Trains the seeds of `family` that lack their final checkpoint."""
   from vaegan_jax import train  # pylint: disable=g-import-not-at-top
-  from vaegan_jax import vmap_seeds  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
   todo = [s for s in range(study.seeds)
           if not trained(run_dir(out, family, s), study.num_steps)
           and not diverged(run_dir(out, family, s))]
@@ -319,11 +317,11 @@ def train_family(study, out: str, family: str, echo=print):
     for name in (EVAL_FILE, APPLICATIONS_FILE):
       if os.path.exists(os.path.join(w, name)):
         os.remove(os.path.join(w, name))
-  if study.vmap_seeds and len(todo) > 1 and jax.process_count() == 1:
+  if study.vmap_seeds and len(todo) > 1:
     echo(f'{family}: training seeds {todo} as one vmapped step.')
     t0 = time.time()
     try:
-      _, info = vmap_seeds.train_and_evaluate(configs, workdirs, echo=echo)
+      _, info = train.train_seeds(configs, workdirs, echo=echo)
     except train.NonFiniteError as e:
       if e.seed is None:
         raise

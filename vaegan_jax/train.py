@@ -28,6 +28,7 @@ from vaegan_jax import sharding
 from vaegan_jax import validation
 from vaegan_jax import summaries
 from vaegan_jax import viz
+from vaegan_jax import vmap_seeds
 from vaegan_jax.families import conditional
 from vaegan_jax.metrics import generative
 from vaegan_jax.errors import ForcedStop
@@ -245,25 +246,35 @@ def donated(tree) -> bool:
 
 def finite_state(state) -> bool:
   """Whether every float array of `state` is finite (never save a NaN state)."""
-  host = jax.device_get(jax.tree.leaves(state))
+  host = sharding.to_host(jax.tree.leaves(state))
   return all(np.all(np.isfinite(x)) for x in host
              if np.issubdtype(np.asarray(x).dtype, np.floating))
 
 
-def _check_finite(pending: list, last_step: int):
-  """Raises NonFiniteError naming the first step and metric that is NaN/Inf.
+def check_finite(pending: list, last_step: int, seeds=None):
+  """Raises NonFiniteError naming the first step and metric that is NaN/Inf
+  (and the seed, for vmapped seeds).
 
   Args:
     pending: host metrics dicts of consecutive steps ending at `last_step`.
+    seeds: the seeds of vmapped runs (each metric has shape (S,)), or None
+      for one run.
   """
   first_step = last_step - len(pending) + 1
   for i, metrics in enumerate(pending):
     for name, value in metrics.items():
-      if not np.all(np.isfinite(value)):
+      if np.all(np.isfinite(value)):
+        continue
+      if seeds is None:
         raise NonFiniteError(
             f'Non-finite {name}={float(np.ravel(value)[0])} at step {first_step + i}; '
             f'training stopped. The checkpoints before it are intact; lower the '
             f'learning rate or check the data.', step=first_step + i)
+      bad = int(np.flatnonzero(~np.isfinite(np.asarray(value)))[0])
+      raise NonFiniteError(
+          f'Non-finite {name}={float(np.ravel(value)[bad])} for seed {seeds[bad]} at step '
+          f'{first_step + i}; training stopped. The checkpoints before it are intact; '
+          f'lower the learning rate or check the data.', step=first_step + i, seed=seeds[bad])
 
 
 def write_grid(grid_fn, state, key, test_images, path, test_labels=None,
@@ -279,7 +290,7 @@ def write_grid(grid_fn, state, key, test_images, path, test_labels=None,
     num_classes: K of a conditional model (0 otherwise): its samples (classes
       0, 1, ... in turn, see `grid_panels`) are captioned with their class.
   """
-  panels = jax.device_get(grid_fn(state, key, test_images, test_labels))
+  panels = sharding.to_host(grid_fn(state, key, test_images, test_labels))
   titles = tuple(titles) + ('',) * (len(panels) - len(titles))
   figure = [viz.Panel(np.asarray(p), t) for p, t in zip(panels, titles)]
   if num_classes:
@@ -307,7 +318,7 @@ def evaluate(config, family, eval_fn, state, data, mesh, generative_eval=None,
       sharding.data_sharding(mesh)):
     if should_stop():
       return None
-    for k, v in jax.device_get(eval_fn(state, batch)).items():
+    for k, v in sharding.to_host(eval_fn(state, batch)).items():
       totals[k] += float(v)
     count += valid
   scalars = {f'eval/{k}': v / count for k, v in totals.items()}
@@ -349,6 +360,172 @@ def _grid_path(workdir, step):
   return os.path.join(workdir, 'samples', f'step_{step:07d}.png')
 
 
+def _print(line: str):
+  print(line, flush=True)
+
+
+class Runs:
+  """What the one training loop trains: one run, or S seeds of one config.
+
+  One run (`vmapped` False): the state of `config.seed`, the jitted
+  `family.train_step` and `data.train_iterator`. S seeds (configs equal but
+  for `seed`, S > 1): every leaf of the state has a leading seed axis, one
+  jitted `jax.vmap` of the step advances all of them
+  (`vmap_seeds.make_train_step`), and each batch stacks the batches that S
+  single runs would read (`vmap_seeds.SeedIterator`). Everything else is per
+  run r: `workdirs[r]` (with what a single run writes there), `logs[r]`,
+  `mngrs[r]`, `best_mngrs[r]`, the grid's key and test rows, the evaluator;
+  `split(state)` is every run's own state (one run: the state itself).
+
+  Building it does the setup of `train_and_evaluate`: checks the config and
+  the workdirs (free space included), writes config.json, opens the data,
+  restores the latest checkpoint (vmapped: the latest step every seed has) or
+  initialises, and compiles nothing yet.
+  """
+
+  def __init__(self, configs, workdirs, echo=_print):
+    configs, workdirs = list(configs), [str(w) for w in workdirs]
+    if not configs or len(configs) != len(workdirs):
+      raise UserError(f'One workdir per config: {len(configs)} configs, '
+                      f'{len(workdirs)} workdirs.')
+    for c in configs:
+      validation.validate(c)  # Every key, range and cross-field rule, first.
+      input_pipeline.resolve_image_size(c)  # folder:PATH at 0 -> the size chosen, saved.
+    self.vmapped = len(configs) > 1
+    if self.vmapped:
+      vmap_seeds.check_same_config(configs)
+    self.configs, self.workdirs, self.echo = configs, workdirs, echo
+    self.config = config = configs[0]
+    self.seeds = [int(c.seed) for c in configs]
+    self.family = family = families.get(config.model.family)
+    for c, w in zip(configs, workdirs):
+      run_config.check_workdir(w)
+      run_config.check_and_save(c, w)
+    what = (f'the {config.model.family} model on {config.data.name} for '
+            f'{config.train.num_steps} steps of {config.train.batch_size} images')
+    if self.vmapped:
+      echo(f'Training {what}, seeds {self.seeds} as one vmapped step; workdirs '
+           f'{", ".join(workdirs)}')
+    else:
+      echo(f'Training {what}; workdir {workdirs[0]}')
+    self.mesh = mesh = sharding.make_mesh()
+    self.data = data = input_pipeline.Data(config)
+
+    # --------------------------------------------------------------- state
+    init_fn = functools.partial(family.init_state, config)
+    abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(config.seed))
+    for w in workdirs:  # Room for the periodic checkpoint and, where kept, the best one.
+      checkpoint.check_free_space(w, abstract, copies=2 if keeps_best(config) else 1)
+    self.state_sharding = state_sharding = sharding.state_sharding(mesh, abstract)
+    self.mngrs = [checkpoint.manager(w, keep=config.train.keep_checkpoints)
+                  for w in workdirs]
+    if self.vmapped:
+      self.state, self.restored, self.start_step = self._restore_or_init_seeds(
+          abstract, state_sharding)
+    else:
+      root_key = jax.random.PRNGKey(config.seed)
+      self.state, self.restored = checkpoint.restore_or_init(
+          self.mngrs[0], lambda: jax.jit(init_fn, out_shardings=state_sharding)(root_key),
+          abstract, state_sharding)
+      self.start_step = int(sharding.to_host(self.state.step))
+    self.logs = [MetricsLog(w) for w in workdirs]
+    if self.restored:
+      logging.info('Resuming at step %d of %d.', self.start_step, config.train.num_steps)
+      echo(f'Resuming {"every seed " if self.vmapped else ""}from checkpoint at step '
+           f'{self.start_step}.')
+    for log in self.logs:
+      log.drop_after(self.start_step)  # Rows of steps never saved are logged again.
+
+    # ---------------------------------------------------------------- step
+    repl = sharding.replicated(mesh)
+    self.batch_sharding = sharding.data_sharding(mesh)
+    if self.vmapped:
+      self.train_step = vmap_seeds.make_train_step(config, family, mesh)
+    else:
+      self.train_step = jax.jit(functools.partial(family.train_step, config),
+                                in_shardings=(state_sharding, self.batch_sharding),
+                                out_shardings=(state_sharding, repl), donate_argnums=0)
+    self.eval_fn = jax.jit(functools.partial(family.eval_step, config),
+                           in_shardings=(state_sharding, self.batch_sharding),
+                           out_shardings=repl)
+    self.grid_fn = jax.jit(functools.partial(family.grid_panels, config), out_shardings=repl)
+    # Host values, so multi-host safe; each run's as its single run picks them.
+    self.grid_keys = [np.asarray(jax.random.fold_in(jax.random.PRNGKey(s), GRID_KEY))
+                      for s in self.seeds]
+    rows = [input_pipeline.balanced_sample(data.test_labels, GRID_SIZE, s) for s in self.seeds]
+    self.grid_images = [input_pipeline.to_float(data.test_images[r]) for r in rows]
+    self.grid_labels = [np.asarray(data.test_labels[r], np.int32) for r in rows]
+    self.gen_evals = [generative.training_evaluator(c, family, data.test_images, mesh,
+                                                    test_labels=data.test_labels)
+                      for c in configs]
+    self.best_metric, self.best_mode = generative.best_metric(  # Or a fallback.
+        config, family, self.gen_evals[0])
+    self.best_mngrs = [checkpoint.best_manager(w, self.best_metric, self.best_mode)
+                       if self.best_metric else None for w in workdirs]
+
+  def _restore_or_init_seeds(self, abstract, state_sharding):
+    """(stacked state, restored, step): every seed at the latest good step
+    that all of them have, or their initial states."""
+    good = [set(checkpoint.finalized_steps(checkpoint.checkpoint_dir(w)))
+            for w in self.workdirs]
+    common = set.intersection(*good)
+    if not common:
+      return vmap_seeds.init_states(self.config, self.seeds, self.family, self.mesh), False, 0
+    step = max(common)
+    states = [checkpoint.restore(m, step, abstract, state_sharding) for m in self.mngrs]
+    return vmap_seeds.stack(states, self.mesh), True, step
+
+  def __len__(self):
+    return len(self.workdirs)
+
+  def split(self, state) -> list:
+    """Every run's own state (one run: [state])."""
+    if not self.vmapped:
+      return [state]
+    return [vmap_seeds.unstack(state, r, self.mesh) for r in range(len(self))]
+
+  def metric_of(self, value, r: int):
+    """Run r's value of one step metric (vmapped: an (S,) array)."""
+    return value[r] if self.vmapped else value
+
+  def prefix(self, r: int) -> str:
+    """What starts run r's console lines ('' for one run)."""
+    return f'seed {self.seeds[r]}: ' if self.vmapped else ''
+
+  def iterator(self, start_step: int):
+    """The training batches from `start_step` on."""
+    if not self.vmapped:
+      return self.data.train_iterator(self.batch_sharding, start_step)
+    return vmap_seeds.SeedIterator(
+        [self.data.train_iterator(self.batch_sharding, start_step, s) for s in self.seeds],
+        self.mesh)
+
+  def load_pending(self, step: int) -> list:
+    """The step metrics an interrupt kept beside `step` (`save_pending`)."""
+    kept = [load_pending(w, step) for w in self.workdirs]
+    if not self.vmapped:
+      return kept[0]
+    if any(len(k) != len(kept[0]) for k in kept):
+      return []
+    return [{name: np.stack([k[i][name] for k in kept]) for name in kept[0][i]}
+            for i in range(len(kept[0]))]
+
+  def kept(self, saved: int | None = None) -> str:
+    """Which checkpoint a rerun resumes from (see `_kept`)."""
+    if not self.vmapped:
+      return _kept(self.workdirs[0], saved)
+    lasts = [max((s for s in (checkpoint.last_good_step(w), saved) if s is not None),
+                 default=None) for w in self.workdirs]
+    dirs = ', '.join(checkpoint.checkpoint_dir(w) for w in self.workdirs)
+    if all(last is None for last in lasts):
+      return 'no checkpoint was written yet'
+    if len(set(lasts)) == 1:
+      return (f'the last good checkpoint of every seed is step {lasts[0]} in {dirs}; '
+              'rerun the same command to resume from it')
+    return (f'the last good checkpoints are steps {lasts} in {dirs}; rerun the same '
+            'command to resume from them')
+
+
 def train_and_evaluate(config, workdir: str):
   """Trains `config.model.family` on `config.data.name`, writing into `workdir`.
 
@@ -360,82 +537,71 @@ def train_and_evaluate(config, workdir: str):
   Returns:
     The final TrainState.
   """
-  # ----------------------------------------------------------------- setup
-  validation.validate(config)  # Every key, range and cross-field rule, first.
-  input_pipeline.resolve_image_size(config)  # folder:PATH at 0 -> the size chosen, saved.
-  family = families.get(config.model.family)
-  run_config.check_workdir(workdir)
-  run_config.check_and_save(config, workdir)
-  print(f'Training the {config.model.family} model on {config.data.name} for '
-        f'{config.train.num_steps} steps of {config.train.batch_size} images; '
-        f'workdir {workdir}', flush=True)
-  mesh = sharding.make_mesh()
-  data = input_pipeline.Data(config)
+  state, _ = train_runs(Runs([config], [workdir]))
+  return state
 
-  # ----------------------------------------------------------------- state
-  root_key = jax.random.PRNGKey(config.seed)
-  init_fn = functools.partial(family.init_state, config)
-  abstract_state = jax.eval_shape(init_fn, root_key)
-  # Room for the periodic checkpoint and, where one may be kept, the best one.
-  checkpoint.check_free_space(workdir, abstract_state, copies=2 if keeps_best(config) else 1)
-  state_sharding = sharding.state_sharding(mesh, abstract_state)
-  mngr = checkpoint.manager(workdir, keep=config.train.keep_checkpoints)
-  state, restored = checkpoint.restore_or_init(
-      mngr, lambda: jax.jit(init_fn, out_shardings=state_sharding)(root_key),
-      abstract_state, state_sharding)
-  start_step = int(jax.device_get(state.step))
-  log = MetricsLog(workdir)
-  if restored:
-    logging.info('Resuming at step %d of %d.', start_step, config.train.num_steps)
-    print(f'Resuming from checkpoint at step {start_step}.', flush=True)
-  log.drop_after(start_step)  # Rows of steps never saved are logged again.
 
-  # ------------------------------------------------------------------ step
-  repl = sharding.replicated(mesh)
-  batch_sharding = sharding.data_sharding(mesh)
-  train_step = jax.jit(functools.partial(family.train_step, config),
-                       in_shardings=(state_sharding, batch_sharding),
-                       out_shardings=(state_sharding, repl), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(family.eval_step, config),
-                    in_shardings=(state_sharding, batch_sharding), out_shardings=repl)
-  grid_fn = jax.jit(functools.partial(family.grid_panels, config), out_shardings=repl)
-  grid_key = np.asarray(jax.random.fold_in(root_key, GRID_KEY))  # Host values, so
-  grid_rows = input_pipeline.balanced_sample(data.test_labels, GRID_SIZE, config.seed)
-  grid_images = input_pipeline.to_float(data.test_images[grid_rows])  # multi-host safe.
-  grid_labels = np.asarray(data.test_labels[grid_rows], np.int32)
-  gen_eval = generative.training_evaluator(config, family, data.test_images, mesh,
-                                           test_labels=data.test_labels)
-  best_metric, best_mode = generative.best_metric(config, family, gen_eval)  # Or a fallback.
-  best_mngr = (checkpoint.best_manager(workdir, best_metric, best_mode)
-               if best_metric else None)
+def train_seeds(configs, workdirs, echo=_print):
+  """Trains the runs `configs` (equal but for `seed`) as one vmapped step,
+  in the loop of `train_and_evaluate` (vaegan_jax/vmap_seeds.py).
 
-  # ------------------------------------------------------------------ loop
+  Writes into `workdirs[s]` what `train_and_evaluate(configs[s], workdirs[s])`
+  would: config.json, checkpoints/<step>, the best checkpoint, metrics.jsonl
+  (that seed's step metrics; `images_per_s` counts that seed's images), the
+  sample grids and the eval rows; and does what it does in one process or
+  several: resume (from the latest step every seed has), what a restored
+  step owes, the interrupt save of every seed's step (`StopRequest`), the
+  checks. A NonFiniteError names the seed. One config trains as a single run.
+
+  Returns:
+    (state, info): the final state (stacked, leaves (S, ...)) and
+    {'train_seconds': time in the loop, 'steps': steps done now, 'start_step'}.
+  """
+  runs = Runs(configs, workdirs, echo)
+  state, info = train_runs(runs)
+  return (state if runs.vmapped else vmap_seeds.stack([state], runs.mesh)), info
+
+
+def train_runs(runs: Runs):
+  """The training loop of `runs` (one run or vmapped seeds): steps, logs,
+  sample grids, evaluations, checkpoints, stop on NaN, interrupt save.
+
+  Returns:
+    (state, {'train_seconds', 'steps', 'start_step'}).
+  """
+  config, family, mesh, data = runs.config, runs.family, runs.mesh, runs.data
+  state, restored, start_step = runs.state, runs.restored, runs.start_step
+  runs.state = None  # The loop owns (and donates) it from here.
+  workdirs, logs, mngrs, best_mngrs = runs.workdirs, runs.logs, runs.mngrs, runs.best_mngrs
+  seeds = runs.seeds if runs.vmapped else None
+  echo = runs.echo
   tc = config.train
   num_steps = tc.num_steps
   due = lambda every, s: s % every == 0 or s == num_steps
   stop = StopRequest()
 
-  def write_grid_at(s):
-    write_grid(grid_fn, state, grid_key, grid_images, _grid_path(workdir, s), grid_labels,
-               family.GRID_TITLES, conditional.num_classes(config))
+  def write_grid_at(r, own_state, s):
+    write_grid(runs.grid_fn, own_state, runs.grid_keys[r], runs.grid_images[r],
+               _grid_path(workdirs[r], s), runs.grid_labels[r], family.GRID_TITLES,
+               conditional.num_classes(runs.configs[r]))
 
-  def evaluate_at(s) -> bool:
-    """Evaluates (and keeps the best checkpoint); False if abandoned."""
-    scalars = evaluate(config, family, eval_fn, state, data, mesh, gen_eval,
-                       should_stop=stop.requested)
+  def evaluate_at(r, own_state, s) -> bool:
+    """Evaluates run r (and keeps its best checkpoint); False if abandoned."""
+    scalars = evaluate(runs.configs[r], family, runs.eval_fn, own_state, data, mesh,
+                       runs.gen_evals[r], should_stop=stop.requested)
     if scalars is None:
       return False
-    if best_mngr:
-      checkpoint.save_if_best(best_mngr, s, state, numbers_only(scalars), best_metric,
-                              best_mode)
-    log.write(s, scalars)
-    print(console.eval_block(s, scalars, family.EVAL_CONSOLE_METRICS), flush=True)
+    if best_mngrs[r]:
+      checkpoint.save_if_best(best_mngrs[r], s, own_state, numbers_only(scalars),
+                              runs.best_metric, runs.best_mode)
+    logs[r].write(s, scalars)
+    echo(runs.prefix(r) + console.eval_block(s, scalars, family.EVAL_CONSOLE_METRICS))
     return True
 
   # On CPU with several (emulated) devices, many in-flight collectives can
   # deadlock XLA's rendezvous; bound the queue there only.
   max_in_flight = 2 if jax.default_backend() == 'cpu' and jax.device_count() > 1 else None
-  pending = load_pending(workdir, start_step) if restored else []  # Not yet logged.
+  pending = runs.load_pending(start_step) if restored else []  # Not yet logged.
   in_flight = collections.deque()
   it = None
   t_last, steps_last = time.time(), start_step
@@ -444,24 +610,30 @@ def train_and_evaluate(config, workdir: str):
   owed = ()
   stopped = False      # A stop request was acted on (Ctrl-C, SIGTERM).
   saving = saved = None  # The step whose save it started / that was saved.
-  managers = [m for m in (mngr, best_mngr) if m]
+  managers = [m for m in mngrs + best_mngrs if m]
   with stop.handlers():
     try:
-      it = data.train_iterator(batch_sharding, start_step)
+      it = runs.iterator(start_step)
       if restored:  # What the restored step still owes (an interrupted evaluation).
-        owe_grid, owe_eval = _owed(workdir, log, step, due(tc.sample_every_steps, step),
-                                   due(tc.eval_every_steps, step))
-        owed = ('sample grid',) * owe_grid + ('evaluation',) * owe_eval
-        if owe_grid:
-          write_grid_at(step)
-        if owe_eval and not evaluate_at(step):
-          stopped = True
+        owe_any = set()
+        for r, own_state in enumerate(runs.split(state)):
+          owe_grid, owe_eval = _owed(workdirs[r], logs[r], step,
+                                     due(tc.sample_every_steps, step),
+                                     due(tc.eval_every_steps, step))
+          owe_any |= {'sample grid'} if owe_grid else set()
+          owe_any |= {'evaluation'} if owe_eval else set()
+          if owe_grid:
+            write_grid_at(r, own_state, step)
+          if owe_eval and not evaluate_at(r, own_state, step):
+            stopped = True
+            break
+        owed = tuple(w for w in ('sample grid', 'evaluation') if w in owe_any)
       while step < num_steps and not stopped:
         batch = next(it)
         if stop.requested(step):
           stopped = True
           break
-        state, metrics = train_step(state, batch)
+        state, metrics = runs.train_step(state, batch)
         step += 1
         pending.append(metrics)
         if max_in_flight:
@@ -469,47 +641,55 @@ def train_and_evaluate(config, workdir: str):
           if len(in_flight) > max_in_flight:
             jax.block_until_ready(in_flight.popleft())
 
-        is_last = step == num_steps
         if due(tc.log_every_steps, step):
-          host = jax.device_get(pending)
-          _check_finite(host, step)
-          scalars = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+          host = sharding.to_host(pending)
+          check_finite(host, step, seeds)
           pending = []
           now = time.time()
           steps_per_s = (step - steps_last) / max(now - t_last, 1e-9)
           t_last_log, t_last, steps_last = t_last, now, step
-          scalars['steps_per_s'] = steps_per_s
-          scalars['images_per_s'] = steps_per_s * tc.batch_size
-          scalars.update(it.take_stats(now - t_last_log))  # data_wait_fraction, decode_images_per_s.
-          log.write(step, scalars)
+          stats = it.take_stats(now - t_last_log)  # data_wait_fraction, decode_images_per_s.
           eta = (num_steps - step) / max(steps_per_s, 1e-9)
-          main = ' '.join(f'{k} {scalars[k]:.4g}' for k in family.CONSOLE_METRICS if k in scalars)
-          data_line = (f' | data wait {scalars["data_wait_fraction"]:.0%} read '
-                       f'{scalars.get("decode_images_per_s", 0):.0f} img/s'
-                       if 'data_wait_fraction' in scalars else '')
-          print(f'step {step}/{num_steps} | {steps_per_s:.2f} steps/s '
-                f'{scalars["images_per_s"]:.0f} img/s{data_line} | ETA '
-                f'{_format_duration(eta)} | {main}', flush=True)
+          for r in range(len(runs)):
+            scalars = {k: float(np.mean([runs.metric_of(m[k], r) for m in host]))
+                       for k in host[0]}
+            scalars['steps_per_s'] = steps_per_s
+            scalars['images_per_s'] = steps_per_s * tc.batch_size
+            scalars.update(stats)
+            logs[r].write(step, scalars)
+            echo(runs.prefix(r) + _step_line(step, num_steps, steps_per_s, eta, scalars,
+                                             family.CONSOLE_METRICS))
 
-        if due(tc.sample_every_steps, step):
-          write_grid_at(step)
+        grid_now = due(tc.sample_every_steps, step)
+        eval_now = due(tc.eval_every_steps, step)
+        save_now = due(tc.checkpoint_every_steps, step)
+        own_states = runs.split(state) if grid_now or eval_now or save_now else []
+        if grid_now:
+          for r, own_state in enumerate(own_states):
+            write_grid_at(r, own_state, step)
 
-        if due(tc.eval_every_steps, step) and not evaluate_at(step):
+        if eval_now and not all(evaluate_at(r, own_state, step)
+                                for r, own_state in enumerate(own_states)):
           stopped = True  # Abandoned for Ctrl-C / SIGTERM: a rerun does it.
           break
 
         periodic = (step % tc.sample_every_steps == 0 or step % tc.eval_every_steps == 0
                     or step % tc.checkpoint_every_steps == 0)
-        if due(tc.checkpoint_every_steps, step):
-          _check_finite(jax.device_get(pending), step)  # Never save a NaN state.
-          checkpoint.save(mngr, step, state, force=True)
+        if save_now:
+          check_finite(sharding.to_host(pending), step, seeds)  # Never save a NaN state.
+          for r, own_state in enumerate(own_states):
+            # Vmapped: a seed may have this step already (restored at an
+            # earlier step that every seed has).
+            if not (runs.vmapped and step in mngrs[r].all_steps()):
+              checkpoint.save(mngrs[r], step, own_state, force=True)
+        del own_states
         if periodic:  # Keep grids, evals and saves out of the throughput numbers.
           jax.block_until_ready(state)
           t_last, steps_last = time.time(), step
           it.take_stats(None)  # Waits before the pause belong to no interval.
       if stopped:
         saving = step
-        saved = _save_stopped(workdir, mngr, state, step, pending)
+        saved = _save_stopped(runs, state, step, pending)
       _close_quietly(it, managers)  # Waits for every save; a failed one raises.
     except BaseException as e:  # pylint: disable=broad-except
       if isinstance(e, ForcedStop):  # A second Ctrl-C: no waiting for anything.
@@ -517,12 +697,12 @@ def train_and_evaluate(config, workdir: str):
         skipped = (f'leaving the save of step {saving} unfinished' if saving is not None
                    else f'without saving step {step}')
         raise Interrupted(f'Interrupted (Ctrl-C twice) at step {step}: stopped at once, '
-                          f'{skipped}; {_kept(workdir)}.') from None
+                          f'{skipped}; {runs.kept()}.') from None
       if isinstance(e, KeyboardInterrupt) and not stopped and not donated(state):
         # Raised by other code than the handler (a library, a test): as Ctrl-C.
         stop.note_interrupt(e)
         stopped, saving = True, step
-        saved = _save_stopped(workdir, mngr, state, step, pending)
+        saved = _save_stopped(runs, state, step, pending)
         _close_quietly(it, managers)
       else:
         e = _close_quietly(it, managers, e)
@@ -530,26 +710,39 @@ def train_and_evaluate(config, workdir: str):
           raise e
         stop.note_interrupt(e)
         raise stop.error(f'{step}; its state was in a step that did not finish, so it was '
-                         f'not saved; {_kept(workdir)}.') from None
+                         f'not saved; {runs.kept()}.') from None
   if stopped:  # Every save has finished (on every process: the wait is collective).
-    done = 'saved it; ' if saved is not None else ''
-    error = stop.error(f'{step}; {done}{_kept(workdir, saved)}.')
+    done = ('' if saved is None else
+            'saved it for every seed; ' if runs.vmapped else 'saved it; ')
+    error = stop.error(f'{step}; {done}{runs.kept(saved)}.')
     if jax.process_count() > 1:
       # The entry point exits at once: leave the distributed runtime together
       # first, so that no process loses the coordinator inside Orbax's last
       # barrier.
       jax.distributed.shutdown()
     raise error
+  where = (f'workdirs {", ".join(workdirs)}' if runs.vmapped else f'workdir {workdirs[0]}')
   if step == start_step and owed:
-    print(f'Done: step {step} had its {" and ".join(owed)} still to do; '
-          f'workdir {workdir}', flush=True)
+    echo(f'Done: step {step} had its {" and ".join(owed)} still to do; {where}')
   elif step == start_step:
-    print(f'Nothing to do: the checkpoint is at step {step} and '
-          f'config.train.num_steps={num_steps}.', flush=True)
+    echo(f'Nothing to do: the checkpoint is at step {step} and '
+         f'config.train.num_steps={num_steps}.')
   else:
-    print(f'Done: {step - start_step} steps in {_format_duration(time.time() - t_start)}; '
-          f'workdir {workdir}', flush=True)
-  return state
+    echo(f'Done: {step - start_step} steps in {_format_duration(time.time() - t_start)}; '
+         f'{where}')
+  return state, {'train_seconds': time.time() - t_start, 'steps': step - start_step,
+                 'start_step': start_step}
+
+
+def _step_line(step, num_steps, steps_per_s, eta, scalars, names) -> str:
+  """The console line of a logged step."""
+  main = ' '.join(f'{k} {scalars[k]:.4g}' for k in names if k in scalars)
+  data_line = (f' | data wait {scalars["data_wait_fraction"]:.0%} read '
+               f'{scalars.get("decode_images_per_s", 0):.0f} img/s'
+               if 'data_wait_fraction' in scalars else '')
+  return (f'step {step}/{num_steps} | {steps_per_s:.2f} steps/s '
+          f'{scalars["images_per_s"]:.0f} img/s{data_line} | ETA '
+          f'{_format_duration(eta)} | {main}')
 
 
 def _kept(workdir, saved: int | None = None) -> str:
@@ -582,19 +775,24 @@ def _close_quietly(it, managers, error=None):
   return error
 
 
-def _save_stopped(workdir, mngr, state, step, pending) -> int | None:
-  """On a stop request: starts the save of `state` at `step` (unless saved
-  already or not finite) and keeps the unlogged step metrics beside it.
+def _save_stopped(runs, state, step, pending) -> int | None:
+  """On a stop request: starts the save of every run's state at `step`
+  (unless saved already or not finite) and keeps the unlogged step metrics
+  beside it.
 
   Returns:
-    The step whose save was started, or None.
+    The step, where the save of every run that lacked it was started; else None.
   """
   try:
-    host = jax.device_get(pending)
-    _check_finite(host, step)
-    if step in mngr.all_steps() or not finite_state(state):
-      return None
-    save_pending(workdir, step, host)
-    return step if checkpoint.save(mngr, step, state, force=True) else None
+    host = sharding.to_host(pending)
+    check_finite(host, step, runs.seeds if runs.vmapped else None)
+    started = []
+    for r, own_state in enumerate(runs.split(state)):
+      if step in runs.mngrs[r].all_steps() or not finite_state(own_state):
+        continue
+      save_pending(runs.workdirs[r], step, [{k: runs.metric_of(v, r) for k, v in m.items()}
+                                            for m in host])
+      started.append(checkpoint.save(runs.mngrs[r], step, own_state, force=True))
+    return step if started and all(started) else None
   except NonFiniteError:
     return None  # Never save a NaN state: the message names the last good one.

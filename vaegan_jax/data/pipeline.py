@@ -413,16 +413,20 @@ class Data:
 
   @property
   def train_images(self):
-    """The whole train split in memory (small datasets only, e.g. vmap_seeds)."""
+    """The whole train split in memory (small datasets only)."""
     return self._train_arrays()[0]
 
   @property
   def train_labels(self):
     return self._train_arrays()[1]
 
-  def train_iterator(self, sharding, start_step: int) -> TrainIterator:
+  def train_iterator(self, sharding, start_step: int, seed: int | None = None) -> TrainIterator:
+    """The training batches from `start_step` on, in the data order of
+    `seed` (default `config.seed`: a single run's; vmapped seeds take one
+    iterator per seed)."""
     return TrainIterator(self.train_source, None, self.config.train.batch_size,
-                         self.config.seed, sharding, start_step)
+                         self.config.seed if seed is None else int(seed), sharding,
+                         start_step)
 
 
 def create(config, mesh=None, max_test_examples: int | None = None) -> Data:
