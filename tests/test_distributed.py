@@ -263,16 +263,10 @@ def test_evaluate_and_sample_on_a_two_process_checkpoint(two_processes, tmp_path
 
 
 # Host-side reads of device arrays, each of which fails on an array split over
-# several processes' devices; only vaegan_jax/sharding.py may use them, and
-# the modules below read replicated or process-local arrays on purpose.
+# several processes' devices; only vaegan_jax/sharding.py may use them.
 _HOST_READ = re.compile(r'jax\.device_get\(|jax\.device_put\(|\.addressable_data\(|'
                         r'process_allgather\(')
-_ALLOWED = {
-    # The training loop reads replicated outputs (out_shardings=replicated).
-    'vaegan_jax/train.py',
-    # One process only (a clear error otherwise).
-    'vaegan_jax/vmap_seeds.py',
-}
+_ALLOWED = set()  # None: the training loop and vmap_seeds read through sharding.py too.
 
 
 def test_every_host_read_of_a_global_array_goes_through_to_host():

@@ -113,3 +113,33 @@ def test_no_import_circle():
     if module not in state:
       visit(module, [module])
   assert not cycles, cycles
+
+
+def test_no_module_uses_another_modules_private_names():
+  """`module._name` of another vaegan_jax module, or `from ... import _name`:
+  what a module shares is public; its underscore names are its own."""
+  import ast  # pylint: disable=g-import-not-at-top
+  found = []
+  for folder, _, names in os.walk(os.path.join(ROOT, 'vaegan_jax')):
+    for name in names:
+      if not name.endswith('.py'):
+        continue
+      path = os.path.join(folder, name)
+      tree = ast.parse(open(path, encoding='utf-8').read())
+      modules = set()  # Local names bound to vaegan_jax modules.
+      for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or '').startswith('vaegan_jax'):
+          for alias in node.names:
+            if alias.name.startswith('_') and not alias.name.startswith('__'):
+              found.append(f'{path}: from {node.module} import {alias.name}')
+            modules.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+          modules.update(a.asname or a.name.split('.')[0] for a in node.names
+                         if a.name.startswith('vaegan_jax'))
+      for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            and node.value.id in modules and node.attr.startswith('_')
+            and not node.attr.startswith('__')):
+          found.append(f'{os.path.relpath(path, ROOT)}:{node.lineno}: '
+                       f'{node.value.id}.{node.attr}')
+  assert not found, '\n'.join(found)

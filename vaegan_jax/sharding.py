@@ -15,6 +15,8 @@ that the same code runs in one process and in many:
                         of every process, gathered once
   map_chunks(fn, x, c)  inside jit: fn over chunks of c rows of a sharded
                         batch, each chunk spread over every device
+  max_over_processes(v) the largest of one int per process (a collective)
+  from_process_0(x)     process 0's host array, in every process (a collective)
 """
 
 import functools
@@ -80,6 +82,22 @@ def to_host(tree):
     The same pytree with numpy arrays.
   """
   return jax.tree.map(_leaf_to_host, tree)
+
+
+def max_over_processes(value: int) -> int:
+  """The largest of the ints that the processes give (a collective: every
+  process calls it); `value` itself in one process."""
+  if jax.process_count() == 1:
+    return int(value)
+  return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int32))))
+
+
+def from_process_0(x):
+  """Process 0's value of the host array `x`, in every process (a
+  collective); `x` itself in one process."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(x)))
 
 
 def put(x, sharding):

@@ -16,7 +16,6 @@ import time
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import numpy as np
 
 from vaegan_jax import checkpoint
@@ -78,7 +77,7 @@ class StopRequest:
   A second Ctrl-C raises `errors.ForcedStop` at once (nothing more is saved).
   In a multi-process run the processes agree on one step: every
   `agree_every` steps (and between evaluation batches) they gather their
-  flags (`multihost_utils.process_allgather`, one int per process), so a
+  flags (`sharding.max_over_processes`, one int per process), so a
   signal to any one of them stops all of them at the same step, with the
   same message (SIGTERM wins over Ctrl-C).
 
@@ -133,8 +132,7 @@ class StopRequest:
     if not self.multi:
       self.agreed = self.local
     elif step is None or step % self.every == 0:
-      flags = multihost_utils.process_allgather(np.asarray(self.local, np.int32))
-      self.agreed = int(np.max(flags))
+      self.agreed = sharding.max_over_processes(self.local)
     return self.agreed != _NONE
 
   def note_interrupt(self, exc: BaseException):
@@ -350,9 +348,7 @@ def _owed(workdir, log, step, grid_due, eval_due) -> tuple[bool, bool]:
   grid = grid_due and not os.path.exists(_grid_path(workdir, step))
   evals = eval_due and not any(r['step'] == step and any(k.startswith('eval/') for k in r)
                                for r in log.rows())
-  owed = np.asarray([grid, evals], np.int32)
-  if jax.process_count() > 1:
-    owed = multihost_utils.broadcast_one_to_all(owed)
+  owed = sharding.from_process_0(np.asarray([grid, evals], np.int32))
   return bool(owed[0]), bool(owed[1])
 
 

@@ -135,9 +135,7 @@ def _inception(path: str, resize: str, echo) -> Backbone:
   from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
   net = inception.load(path or None, echo=echo)
   if resize != 'pytorch_fid':  # metrics/resize.py's conventions.
-    import functools  # pylint: disable=g-import-not-at-top
-    import jax  # pylint: disable=g-import-not-at-top
-    net._preprocess = jax.jit(functools.partial(inception.preprocess, convention=resize))  # pylint: disable=protected-access
+    net.preprocess_with(resize)
 
   def featurize(images, mesh):
     out = net.compute(images, _batch(mesh, 32), sharding.data_sharding(mesh))

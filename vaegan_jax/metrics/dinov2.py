@@ -428,7 +428,7 @@ class DinoV2Network:
     else:
       if num_images is None:
         raise ValueError('num_images is required when images is an iterable.')
-      total, chunks = num_images, inception._rechunk(images, batch_size)  # pylint: disable=protected-access
+      total, chunks = num_images, inception.rechunk(images, batch_size)
     outs, done = [], 0
     for chunk in chunks:
       chunk = np.asarray(chunk)[:total - done]

@@ -408,6 +408,11 @@ class InceptionNetwork:
     self._preprocess = jax.jit(functools.partial(preprocess, convention=resize))
     self._network = jax.jit(lambda params, x: self.module.apply({'params': params}, x))
 
+  def preprocess_with(self, convention: str):
+    """Resizes the inputs of later calls by `convention` (metrics/resize.py)
+    instead of the one the weights came with; `resize` keeps naming that one."""
+    self._preprocess = jax.jit(functools.partial(preprocess, convention=convention))
+
   def apply_preprocessed(self, x):
     """The network on ``preprocess``ed ``(N, 299, 299, 3)`` inputs (jitted;
     one compilation per batch size, whatever the image size)."""
@@ -445,7 +450,7 @@ class InceptionNetwork:
     else:
       if num_images is None:
         raise ValueError('num_images is required when images is an iterable.')
-      total, chunks = num_images, _rechunk(images, batch_size)
+      total, chunks = num_images, rechunk(images, batch_size)
     outs, done = [], 0
     with progress_lib.bar(total, progress, 'img') as bar:
       for chunk in chunks:
@@ -472,7 +477,7 @@ def quantize(images) -> np.ndarray:
   return np.clip(np.round(np.asarray(images, np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
-def _rechunk(batches, size: int):
+def rechunk(batches, size: int):
   """Re-batches an iterable of arrays into chunks of exactly ``size`` rows
   (the last one may be shorter)."""
   buf, count = [], 0
