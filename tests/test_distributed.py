@@ -40,9 +40,12 @@ def env_with_devices(n):
   return env
 
 
-def _script(root, data_dir, *flags):
+VMAPPED = 'seeds:vae'  # The default VAE's seeds as one vmapped step (two processes).
+
+
+def _script(root, data_dir, *flags, names=NAMES):
   return [sys.executable, os.path.join(ROOT, 'tests', 'train_families.py'), str(root),
-          data_dir, *NAMES, *flags]
+          data_dir, *names, *flags]
 
 
 def _two_processes(args, env_devices=2, cwd=ROOT):
@@ -103,7 +106,7 @@ def four_devices(tmp_path_factory, data_dir):
 @pytest.fixture(scope='module')
 def two_processes(tmp_path_factory, data_dir):
   root = tmp_path_factory.mktemp('two_processes')
-  outs = _two_processes(_script(root, data_dir))
+  outs = _two_processes(_script(root, data_dir, names=(*NAMES, VMAPPED)))
   assert all('devices 4 processes 2' in out for out in outs)
   return root
 
@@ -191,6 +194,44 @@ def test_four_devices_match_one_device(single, four_devices, name, data_dir):
 @pytest.mark.parametrize('name', NAMES)
 def test_two_processes_match_one_device(single, two_processes, name, data_dir):
   _assert_same_training(single, two_processes, name, data_dir)
+
+
+def test_two_processes_train_vmapped_seeds_with_evaluation_on(single, two_processes, data_dir):
+  """The default VAE's seeds 0 and 1 as one vmapped step in two processes:
+  each seed's workdir has what a single run writes (evaluations with the
+  sample metrics, grids, a best checkpoint, one log row per step), and seed
+  0 trains as the single-device run of seed 0 does."""
+  root, _ = single
+  sub = train_families.workdir_name(VMAPPED)
+  states = []
+  for seed in train_families.SEEDS:
+    config = train_families.tiny_config('vae', data_dir)
+    config.seed = seed
+    workdir = two_processes / sub / f'seed_{seed}'
+    state = restore_latest(str(workdir), config)
+    assert int(state.step) == train_families.NUM_STEPS
+    states.append(state)
+    rows = [json.loads(l) for l in open(workdir / 'metrics.jsonl')]
+    train_steps = [r['step'] for r in rows if not any(k.startswith('eval/') for k in r)]
+    assert train_steps == list(range(1, train_families.NUM_STEPS + 1))
+    steps = list(range(train_families.EVERY, train_families.NUM_STEPS + 1,
+                       train_families.EVERY))
+    evals = _eval_rows(workdir)
+    assert [r['step'] for r in evals] == steps
+    assert all({'eval/fid', 'eval/kid', 'eval/precision'} <= r.keys() for r in evals)
+    assert sorted(os.listdir(workdir / 'samples')) == [f'step_{s:07d}.png' for s in steps]
+    assert any(d.isdigit() for d in os.listdir(workdir / 'checkpoints_best'))
+  # Seed 0 vmapped in two processes = seed 0 alone on one device (to float
+  # tolerance: a vmapped step sums in another order), its evaluations too.
+  ref = restore_latest(str(root / 'vae'), train_families.tiny_config('vae', data_dir))
+  assert _max_diff(ref.params, states[0].params) <= 1e-4
+  ref_evals = _eval_rows(root / 'vae')
+  for got_row, ref_row in zip(_eval_rows(two_processes / sub / 'seed_0'), ref_evals):
+    assert got_row.keys() == ref_row.keys()
+    for k in ('eval/elbo', 'eval/fid', 'eval/recon_mse'):
+      if k in ref_row:
+        np.testing.assert_allclose(got_row[k], ref_row[k], rtol=1e-3, atol=1e-3, err_msg=k)
+  assert _max_diff(states[0].params, states[1].params) > 0.01  # Seed 1 is its own run.
 
 
 # ---------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """Trains tiny configs of several families in one process (for device tests).
 
-  python tests/train_families.py WORKDIR_ROOT DATA_DIR [name ...]   (e.g. vae, vae:conditional)
+  python tests/train_families.py WORKDIR_ROOT DATA_DIR [name ...]   (e.g. vae, vae:conditional,
+                                                                      seeds:vae)
 
 Each config (a family's default, shrunk in steps and sizes: `tiny_config`)
 trains `NUM_STEPS` steps with its evaluation on into WORKDIR_ROOT/<name>, then
 writes WORKDIR_ROOT/<name>/grid.npy: sample panels drawn from the final state.
 The device count comes from the environment (XLA_FLAGS), and with
 --coordinator_address/--num_processes/--process_id it runs as one process of
-a multi-process job.
+a multi-process job. A name 'seeds:<name>' trains the seeds `SEEDS` of that
+config as one vmapped step (train.train_seeds) into
+WORKDIR_ROOT/seeds_<name>/seed_<s>.
 """
 
 import os
@@ -18,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 4
 EVERY = 2            # Log, grid, evaluate and save every EVERY steps (twice per run).
 GLOBAL_BATCH = 16
+SEEDS = (0, 1)       # The vmapped seeds of a 'seeds:<name>' run; seed 0 is the default's.
 
 # Each family's default config, shrunk in these sizes only (as its 'smoke'
 # variant shrinks them); every feature stays on: evaluation with the
@@ -96,6 +100,15 @@ def main(argv):
   kernels.setup()  # As vaegan_jax.main does.
   root, data_dir, names = args[0], args[1], args[2:]
   for name in names:
+    if name.startswith('seeds:'):
+      configs = []
+      for seed in SEEDS:
+        config = tiny_config(name.partition(':')[2], data_dir)
+        config.seed = seed
+        configs.append(config)
+      workdir = os.path.join(root, workdir_name(name))
+      train.train_seeds(configs, [os.path.join(workdir, f'seed_{s}') for s in SEEDS])
+      continue
     config = tiny_config(name, data_dir)
     workdir = os.path.join(root, workdir_name(name))
     state = train.train_and_evaluate(config, workdir)

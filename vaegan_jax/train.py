@@ -1,7 +1,14 @@
-"""The one training loop, shared by every model family.
+"""The one training loop, shared by every model family, by one run and by
+S seeds trained as one vmapped step (in one process or several).
 
-    mesh -> data -> family -> state (init or restore) -> jitted step -> loop
-    (log, sample grids, evaluate, checkpoint, stop on NaN).
+    Runs: mesh -> data -> family -> state (init or restore) -> jitted step
+    train_runs: the loop (log, sample grids, evaluate, checkpoint, stop on
+    NaN, save the step reached on Ctrl-C / SIGTERM)
+
+`train_and_evaluate(config, workdir)` trains one run with today's jitted
+step and data iterator; `train_seeds(configs, workdirs)` trains seeds whose
+state has a leading seed axis (vaegan_jax/vmap_seeds.py) and writes into
+each seed's workdir what its single run would.
 """
 
 import collections
