@@ -24,11 +24,21 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
-def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-  """An Orbax manager over WORKDIR/checkpoints keeping the last `keep` steps."""
+def manager(workdir: str, keep: int = 3, read_only: bool = False,
+            barrier_prefix: str | None = None) -> ocp.CheckpointManager:
+  """An Orbax manager over WORKDIR/checkpoints keeping the last `keep` steps.
+
+  Args:
+    barrier_prefix: names its multi-process barriers apart from other
+      managers that save the same step at the same time (the vmapped seeds'
+      managers: Orbax keys the barriers by step otherwise).
+  """
+  extra = ({} if barrier_prefix is None else dict(
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=barrier_prefix)))
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=not read_only, read_only=read_only,
-      enable_async_checkpointing=not read_only)
+      enable_async_checkpointing=not read_only, **extra)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
@@ -267,11 +277,12 @@ def best_checkpoint_dir(workdir: str) -> str:
 
 
 def best_manager(workdir: str, metric: str = 'fid', mode: str = 'min',
-                 read_only: bool = False) -> ocp.CheckpointManager:
+                 read_only: bool = False, barrier_prefix: str = '') -> ocp.CheckpointManager:
   """An Orbax manager over WORKDIR/checkpoints_best keeping only the best step.
 
   "Best" is the lowest (`mode='min'`) or highest (`'max'`) value of `metric`
-  in the metrics saved with each checkpoint (see `save_if_best`).
+  in the metrics saved with each checkpoint (see `save_if_best`);
+  `barrier_prefix` as for `manager` (its barriers are 'best' + it).
   """
   if mode not in BEST_MODES:
     raise UserError(f"config.eval.best_mode={mode!r} must be 'min' or 'max'.")
@@ -283,7 +294,7 @@ def best_manager(workdir: str, metric: str = 'fid', mode: str = 'min',
       # the periodic manager, at the same time, and Orbax's barriers are keyed
       # by step ('_async_write_complete.<step>' is already ongoing otherwise).
       multiprocessing_options=ocp.options.MultiprocessingOptions(
-          barrier_sync_key_prefix='best'))
+          barrier_sync_key_prefix='best' + barrier_prefix))
   return ocp.CheckpointManager(best_checkpoint_dir(workdir), options=options)
 
 

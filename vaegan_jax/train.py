@@ -420,8 +420,11 @@ class Runs:
     for w in workdirs:  # Room for the periodic checkpoint and, where kept, the best one.
       checkpoint.check_free_space(w, abstract, copies=2 if keeps_best(config) else 1)
     self.state_sharding = state_sharding = sharding.state_sharding(mesh, abstract)
-    self.mngrs = [checkpoint.manager(w, keep=config.train.keep_checkpoints)
-                  for w in workdirs]
+    # Vmapped: the seeds' managers save the same step at once (barriers apart).
+    self.barriers = [f'_seed{s}' if self.vmapped else '' for s in self.seeds]
+    self.mngrs = [checkpoint.manager(w, keep=config.train.keep_checkpoints,
+                                     barrier_prefix=b or None)
+                  for w, b in zip(workdirs, self.barriers)]
     if self.vmapped:
       self.state, self.restored, self.start_step = self._restore_or_init_seeds(
           abstract, state_sharding)
@@ -463,8 +466,10 @@ class Runs:
                       for c in configs]
     self.best_metric, self.best_mode = generative.best_metric(  # Or a fallback.
         config, family, self.gen_evals[0])
-    self.best_mngrs = [checkpoint.best_manager(w, self.best_metric, self.best_mode)
-                       if self.best_metric else None for w in workdirs]
+    self.best_mngrs = [checkpoint.best_manager(w, self.best_metric, self.best_mode,
+                                               barrier_prefix=b)
+                       if self.best_metric else None
+                       for w, b in zip(workdirs, self.barriers)]
 
   def _restore_or_init_seeds(self, abstract, state_sharding):
     """(stacked state, restored, step): every seed at the latest good step
