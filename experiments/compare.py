@@ -8,7 +8,8 @@ Every family of `config.families` trains `config.num_steps` steps of
 `config.batch_size` images per seed (the same images seen by every run) into
 OUT/runs/<family>/seed_<s>/, a normal workdir: `train.train_and_evaluate`
 one seed after the other, or all seeds of a family in one vmapped step
-(`config.vmap_seeds`: `train.train_seeds`, vaegan_jax/vmap_seeds.py). Each run's final checkpoint
+(`config.vmap_seeds`: `train.train_seeds`, the same loop; vaegan_jax/vmap_seeds.py).
+Each run's final checkpoint
 is then evaluated with `vaegan_jax.evaluate.run` (so `python -m
 vaegan_jax.evaluate --workdir=RUN --num_samples=N` reproduces a row), and
 the study writes

@@ -238,3 +238,17 @@ def test_non_finite_metric_names_the_seed(tmp_path, data_dir, monkeypatch):
                      ) as info:
     train.train_seeds(configs, [str(tmp_path / f'w{s}') for s in (3, 5)], echo=_quiet)
   assert (info.value.seed, info.value.step) == (5, 2)
+
+
+@pytest.mark.parametrize('value', ['3,x', '3,3'])
+def test_bad_seeds_flag_is_one_usage_error_line(value, tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from conftest import ROOT  # pylint: disable=g-import-not-at-top
+  result = subprocess.run(
+      [sys.executable, '-m', 'vaegan_jax.main', '--config=configs/vae.py:smoke',
+       f'--workdir={tmp_path}', f'--seeds={value}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2, result.stderr[-2000:]
+  [line] = [l for l in result.stderr.splitlines() if l.startswith('error:')]
+  assert line.startswith(f'error: --seeds={value}: give ')
