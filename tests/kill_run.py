@@ -62,8 +62,11 @@ def main():
     else:
       original_next = input_pipeline.TrainIterator.__next__
 
+      sent = []
+
       def next_and_signal(self):
-        if self.step == step:
+        if self.step == step and not sent:  # Once (vmapped seeds: one iterator each).
+          sent.append(True)
           send(sig)
         return original_next(self)
       input_pipeline.TrainIterator.__next__ = next_and_signal
