@@ -434,39 +434,33 @@ def down_bias_act(big, w, bias, dims, slope):
   Returns:
     (N, *n_small, C_small).
   """
-  _check(big, w, bias)
-  nsp = len(dims)
-  strides, pads, extra = _geometry(dims)
-  big2 = _pad(_as_2d(big, nsp), extra)
-  out = (big.shape[0],) + tuple(d.n_small for d in dims) + (w.shape[-1],)
-  y = _call('vaegan_onednn_conv_fwd_bias_act', _shape_2d(out, nsp), big2,
-            _kernel(w, dims), bias, **_bias_act_attrs(strides, pads, slope))
-  return y.reshape(out)
+  return _bias_act_call(big, w, bias, dims, slope, transpose=False)
 
 
 def up_bias_act(small, w, bias, dims, slope):
-  """act(up(small, W) + bias) where `up_fusable(dims)`.
-
-  Args:
-    small: (N, *n_small, C_small) float32.
-    w: (T, C_big, C_small).
-    bias: (C_big,).
-    dims: tuple of conv_cpu.Dim.
-    slope: the activation's negative slope (0: ReLU).
-
-  Returns:
-    (N, *n_big, C_big).
-  """
-  _check(small, w, bias)
+  """act(up(small, W) + bias) where `up_fusable(dims)`; arguments as for
+  `down_bias_act` with small (N, *n_small, C_small) in, bias (C_big,) and
+  (N, *n_big, C_big) out."""
   if not up_fusable(dims):
     raise ValueError(f'up_bias_act: big is not what the taps span: {dims}.')
+  return _bias_act_call(small, w, bias, dims, slope, transpose=True)
+
+
+def _bias_act_call(x, w, bias, dims, slope, transpose):
+  """The fused forward call: a convolution of `x` (down), or a deconvolution
+  (up, `transpose`), then bias and activation."""
+  _check(x, w, bias)
   nsp = len(dims)
-  strides, pads, _ = _geometry(dims)
-  out = (small.shape[0],) + tuple(d.n_big for d in dims) + (w.shape[1],)
-  big = _call('vaegan_onednn_deconv_fwd_bias_act', _shape_2d(out, nsp),
-              _as_2d(small, nsp), _kernel(w, dims), bias,
-              **_bias_act_attrs(strides, pads, slope))
-  return big.reshape(out)
+  strides, pads, extra = _geometry(dims)
+  if transpose:
+    target, x2 = 'vaegan_onednn_deconv_fwd_bias_act', _as_2d(x, nsp)
+    out = (x.shape[0],) + tuple(d.n_big for d in dims) + (w.shape[1],)
+  else:
+    target, x2 = 'vaegan_onednn_conv_fwd_bias_act', _pad(_as_2d(x, nsp), extra)
+    out = (x.shape[0],) + tuple(d.n_small for d in dims) + (w.shape[-1],)
+  y = _call(target, _shape_2d(out, nsp), x2, _kernel(w, dims), bias,
+            **_bias_act_attrs(strides, pads, slope))
+  return y.reshape(out)
 
 
 # ---------------------------------------------------------------------------

@@ -637,25 +637,27 @@ ffi::Error NarrowMap(ffi::ThreadPool& pool, const Array::Dimensions& big,
   return ffi::Error::Success();
 }
 
-ffi::Error NarrowDown(ffi::ThreadPool pool, Array big, Array w, Result small,
-                      int64_t sh, int64_t sw, int64_t bh, int64_t bw) {
-  return NarrowMap(pool, big.dimensions(), small->dimensions(), w.dimensions(),
+// NarrowDown (in = big, out = small) and, kUp, NarrowUp (in = small,
+// out = big): one image per task.
+template <bool kUp>
+ffi::Error NarrowDownOrUp(ffi::ThreadPool pool, Array in, Array w, Result out,
+                          int64_t sh, int64_t sw, int64_t bh, int64_t bw) {
+  const float* x = in.typed_data();
+  const float* k = w.typed_data();
+  float* y = out->typed_data();
+  return NarrowMap(pool, kUp ? out->dimensions() : in.dimensions(),
+                   kUp ? in.dimensions() : out->dimensions(), w.dimensions(),
                    sh, sw, bh, bw, [&](const Narrow& g, int64_t n) {
-                     VAEGAN_BY_CHANNELS(NarrowDownImage, g.c, g,
-                                        big.typed_data(), w.typed_data(),
-                                        small->typed_data(), n);
+                     if constexpr (kUp) {
+                       VAEGAN_BY_CHANNELS(NarrowUpImageAny, g.c, g, x, k, y, n);
+                     } else {
+                       VAEGAN_BY_CHANNELS(NarrowDownImage, g.c, g, x, k, y, n);
+                     }
                    });
 }
 
-ffi::Error NarrowUp(ffi::ThreadPool pool, Array small, Array w, Result big,
-                    int64_t sh, int64_t sw, int64_t bh, int64_t bw) {
-  return NarrowMap(pool, big->dimensions(), small.dimensions(), w.dimensions(),
-                   sh, sw, bh, bw, [&](const Narrow& g, int64_t n) {
-                     VAEGAN_BY_CHANNELS(NarrowUpImageAny, g.c, g,
-                                        small.typed_data(), w.typed_data(),
-                                        big->typed_data(), n);
-                   });
-}
+constexpr auto NarrowDown = NarrowDownOrUp<false>;
+constexpr auto NarrowUp = NarrowDownOrUp<true>;
 
 ffi::Error NarrowWgrad(ffi::ThreadPool pool, Array big, Array small, Result w,
                        int64_t sh, int64_t sw, int64_t bh, int64_t bw) {
