@@ -147,6 +147,15 @@ def _avg_pool_3x3_same(x):
                      count_include_pad=False)
 
 
+def _chain(conv, x, name, *layers):
+  """Convolutions `name`_1, `name`_2, ... applied in turn (torch's
+  numbering); each layer is `BasicConv2d`'s (features[, kernel, stride,
+  padding])."""
+  for i, layer in enumerate(layers, 1):
+    x = conv(*layer, name=f'{name}_{i}')(x)
+  return x
+
+
 def _max_pool_3x3(x, stride: int, pad: int = 0):
   return nn.max_pool(x, (3, 3), (stride, stride), padding=((pad, pad), (pad, pad)))
 
@@ -160,11 +169,9 @@ class InceptionA(nn.Module):
   def __call__(self, x):
     conv = functools.partial(BasicConv2d, precision=self.precision)
     b1 = conv(64, name='branch1x1')(x)
-    b5 = conv(48, name='branch5x5_1')(x)
-    b5 = conv(64, (5, 5), padding=(2, 2), name='branch5x5_2')(b5)
-    b3 = conv(64, name='branch3x3dbl_1')(x)
-    b3 = conv(96, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(b3)
-    b3 = conv(96, (3, 3), padding=(1, 1), name='branch3x3dbl_3')(b3)
+    b5 = _chain(conv, x, 'branch5x5', (48,), (64, (5, 5), 1, (2, 2)))
+    same3 = (96, (3, 3), 1, (1, 1))
+    b3 = _chain(conv, x, 'branch3x3dbl', (64,), same3, same3)
     bp = conv(self.pool_features, name='branch_pool')(_avg_pool_3x3_same(x))
     return jnp.concatenate([b1, b5, b3, bp], axis=-1)
 
@@ -177,9 +184,7 @@ class InceptionB(nn.Module):
   def __call__(self, x):
     conv = functools.partial(BasicConv2d, precision=self.precision)
     b3 = conv(384, (3, 3), stride=2, name='branch3x3')(x)
-    bd = conv(64, name='branch3x3dbl_1')(x)
-    bd = conv(96, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(bd)
-    bd = conv(96, (3, 3), stride=2, name='branch3x3dbl_3')(bd)
+    bd = _chain(conv, x, 'branch3x3dbl', (64,), (96, (3, 3), 1, (1, 1)), (96, (3, 3), 2))
     return jnp.concatenate([b3, bd, _max_pool_3x3(x, 2)], axis=-1)
 
 
@@ -193,14 +198,9 @@ class InceptionC(nn.Module):
     conv = functools.partial(BasicConv2d, precision=self.precision)
     c7 = self.channels_7x7
     b1 = conv(192, name='branch1x1')(x)
-    b7 = conv(c7, name='branch7x7_1')(x)
-    b7 = conv(c7, (1, 7), padding=(0, 3), name='branch7x7_2')(b7)
-    b7 = conv(192, (7, 1), padding=(3, 0), name='branch7x7_3')(b7)
-    bd = conv(c7, name='branch7x7dbl_1')(x)
-    bd = conv(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_2')(bd)
-    bd = conv(c7, (1, 7), padding=(0, 3), name='branch7x7dbl_3')(bd)
-    bd = conv(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_4')(bd)
-    bd = conv(192, (1, 7), padding=(0, 3), name='branch7x7dbl_5')(bd)
+    row, col = ((1, 7), 1, (0, 3)), ((7, 1), 1, (3, 0))  # 1x7 and 7x1, 'same'.
+    b7 = _chain(conv, x, 'branch7x7', (c7,), (c7, *row), (192, *col))
+    bd = _chain(conv, x, 'branch7x7dbl', (c7,), (c7, *col), (c7, *row), (c7, *col), (192, *row))
     bp = conv(192, name='branch_pool')(_avg_pool_3x3_same(x))
     return jnp.concatenate([b1, b7, bd, bp], axis=-1)
 
@@ -212,12 +212,9 @@ class InceptionD(nn.Module):
   @nn.compact
   def __call__(self, x):
     conv = functools.partial(BasicConv2d, precision=self.precision)
-    b3 = conv(192, name='branch3x3_1')(x)
-    b3 = conv(320, (3, 3), stride=2, name='branch3x3_2')(b3)
-    b7 = conv(192, name='branch7x7x3_1')(x)
-    b7 = conv(192, (1, 7), padding=(0, 3), name='branch7x7x3_2')(b7)
-    b7 = conv(192, (7, 1), padding=(3, 0), name='branch7x7x3_3')(b7)
-    b7 = conv(192, (3, 3), stride=2, name='branch7x7x3_4')(b7)
+    b3 = _chain(conv, x, 'branch3x3', (192,), (320, (3, 3), 2))
+    b7 = _chain(conv, x, 'branch7x7x3', (192,), (192, (1, 7), 1, (0, 3)),
+                (192, (7, 1), 1, (3, 0)), (192, (3, 3), 2))
     return jnp.concatenate([b3, b7, _max_pool_3x3(x, 2)], axis=-1)
 
 
