@@ -341,13 +341,7 @@ def down(big, w, dims):
     (N, *n_small, C_small).
   """
   _check(big, w)
-  nsp = len(dims)
-  strides, pads, extra = _geometry(dims)
-  big2 = _pad(_as_2d(big, nsp), extra)
-  out = (big.shape[0],) + tuple(d.n_small for d in dims) + (w.shape[-1],)
-  y = _call('vaegan_onednn_conv_fwd', _shape_2d(out, nsp), big2,
-            _kernel(w, dims), **_attrs(strides, pads))
-  return y.reshape(out)
+  return _forward('vaegan_onednn_conv_fwd', big, w, dims, transpose=False)
 
 
 def up(small, w, dims):
@@ -402,10 +396,6 @@ def wgrad(big, small, dims):
 # ---------------------------------------------------------------------------
 
 
-def _bias_act_attrs(strides, pads, slope):
-  return dict(_attrs(strides, pads), slope=np.float32(slope))
-
-
 def up_fusable(dims):
   """Whether `up_bias_act` can take these dims: oneDNN's deconvolution
   writes every output position, so big must be exactly what the taps span
@@ -450,16 +440,25 @@ def _bias_act_call(x, w, bias, dims, slope, transpose):
   """The fused forward call: a convolution of `x` (down), or a deconvolution
   (up, `transpose`), then bias and activation."""
   _check(x, w, bias)
+  target = ('vaegan_onednn_deconv_fwd_bias_act' if transpose
+            else 'vaegan_onednn_conv_fwd_bias_act')
+  return _forward(target, x, w, dims, bias, transpose=transpose, slope=np.float32(slope))
+
+
+def _forward(target, x, w, dims, *args, transpose, **attrs):
+  """The oneDNN handler `target` on `x` and the kernel (then `args`), with
+  the geometry of `dims` (and `attrs`): a convolution from the big side to
+  the small one, or, `transpose`, a deconvolution from small to big."""
   nsp = len(dims)
   strides, pads, extra = _geometry(dims)
   if transpose:
-    target, x2 = 'vaegan_onednn_deconv_fwd_bias_act', _as_2d(x, nsp)
+    x2 = _as_2d(x, nsp)
     out = (x.shape[0],) + tuple(d.n_big for d in dims) + (w.shape[1],)
   else:
-    target, x2 = 'vaegan_onednn_conv_fwd_bias_act', _pad(_as_2d(x, nsp), extra)
+    x2 = _pad(_as_2d(x, nsp), extra)
     out = (x.shape[0],) + tuple(d.n_small for d in dims) + (w.shape[-1],)
-  y = _call(target, _shape_2d(out, nsp), x2, _kernel(w, dims), bias,
-            **_bias_act_attrs(strides, pads, slope))
+  y = _call(target, _shape_2d(out, nsp), x2, _kernel(w, dims), *args,
+            **_attrs(strides, pads), **attrs)
   return y.reshape(out)
 
 
