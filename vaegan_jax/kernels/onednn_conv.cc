@@ -482,14 +482,27 @@ inline void ValidOutputs(int64_t t, int64_t step, int64_t base, int64_t n_big,
 #define VAEGAN_CLONES
 #endif
 
+// The C accumulators of one pixel: a fixed array for the channel counts
+// the loops are built for (kC > 0: they can live in registers), else on the
+// heap.
+template <int64_t kC>
+class Accumulators {
+ public:
+  explicit Accumulators(int64_t c) : dynamic_(kC ? 0 : c) {}
+  float* get() { return kC ? fixed_ : dynamic_.data(); }
+
+ private:
+  std::vector<float> dynamic_;
+  float fixed_[kC ? kC : 1];
+};
+
 // small[n] = sum over taps of big's patch . w, pixel by pixel.
 template <int64_t kC>
 VAEGAN_CLONES void NarrowDownImage(const Narrow& g, const float* big,
                                    const float* w, float* small, int64_t n) {
   const int64_t C = kC ? kC : g.c;
-  std::vector<float> dynamic(kC ? 0 : C);
-  float fixed[kC ? kC : 1];
-  float* acc = kC ? fixed : dynamic.data();
+  Accumulators<kC> accumulators(C);
+  float* acc = accumulators.get();
   const float* image = big + n * g.hb * g.wb * C;
   float* out = small + n * g.hs * g.ws;
   for (int64_t oh = 0; oh < g.hs; ++oh) {
@@ -521,9 +534,8 @@ template <int64_t kC, bool kUnit>
 VAEGAN_CLONES void NarrowUpImage(const Narrow& g, const float* small,
                                  const float* w, float* big, int64_t n) {
   const int64_t C = kC ? kC : g.c;
-  std::vector<float> dynamic(kC ? 0 : C);
-  float fixed[kC ? kC : 1];
-  float* acc = kC ? fixed : dynamic.data();
+  Accumulators<kC> accumulators(C);
+  float* acc = accumulators.get();
   const float* in = small + n * g.hs * g.ws;
   float* image = big + n * g.hb * g.wb * C;
   for (int64_t ih = 0; ih < g.hb; ++ih) {
@@ -568,9 +580,8 @@ VAEGAN_CLONES void NarrowWgradImage(const Narrow& g, const float* big,
                                     const float* small, float* partial,
                                     int64_t n) {
   const int64_t C = kC ? kC : g.c;
-  std::vector<float> dynamic(kC ? 0 : C);
-  float fixed[kC ? kC : 1];
-  float* acc = kC ? fixed : dynamic.data();
+  Accumulators<kC> accumulators(C);
+  float* acc = accumulators.get();
   const float* image = big + n * g.hb * g.wb * C;
   const float* dy = small + n * g.hs * g.ws;
   for (int64_t a = 0; a < g.kh; ++a) {
