@@ -84,3 +84,27 @@ def test_best_metric_falls_back_per_family(capsys):
   config.eval.generative_metrics = False  # Turned off on purpose: no note.
   assert generative.best_metric(config, gan, None)[0] == ''
   assert not capsys.readouterr().out
+
+
+def test_reconstruct_reads_the_folder_with_the_runs_channel_count(tmp_path, monkeypatch):
+  """A grey folder trained with data.channels=3: `sample --mode=reconstruct`
+  feeds the networks 3-channel test images, as training did."""
+  from vaegan_jax import sample  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('VAEGAN_JAX_CACHE', str(tmp_path / 'cache'))
+  sources.scan_folder.cache_clear()
+  sample._test_split.cache_clear()
+  root = _class_sorted_digits(tmp_path / 'digits', classes=2, per_class=12)
+  config = load_config('vae', 'smoke')
+  config.data.name = f'folder:{root}'
+  config.data.channels = 3
+  config.train.batch_size = 8
+  config.train.num_steps = 1
+  config.eval.generative_metrics = False
+  config.eval.train_iwae_k = 0
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(config, str(workdir))
+  result = sample.run(str(workdir), mode='reconstruct', num=4, out=str(tmp_path / 'r.png'),
+                      echo=lambda *a: None)
+  assert np.isfinite(result['psnr'])
+  image = np.asarray(Image.open(tmp_path / 'r.png'))
+  assert image.ndim == 3 and image.shape[-1] == 3
