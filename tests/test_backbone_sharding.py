@@ -99,7 +99,7 @@ fid.run(args['a'], args['b'], features='dinov2', dinov2_weights=args['weights'][
 def test_features_and_fid_on_four_devices_equal_one_device(weights, tmp_path):
   import jax  # pylint: disable=g-import-not-at-top
   assert jax.device_count() == 1
-  # 11 images: batches of 12 on 4 devices, one padded; grey and float inputs too.
+  # 11 images: one batch of 16 split over 4 devices, 5 rows padding; grey and float inputs too.
   x = _images(11, 28, channels=1, seed=3)
   images = str(tmp_path / 'x.npy')
   np.save(images, x)

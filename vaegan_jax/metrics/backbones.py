@@ -139,7 +139,8 @@ def _map_batches(fn, images, mesh, per_call: int) -> dict:
   from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
   images = np.asarray(images)
   prepare = None if images.dtype == np.uint8 else inception.quantize
-  batch = _batch(mesh, min(per_call, len(images)))  # Few images: no padding to per_call.
+  # Few images: a smaller batch (a power of two, so few shapes compile).
+  batch = _batch(mesh, min(per_call, 1 << (len(images) - 1).bit_length()))
   return sharding.map_batches(fn, images, batch, mesh, prepare)
 
 
