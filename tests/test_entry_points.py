@@ -26,7 +26,7 @@ def config_module(name):
 def test_main_help_exits_0_and_names_the_commands_and_every_variant():
   proc = run('main', '--help')
   assert proc.returncode == 0, proc.stderr[-2000:]
-  for command in ('vaegan-sample', 'vaegan-evaluate', 'vaegan-plot', 'vaegan-train'):
+  for command in ('vaegan-sample', 'vaegan-evaluate', 'vaegan-plot', 'vaegan-train', 'vaegan-fid'):
     assert command in proc.stdout, command
   lines = proc.stdout.splitlines()
   for name in ('vae', 'gan', 'vaegan'):

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT
 
-COMMANDS = ('vaegan-train', 'vaegan-sample', 'vaegan-evaluate', 'vaegan-plot')
+COMMANDS = ('vaegan-train', 'vaegan-sample', 'vaegan-evaluate', 'vaegan-plot', 'vaegan-fid')
 
 
 @pytest.fixture(scope='module')

@@ -80,6 +80,43 @@ def _check_images(x, image_shape) -> jax.Array:
   return jax.numpy.asarray(x, jax.numpy.float32)
 
 
+
+def check_labels(labels, n: int, num_classes: int, family_name: str,
+                 required: bool = False, flag: str = ''):
+  """`labels` (None, an int or N ints) as int32 numpy (n,), or None.
+
+  Args:
+    num_classes: K of the model (0: unconditional); family_name: for messages.
+    required: a conditional model needs labels here.
+    flag: the command-line flag that gave `labels` (e.g. 'label'), named in
+      the messages.
+
+  Raises:
+    UserError: labels for an unconditional model, labels outside [0, K), a
+      count that is not n, or (`required`) none for a conditional model.
+  """
+  if labels is None:
+    if required and num_classes:
+      raise UserError(f'This {family_name} model is class-conditional: give the '
+                      f'labels (0-{num_classes - 1}) of the images.')
+    return None
+  given = lambda v: f'--{flag}={v}' if flag else f'Label {v}'
+  if not num_classes:
+    what = f'{given(labels)} needs' if flag else 'Labels need'
+    raise UserError(f'{what} a class-conditional checkpoint; this {family_name} model '
+                    'was trained with model.conditional=False.')
+  y = np.asarray(labels)
+  if not np.issubdtype(y.dtype, np.integer) or y.ndim > 1:
+    raise UserError(f'Labels must be an int or a 1-D array of ints, not {labels!r}.')
+  if y.size and (y.min() < 0 or y.max() >= num_classes):
+    bad = int(y.min()) if y.min() < 0 else int(y.max())
+    raise UserError(f'{given(bad)} is out of range: this model has {num_classes} '
+                    f'classes, 0-{num_classes - 1}.')
+  if y.ndim == 1 and len(y) != n:
+    raise UserError(f'Expected {n} labels, got {len(y)}.')
+  return np.broadcast_to(y, (n,)).astype(np.int32)
+
+
 class Model:
   """A restored model: the family's functions bound to its config and state.
 
@@ -119,31 +156,10 @@ class Model:
                       f'{what}; use sample or decode.')
 
   def check_labels(self, labels, n: int, required: bool = False):
-    """`labels` (None, an int or N ints) as int32 (n,), or None.
-
-    Raises:
-      UserError: labels for an unconditional model, labels outside
-        [0, num_classes), a count that is not n, or (`required`) none for a
-        conditional model.
-    """
-    if labels is None:
-      if required and self.num_classes:
-        raise UserError(f'This {self.family_name} model is class-conditional: give the '
-                        f'labels (0-{self.num_classes - 1}) of the images.')
-      return None
-    if not self.num_classes:
-      raise UserError(f'Labels need a class-conditional checkpoint; this {self.family_name} '
-                      f'model was trained with model.conditional=False.')
-    y = np.asarray(labels)
-    if not np.issubdtype(y.dtype, np.integer) or y.ndim > 1:
-      raise UserError(f'Labels must be an int or a 1-D array of ints, not {labels!r}.')
-    if y.size and (y.min() < 0 or y.max() >= self.num_classes):
-      bad = int(y.min()) if y.min() < 0 else int(y.max())
-      raise UserError(f'Label {bad} is out of range: this model has {self.num_classes} '
-                      f'classes, 0-{self.num_classes - 1}.')
-    if y.ndim == 1 and len(y) != n:
-      raise UserError(f'Expected {n} labels, got {len(y)}.')
-    return jax.numpy.asarray(np.broadcast_to(y, (n,)), jax.numpy.int32)
+    """`labels` (None, an int or N ints) as int32 (n,), or None; see
+    `check_labels` (module level)."""
+    y = check_labels(labels, n, self.num_classes, self.family_name, required)
+    return None if y is None else jax.numpy.asarray(y)
 
   def sample(self, key, n: int, labels=None) -> jax.Array:
     """n samples from the model, (n, H, W, C) in [0, 1]. `key`: a PRNG key or an int.

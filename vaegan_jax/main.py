@@ -20,6 +20,8 @@ The other commands (each also `python -m vaegan_jax.<name>`):
                                denoising, inpainting
   vaegan-evaluate  (evaluate)  a checkpoint -> metrics JSON (FID, KID, ...)
   vaegan-plot      (plot)      a run's training curves -> PNG
+  vaegan-fid       (fid)       two image sets (folders, .npz, workdirs, saved
+                               statistics) -> FID, KID, precision/recall, ...
 """
 
 from absl import app

@@ -193,12 +193,7 @@ def run(workdir, mode='samples', num=None, seed=0, out='', step=None, images='',
   family = families.get(stored.model.family)
   family_name = family.__name__.rsplit('.', 1)[-1]
   num_classes = conditional.num_classes(stored)
-  if label is not None and not num_classes:
-    raise UserError(f'--label={label} needs a class-conditional checkpoint; the {family_name} '
-                    f'model in {workdir} was trained with model.conditional=False.')
-  if label is not None and not 0 <= label < num_classes:
-    raise UserError(f'--label={label} is out of range: the model in {workdir} has '
-                    f'{num_classes} classes, 0-{num_classes - 1}.')
+  api.check_labels(label, 1, num_classes, family_name, flag='label')
   if mode == 'class_grid' and not num_classes:
     raise UserError(f'--mode=class_grid needs a class-conditional checkpoint; the '
                     f'{family_name} model in {workdir} was trained with '

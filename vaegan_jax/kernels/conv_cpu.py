@@ -543,88 +543,44 @@ def _wgrad_impl(big, small, dims, precision, how):
 # ---------------------------------------------------------------------------
 
 
-def _keeping_inputs(fn):
-  """The forward of `fn`'s custom VJP: fn's output, both array inputs kept
-  for the backward (each map's gradient is made of the other two maps)."""
+def _linear_map(impl, field, grads):
+  """`impl` under a custom VJP whose backward pass is made of the maps again.
+
+  Args:
+    impl: `(a, b, dims, precision, how) -> output`, linear in `a` and in `b`.
+    field: the `Plan` field that picks impl's formulation.
+    grads: `(g, a, b, dims, precision, plan) -> (da, db)`, the cotangents of
+      both array inputs given the output's `g` (made of the other maps).
+  """
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+  def op(a, b, dims, precision, plan):
+    return impl(a, b, dims, precision, getattr(plan, field))
 
   def fwd(a, b, dims, precision, plan):
-    return fn(a, b, dims, precision, plan), (a, b)
+    return op(a, b, dims, precision, plan), (a, b)
 
-  return fwd
+  def bwd(dims, precision, plan, res, g):
+    a, b = res
+    da, db = grads(g, a, b, dims, precision, plan)
+    return da.astype(a.dtype), db.astype(b.dtype)
 
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def down(big, w, dims, precision, plan):
-  """small = G . W.
-
-  Args:
-    big: (N, *n_big, C_big).
-    w: (T, C_big, C_small), taps row-major.
-    dims: tuple of `Dim`.
-    precision: `lax.Precision` or None.
-    plan: `Plan`; plan.down is used here, the rest by the gradients.
-
-  Returns:
-    (N, *n_small, C_small).
-  """
-  return _down_impl(big, w, dims, precision, plan.down)
+  op.defvjp(fwd, bwd)
+  return op
 
 
-def _down_bwd(dims, precision, plan, res, d_small):
-  big, w = res
-  return (up(d_small, w, dims, precision, plan).astype(big.dtype),
-          wgrad(big, d_small, dims, precision, plan).astype(w.dtype))
-
-
-down.defvjp(_keeping_inputs(down), _down_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def up(small, w, dims, precision, plan):
-  """big = gather^T(small . W^T), the adjoint of `down` in big.
-
-  Args:
-    small: (N, *n_small, C_small).
-    w: (T, C_big, C_small).
-    dims, precision, plan: as for `down` (plan.up is used here).
-
-  Returns:
-    (N, *n_big, C_big).
-  """
-  return _up_impl(small, w, dims, precision, plan.up)
-
-
-def _up_bwd(dims, precision, plan, res, d_big):
-  small, w = res
-  return (down(d_big, w, dims, precision, plan).astype(small.dtype),
-          wgrad(d_big, small, dims, precision, plan).astype(w.dtype))
-
-
-up.defvjp(_keeping_inputs(up), _up_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def wgrad(big, small, dims, precision, plan):
-  """dW = G^T . small, contracting batch and space.
-
-  Args:
-    big: (N, *n_big, C_big).
-    small: (N, *n_small, C_small).
-    dims, precision, plan: as for `down` (plan.wgrad is used here).
-
-  Returns:
-    (T, C_big, C_small).
-  """
-  return _wgrad_impl(big, small, dims, precision, plan.wgrad)
-
-
-def _wgrad_bwd(dims, precision, plan, res, d_w):
-  big, small = res
-  return (up(small, d_w, dims, precision, plan).astype(big.dtype),
-          down(big, d_w, dims, precision, plan).astype(small.dtype))
-
-
-wgrad.defvjp(_keeping_inputs(wgrad), _wgrad_bwd)
+# The three maps of a convolution, with
+#   big: (N, *n_big, C_big), small: (N, *n_small, C_small),
+#   w: (T, C_big, C_small) (taps row-major), dims: tuple of `Dim`,
+#   precision: `lax.Precision` or None, plan: `Plan` (each map uses its own
+#   field; the rest serve the gradients):
+# down(big, w, ...) -> small = G . W;
+down = _linear_map(_down_impl, 'down', lambda g, big, w, *a: (up(g, w, *a), wgrad(big, g, *a)))
+# up(small, w, ...) -> big = gather^T(small . W^T), the adjoint of `down` in big;
+up = _linear_map(_up_impl, 'up', lambda g, small, w, *a: (down(g, w, *a), wgrad(g, small, *a)))
+# wgrad(big, small, ...) -> dW = G^T . small, contracting batch and space.
+wgrad = _linear_map(_wgrad_impl, 'wgrad',
+                    lambda g, big, small, *a: (up(small, g, *a), down(big, g, *a)))
 
 
 # ---------------------------------------------------------------------------

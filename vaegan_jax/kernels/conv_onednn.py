@@ -341,13 +341,7 @@ def down(big, w, dims):
     (N, *n_small, C_small).
   """
   _check(big, w)
-  nsp = len(dims)
-  strides, pads, extra = _geometry(dims)
-  big2 = _pad(_as_2d(big, nsp), extra)
-  out = (big.shape[0],) + tuple(d.n_small for d in dims) + (w.shape[-1],)
-  y = _call('vaegan_onednn_conv_fwd', _shape_2d(out, nsp), big2,
-            _kernel(w, dims), **_attrs(strides, pads))
-  return y.reshape(out)
+  return _forward('vaegan_onednn_conv_fwd', big, w, dims, transpose=False)
 
 
 def up(small, w, dims):
@@ -402,10 +396,6 @@ def wgrad(big, small, dims):
 # ---------------------------------------------------------------------------
 
 
-def _bias_act_attrs(strides, pads, slope):
-  return dict(_attrs(strides, pads), slope=np.float32(slope))
-
-
 def up_fusable(dims):
   """Whether `up_bias_act` can take these dims: oneDNN's deconvolution
   writes every output position, so big must be exactly what the taps span
@@ -434,39 +424,42 @@ def down_bias_act(big, w, bias, dims, slope):
   Returns:
     (N, *n_small, C_small).
   """
-  _check(big, w, bias)
-  nsp = len(dims)
-  strides, pads, extra = _geometry(dims)
-  big2 = _pad(_as_2d(big, nsp), extra)
-  out = (big.shape[0],) + tuple(d.n_small for d in dims) + (w.shape[-1],)
-  y = _call('vaegan_onednn_conv_fwd_bias_act', _shape_2d(out, nsp), big2,
-            _kernel(w, dims), bias, **_bias_act_attrs(strides, pads, slope))
-  return y.reshape(out)
+  return _bias_act_call(big, w, bias, dims, slope, transpose=False)
 
 
 def up_bias_act(small, w, bias, dims, slope):
-  """act(up(small, W) + bias) where `up_fusable(dims)`.
-
-  Args:
-    small: (N, *n_small, C_small) float32.
-    w: (T, C_big, C_small).
-    bias: (C_big,).
-    dims: tuple of conv_cpu.Dim.
-    slope: the activation's negative slope (0: ReLU).
-
-  Returns:
-    (N, *n_big, C_big).
-  """
-  _check(small, w, bias)
+  """act(up(small, W) + bias) where `up_fusable(dims)`; arguments as for
+  `down_bias_act` with small (N, *n_small, C_small) in, bias (C_big,) and
+  (N, *n_big, C_big) out."""
   if not up_fusable(dims):
     raise ValueError(f'up_bias_act: big is not what the taps span: {dims}.')
+  return _bias_act_call(small, w, bias, dims, slope, transpose=True)
+
+
+def _bias_act_call(x, w, bias, dims, slope, transpose):
+  """The fused forward call: a convolution of `x` (down), or a deconvolution
+  (up, `transpose`), then bias and activation."""
+  _check(x, w, bias)
+  target = ('vaegan_onednn_deconv_fwd_bias_act' if transpose
+            else 'vaegan_onednn_conv_fwd_bias_act')
+  return _forward(target, x, w, dims, bias, transpose=transpose, slope=np.float32(slope))
+
+
+def _forward(target, x, w, dims, *args, transpose, **attrs):
+  """The oneDNN handler `target` on `x` and the kernel (then `args`), with
+  the geometry of `dims` (and `attrs`): a convolution from the big side to
+  the small one, or, `transpose`, a deconvolution from small to big."""
   nsp = len(dims)
-  strides, pads, _ = _geometry(dims)
-  out = (small.shape[0],) + tuple(d.n_big for d in dims) + (w.shape[1],)
-  big = _call('vaegan_onednn_deconv_fwd_bias_act', _shape_2d(out, nsp),
-              _as_2d(small, nsp), _kernel(w, dims), bias,
-              **_bias_act_attrs(strides, pads, slope))
-  return big.reshape(out)
+  strides, pads, extra = _geometry(dims)
+  if transpose:
+    x2 = _as_2d(x, nsp)
+    out = (x.shape[0],) + tuple(d.n_big for d in dims) + (w.shape[1],)
+  else:
+    x2 = _pad(_as_2d(x, nsp), extra)
+    out = (x.shape[0],) + tuple(d.n_small for d in dims) + (w.shape[-1],)
+  y = _call(target, _shape_2d(out, nsp), x2, _kernel(w, dims), *args,
+            **_attrs(strides, pads), **attrs)
+  return y.reshape(out)
 
 
 # ---------------------------------------------------------------------------

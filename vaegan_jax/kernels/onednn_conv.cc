@@ -46,6 +46,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -141,6 +142,18 @@ void* ThreadScratch(size_t bytes) {
   return buffer.ptr;
 }
 
+// Keeps the primitive of `pd` in `e`, with the memory descriptors its src,
+// wei and dst roles take (and its scratchpad's).
+template <typename Primitive, typename Pd>
+void Keep(Entry* e, const Pd& pd, const memory::desc& src, const memory::desc& wei,
+          const memory::desc& dst) {
+  e->prim = Primitive(pd);
+  e->src = src;
+  e->wei = wei;
+  e->dst = dst;
+  e->scratch_prim = pd.scratchpad_desc();
+}
+
 std::shared_ptr<const Entry> Build(Kind kind, const Geometry& g) {
   using dt = memory::data_type;
   auto e = std::make_shared<Entry>();
@@ -159,11 +172,8 @@ std::shared_ptr<const Entry> Build(Kind kind, const Geometry& g) {
         Engine(), dnnl::prop_kind::forward_training,
         dnnl::algorithm::convolution_direct, e->src_user, wei_any, e->bias,
         e->dst_user, g.strides, g.pad_l, g.pad_r, ActivationAttr(g.slope));
-    e->prim = dnnl::convolution_forward(pd);
-    e->src = pd.src_desc();
-    e->wei = pd.weights_desc();
-    e->dst = pd.dst_desc();
-    e->scratch_prim = pd.scratchpad_desc();
+    Keep<dnnl::convolution_forward>(e.get(), pd, pd.src_desc(), pd.weights_desc(),
+                                    pd.dst_desc());
   } else if (kind == Kind::kDeconvBiasAct) {
     // src = dy (the small side), dst = dx (the big one); the weights'
     // logical dims are (C, O, KH, KW), the HWIO buffer read with strides.
@@ -177,35 +187,23 @@ std::shared_ptr<const Entry> Build(Kind kind, const Geometry& g) {
         dnnl::algorithm::deconvolution_direct, e->dst_user,
         memory::desc(dims, dt::f32, tag::any), e->bias, e->src_user,
         g.strides, g.pad_l, g.pad_r, ActivationAttr(g.slope));
-    e->prim = dnnl::deconvolution_forward(pd);
-    e->src = pd.dst_desc();
-    e->wei = pd.weights_desc();
-    e->dst = pd.src_desc();
-    e->scratch_prim = pd.scratchpad_desc();
+    Keep<dnnl::deconvolution_forward>(e.get(), pd, pd.dst_desc(), pd.weights_desc(),
+                                      pd.src_desc());
   } else if (kind == Kind::kFwd) {
-    e->prim = dnnl::convolution_forward(fwd);
-    e->src = fwd.src_desc();
-    e->wei = fwd.weights_desc();
-    e->dst = fwd.dst_desc();
-    e->scratch_prim = fwd.scratchpad_desc();
+    Keep<dnnl::convolution_forward>(e.get(), fwd, fwd.src_desc(), fwd.weights_desc(),
+                                    fwd.dst_desc());
   } else if (kind == Kind::kBwdData) {
     auto pd = dnnl::convolution_backward_data::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, e->src_user, wei_any,
         e->dst_user, g.strides, g.pad_l, g.pad_r, fwd, attr);
-    e->prim = dnnl::convolution_backward_data(pd);
-    e->src = pd.diff_src_desc();
-    e->wei = pd.weights_desc();
-    e->dst = pd.diff_dst_desc();
-    e->scratch_prim = pd.scratchpad_desc();
+    Keep<dnnl::convolution_backward_data>(e.get(), pd, pd.diff_src_desc(),
+                                          pd.weights_desc(), pd.diff_dst_desc());
   } else {
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
         Engine(), dnnl::algorithm::convolution_direct, e->src_user, wei_any,
         e->dst_user, g.strides, g.pad_l, g.pad_r, fwd, attr);
-    e->prim = dnnl::convolution_backward_weights(pd);
-    e->src = pd.src_desc();
-    e->wei = pd.diff_weights_desc();
-    e->dst = pd.diff_dst_desc();
-    e->scratch_prim = pd.scratchpad_desc();
+    Keep<dnnl::convolution_backward_weights>(e.get(), pd, pd.src_desc(),
+                                             pd.diff_weights_desc(), pd.diff_dst_desc());
   }
   // The output of each kind is reordered primitive -> user, inputs the
   // other way.
@@ -263,56 +261,53 @@ ffi::Error Run(Kind kind, const Geometry& g, void* src, void* wei, void* dst,
     auto scratch = [&](const memory::desc& d) {
       return memory(d, engine, scratch_ptr);
     };
-    auto copy = [&](bool needed, const dnnl::primitive& reorder,
-                    const memory::desc& scratch_desc, memory& from, memory& to) {
-      if (needed)
-        reorder.execute(stream, {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to},
-                                 {DNNL_ARG_SCRATCHPAD, scratch(scratch_desc)}});
+    // One side of the call (src, wei or dst): the user's buffer, the one
+    // the primitive takes, and the reorder between them.
+    struct Side {
+      bool reordered;
+      const dnnl::primitive& reorder;
+      const memory::desc& scratch_desc;
+      memory& user;
+      memory& mem;
     };
-    if (kind == Kind::kFwdBiasAct || kind == Kind::kDeconvBiasAct) {
-      const bool deconv = kind == Kind::kDeconvBiasAct;
-      memory& in_user = deconv ? dst_user : src_user;
-      memory& in_mem = deconv ? dst_mem : src_mem;
-      memory& out_user = deconv ? src_user : dst_user;
-      memory& out_mem = deconv ? src_mem : dst_mem;
-      copy(deconv ? e->has_reorder_dst : e->has_reorder_src,
-           deconv ? e->reorder_dst : e->reorder_src,
-           deconv ? e->scratch_dst : e->scratch_src, in_user, in_mem);
-      copy(e->has_reorder_wei, e->reorder_wei, e->scratch_wei, wei_user, wei_mem);
-      memory bias_mem(e->bias, engine, bias);
-      e->prim.execute(stream, {{DNNL_ARG_SRC, in_mem},
-                               {DNNL_ARG_WEIGHTS, wei_mem},
-                               {DNNL_ARG_BIAS, bias_mem},
-                               {DNNL_ARG_DST, out_mem},
-                               {DNNL_ARG_SCRATCHPAD, scratch(e->scratch_prim)}});
-      copy(deconv ? e->has_reorder_src : e->has_reorder_dst,
-           deconv ? e->reorder_src : e->reorder_dst,
-           deconv ? e->scratch_src : e->scratch_dst, out_mem, out_user);
-    } else if (kind == Kind::kFwd) {
-      copy(e->has_reorder_src, e->reorder_src, e->scratch_src, src_user, src_mem);
-      copy(e->has_reorder_wei, e->reorder_wei, e->scratch_wei, wei_user, wei_mem);
-      e->prim.execute(stream, {{DNNL_ARG_SRC, src_mem},
-                               {DNNL_ARG_WEIGHTS, wei_mem},
-                               {DNNL_ARG_DST, dst_mem},
-                               {DNNL_ARG_SCRATCHPAD, scratch(e->scratch_prim)}});
-      copy(e->has_reorder_dst, e->reorder_dst, e->scratch_dst, dst_mem, dst_user);
-    } else if (kind == Kind::kBwdData) {
-      copy(e->has_reorder_dst, e->reorder_dst, e->scratch_dst, dst_user, dst_mem);
-      copy(e->has_reorder_wei, e->reorder_wei, e->scratch_wei, wei_user, wei_mem);
-      e->prim.execute(stream, {{DNNL_ARG_DIFF_SRC, src_mem},
-                               {DNNL_ARG_WEIGHTS, wei_mem},
-                               {DNNL_ARG_DIFF_DST, dst_mem},
-                               {DNNL_ARG_SCRATCHPAD, scratch(e->scratch_prim)}});
-      copy(e->has_reorder_src, e->reorder_src, e->scratch_src, src_mem, src_user);
+    Side s{e->has_reorder_src, e->reorder_src, e->scratch_src, src_user, src_mem};
+    Side w{e->has_reorder_wei, e->reorder_wei, e->scratch_wei, wei_user, wei_mem};
+    Side d{e->has_reorder_dst, e->reorder_dst, e->scratch_dst, dst_user, dst_mem};
+    auto copy = [&](const Side& side, bool into_primitive) {
+      if (!side.reordered) return;
+      side.reorder.execute(
+          stream, {{DNNL_ARG_FROM, into_primitive ? side.user : side.mem},
+                   {DNNL_ARG_TO, into_primitive ? side.mem : side.user},
+                   {DNNL_ARG_SCRATCHPAD, scratch(side.scratch_desc)}});
+    };
+    // The two sides each kind reads and the one it writes, with oneDNN's
+    // argument ids for them (the deconvolution reads dy, writes dx).
+    const bool deconv = kind == Kind::kDeconvBiasAct;
+    const bool fused = deconv || kind == Kind::kFwdBiasAct;
+    std::pair<Side*, int> in1, in2, out;
+    if (kind == Kind::kBwdData) {
+      in1 = {&d, DNNL_ARG_DIFF_DST};
+      in2 = {&w, DNNL_ARG_WEIGHTS};
+      out = {&s, DNNL_ARG_DIFF_SRC};
+    } else if (kind == Kind::kBwdWeights) {
+      in1 = {&s, DNNL_ARG_SRC};
+      in2 = {&d, DNNL_ARG_DIFF_DST};
+      out = {&w, DNNL_ARG_DIFF_WEIGHTS};
     } else {
-      copy(e->has_reorder_src, e->reorder_src, e->scratch_src, src_user, src_mem);
-      copy(e->has_reorder_dst, e->reorder_dst, e->scratch_dst, dst_user, dst_mem);
-      e->prim.execute(stream, {{DNNL_ARG_SRC, src_mem},
-                               {DNNL_ARG_DIFF_WEIGHTS, wei_mem},
-                               {DNNL_ARG_DIFF_DST, dst_mem},
-                               {DNNL_ARG_SCRATCHPAD, scratch(e->scratch_prim)}});
-      copy(e->has_reorder_wei, e->reorder_wei, e->scratch_wei, wei_mem, wei_user);
+      in1 = {deconv ? &d : &s, DNNL_ARG_SRC};
+      in2 = {&w, DNNL_ARG_WEIGHTS};
+      out = {deconv ? &s : &d, DNNL_ARG_DST};
     }
+    copy(*in1.first, true);
+    copy(*in2.first, true);
+    std::unordered_map<int, memory> args = {
+        {in1.second, in1.first->mem},
+        {in2.second, in2.first->mem},
+        {out.second, out.first->mem},
+        {DNNL_ARG_SCRATCHPAD, scratch(e->scratch_prim)}};
+    if (fused) args.emplace(DNNL_ARG_BIAS, memory(e->bias, engine, bias));
+    e->prim.execute(stream, args);
+    copy(*out.first, false);
     stream.wait();
   } catch (const dnnl::error& err) {
     return ffi::Error(ffi::ErrorCode::kInternal,
@@ -487,14 +482,27 @@ inline void ValidOutputs(int64_t t, int64_t step, int64_t base, int64_t n_big,
 #define VAEGAN_CLONES
 #endif
 
+// The C accumulators of one pixel: a fixed array for the channel counts
+// the loops are built for (kC > 0: they can live in registers), else on the
+// heap.
+template <int64_t kC>
+class Accumulators {
+ public:
+  explicit Accumulators(int64_t c) : dynamic_(kC ? 0 : c) {}
+  float* get() { return kC ? fixed_ : dynamic_.data(); }
+
+ private:
+  std::vector<float> dynamic_;
+  float fixed_[kC ? kC : 1];
+};
+
 // small[n] = sum over taps of big's patch . w, pixel by pixel.
 template <int64_t kC>
 VAEGAN_CLONES void NarrowDownImage(const Narrow& g, const float* big,
                                    const float* w, float* small, int64_t n) {
   const int64_t C = kC ? kC : g.c;
-  std::vector<float> dynamic(kC ? 0 : C);
-  float fixed[kC ? kC : 1];
-  float* acc = kC ? fixed : dynamic.data();
+  Accumulators<kC> accumulators(C);
+  float* acc = accumulators.get();
   const float* image = big + n * g.hb * g.wb * C;
   float* out = small + n * g.hs * g.ws;
   for (int64_t oh = 0; oh < g.hs; ++oh) {
@@ -526,9 +534,8 @@ template <int64_t kC, bool kUnit>
 VAEGAN_CLONES void NarrowUpImage(const Narrow& g, const float* small,
                                  const float* w, float* big, int64_t n) {
   const int64_t C = kC ? kC : g.c;
-  std::vector<float> dynamic(kC ? 0 : C);
-  float fixed[kC ? kC : 1];
-  float* acc = kC ? fixed : dynamic.data();
+  Accumulators<kC> accumulators(C);
+  float* acc = accumulators.get();
   const float* in = small + n * g.hs * g.ws;
   float* image = big + n * g.hb * g.wb * C;
   for (int64_t ih = 0; ih < g.hb; ++ih) {
@@ -573,9 +580,8 @@ VAEGAN_CLONES void NarrowWgradImage(const Narrow& g, const float* big,
                                     const float* small, float* partial,
                                     int64_t n) {
   const int64_t C = kC ? kC : g.c;
-  std::vector<float> dynamic(kC ? 0 : C);
-  float fixed[kC ? kC : 1];
-  float* acc = kC ? fixed : dynamic.data();
+  Accumulators<kC> accumulators(C);
+  float* acc = accumulators.get();
   const float* image = big + n * g.hb * g.wb * C;
   const float* dy = small + n * g.hs * g.ws;
   for (int64_t a = 0; a < g.kh; ++a) {
@@ -637,25 +643,27 @@ ffi::Error NarrowMap(ffi::ThreadPool& pool, const Array::Dimensions& big,
   return ffi::Error::Success();
 }
 
-ffi::Error NarrowDown(ffi::ThreadPool pool, Array big, Array w, Result small,
-                      int64_t sh, int64_t sw, int64_t bh, int64_t bw) {
-  return NarrowMap(pool, big.dimensions(), small->dimensions(), w.dimensions(),
+// NarrowDown (in = big, out = small) and, kUp, NarrowUp (in = small,
+// out = big): one image per task.
+template <bool kUp>
+ffi::Error NarrowDownOrUp(ffi::ThreadPool pool, Array in, Array w, Result out,
+                          int64_t sh, int64_t sw, int64_t bh, int64_t bw) {
+  const float* x = in.typed_data();
+  const float* k = w.typed_data();
+  float* y = out->typed_data();
+  return NarrowMap(pool, kUp ? out->dimensions() : in.dimensions(),
+                   kUp ? in.dimensions() : out->dimensions(), w.dimensions(),
                    sh, sw, bh, bw, [&](const Narrow& g, int64_t n) {
-                     VAEGAN_BY_CHANNELS(NarrowDownImage, g.c, g,
-                                        big.typed_data(), w.typed_data(),
-                                        small->typed_data(), n);
+                     if constexpr (kUp) {
+                       VAEGAN_BY_CHANNELS(NarrowUpImageAny, g.c, g, x, k, y, n);
+                     } else {
+                       VAEGAN_BY_CHANNELS(NarrowDownImage, g.c, g, x, k, y, n);
+                     }
                    });
 }
 
-ffi::Error NarrowUp(ffi::ThreadPool pool, Array small, Array w, Result big,
-                    int64_t sh, int64_t sw, int64_t bh, int64_t bw) {
-  return NarrowMap(pool, big->dimensions(), small.dimensions(), w.dimensions(),
-                   sh, sw, bh, bw, [&](const Narrow& g, int64_t n) {
-                     VAEGAN_BY_CHANNELS(NarrowUpImageAny, g.c, g,
-                                        small.typed_data(), w.typed_data(),
-                                        big->typed_data(), n);
-                   });
-}
+constexpr auto NarrowDown = NarrowDownOrUp<false>;
+constexpr auto NarrowUp = NarrowDownOrUp<true>;
 
 ffi::Error NarrowWgrad(ffi::ThreadPool pool, Array big, Array small, Result w,
                        int64_t sh, int64_t sw, int64_t bh, int64_t bw) {

@@ -24,7 +24,6 @@ FID Inception's keys. Tensor shapes are checked when the ``.npz`` is loaded.
 """
 
 import collections
-import hashlib
 import io
 import os
 import pickle
@@ -223,28 +222,8 @@ def convert(pth: str, out: str, sha256: str = '') -> dict:
                     '~/.cache/torch/hub/checkpoints/).')
   if not out:
     raise UserError('--out=PATH.npz is required.')
-  want = expected_sha256(pth, sha256)
-  h = hashlib.sha256()
-  with open(pth, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      h.update(block)
-  got = h.hexdigest()
-  if not got.startswith(want):
-    raise UserError(f'{pth} has sha256 {got[:16]}..., expected {want}...: the file is '
-                    f'damaged or not {inception.TORCH_FILE}; download it again.')
-  try:
-    state = read_state_dict(pth)
-  except ValueError as e:
-    raise UserError(f'{pth} cannot be converted: {e}.') from None
-  state = {k: v for k, v in state.items() if not k.endswith('num_batches_tracked')}
-  keys = set(inception.torch_shapes())
-  missing, extra = sorted(keys - set(state)), sorted(set(state) - keys)
-  if missing or extra:
-    what = (f'{len(missing)} FID Inception keys missing (e.g. {missing[0]})' if missing
-            else f'{len(extra)} unexpected keys (e.g. {extra[0]})')
-    raise UserError(f'{pth} is not the FID Inception state dict: {what}.')
-  digest = inception.save_npz(state, out, source_sha256=got)
-  return {'out': out, 'sha256': digest, 'source_sha256': got, 'num_tensors': len(state)}
+  return convert_state_dict(pth, out, expected_sha256(pth, sha256), 'FID Inception',
+                            expected_keys=inception.torch_shapes())
 
 
 def convert_state_dict(pth: str, out: str, sha256: str, title: str,

@@ -79,14 +79,7 @@ def gaussian_blur(images, sigma: float) -> np.ndarray:
 
   Zero padding outside the image (the digits' black background); the kernel
   is truncated at 4 sigma (`scipy.ndimage.gaussian_filter`). sigma = 0 returns
-  the images unchanged.
-
-  Args:
-    images: (N, H, W, C).
-    sigma: standard deviation in pixels, >= 0.
-
-  Returns:
-    (N, H, W, C) float32.
+  the images unchanged. `sigma`: standard deviation in pixels, >= 0.
   """
   x = _check(images)
   if sigma < 0:
@@ -257,14 +250,8 @@ def disk(radius: int) -> np.ndarray:
 def dilate(images, radius: int) -> np.ndarray:
   """Grey dilation (a local maximum) over a disk of `radius` pixels: strokes
   thicken, holes close and, from a radius of 2-3 px on a 28-px digit, the
-  digit swells into a blob. radius = 0: unchanged.
-
-  Args:
-    images: (N, H, W, C).
-    radius: integer radius in pixels, >= 0.
-
-  Returns:
-    (N, H, W, C) float32.
+  digit swells into a blob. `radius`: an integer number of pixels, >= 0
+  (0: unchanged).
   """
   x = _check(images)
   if radius == 0:

@@ -60,6 +60,16 @@ def _check_feats(name: str, feats, min_rows: int = 1) -> None:
         f"{name} needs at least {min_rows} rows (samples); got {shape[0]}.")
 
 
+def _check_pair(name1: str, feats1, name2: str, feats2, min_rows: int) -> None:
+  """`_check_feats` for both sets, and one feature dimension for both."""
+  _check_feats(name1, feats1, min_rows)
+  _check_feats(name2, feats2, min_rows)
+  if np.shape(feats1)[1] != np.shape(feats2)[1]:
+    raise ValueError(
+        f"{name1} and {name2} must have the same dimension (columns); got "
+        f"{np.shape(feats1)[1]} and {np.shape(feats2)[1]}.")
+
+
 # ---------------------------------------------------------------------------
 # Fréchet distance.
 # ---------------------------------------------------------------------------
@@ -226,12 +236,7 @@ def kid(feats1: jax.Array, feats2: jax.Array, num_subsets: int = 100,
     is the spread of single-subset estimates, not the standard error of the
     mean.
   """
-  _check_feats("feats1", feats1, min_rows=2)
-  _check_feats("feats2", feats2, min_rows=2)
-  if np.shape(feats1)[1] != np.shape(feats2)[1]:
-    raise ValueError(
-        f"feature sets must have the same dimension; got "
-        f"{np.shape(feats1)[1]} and {np.shape(feats2)[1]}.")
+  _check_pair("feats1", feats1, "feats2", feats2, min_rows=2)
   if num_subsets < 1:
     raise ValueError(f"num_subsets must be >= 1; got {num_subsets}.")
   m = min(int(subset_size), np.shape(feats1)[0], np.shape(feats2)[0])
@@ -320,12 +325,7 @@ def _prepare_sets(real, fake, k: int):
   Centring does not change Euclidean distances but shrinks the norms in
   ``||a||² + ||b||² - 2aᵀb``, so float32 cancellation matters less.
   """
-  _check_feats("real", real, min_rows=k + 1)
-  _check_feats("fake", fake, min_rows=k + 1)
-  if np.shape(real)[1] != np.shape(fake)[1]:
-    raise ValueError(
-        f"real and fake features must have the same dimension; got "
-        f"{np.shape(real)[1]} and {np.shape(fake)[1]}.")
+  _check_pair("real", real, "fake", fake, min_rows=k + 1)
   if k < 1:
     raise ValueError(f"k must be >= 1; got {k}.")
   real, fake = _as_float(real), _as_float(fake)
@@ -381,15 +381,9 @@ def density_coverage(real: jax.Array, fake: jax.Array, k: int = 5,
   Only real-sample balls are used, so a few fake outliers do not inflate the
   scores (the paper's point against precision/recall).
 
-  Args:
-    real: real features, shape ``(N, d)``, ``N > k``.
-    fake: generated features, shape ``(M, d)``, ``M > k``.
-    k: neighbour rank for the ball radii (the paper uses 5).
-    chunk_size: query rows per distance chunk; bounds memory at about
-      ``chunk_size × max(N, M)`` floats.
-
-  Returns:
-    ``(density, coverage)``: scalar float32 arrays.
+  Arguments as for `precision_recall` (``N`` real and ``M`` fake points;
+  the paper uses k = 5). Returns ``(density, coverage)``, scalar float32
+  arrays.
   """
   real, fake = _prepare_sets(real, fake, k)
   real_r2 = _knn_radii_sq(real, k=k, chunk_size=chunk_size)

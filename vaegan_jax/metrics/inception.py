@@ -147,98 +147,91 @@ def _avg_pool_3x3_same(x):
                      count_include_pad=False)
 
 
+class _Mixed(nn.Module):
+  """A Mixed_* block: branches of `BasicConv2d` at `precision`."""
+  precision: lax.Precision
+
+  def conv(self, *layer, name, **fields):
+    """`BasicConv2d(*layer, **fields)`: features[, kernel, stride, padding]."""
+    return BasicConv2d(*layer, precision=self.precision, name=name, **fields)
+
+  def chain(self, x, name, *layers):
+    """Convolutions `name`_1, `name`_2, ... applied in turn (torch's
+    numbering), one per layer."""
+    for i, layer in enumerate(layers, 1):
+      x = self.conv(*layer, name=f'{name}_{i}')(x)
+    return x
+
+
 def _max_pool_3x3(x, stride: int, pad: int = 0):
   return nn.max_pool(x, (3, 3), (stride, stride), padding=((pad, pad), (pad, pad)))
 
 
-class InceptionA(nn.Module):
+class InceptionA(_Mixed):
   """Mixed_5b/c/d: 1x1 | 1x1-5x5 | 1x1-3x3-3x3 | avgpool(excl. pad)-1x1."""
   pool_features: int
-  precision: lax.Precision = lax.Precision.HIGHEST
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(BasicConv2d, precision=self.precision)
-    b1 = conv(64, name='branch1x1')(x)
-    b5 = conv(48, name='branch5x5_1')(x)
-    b5 = conv(64, (5, 5), padding=(2, 2), name='branch5x5_2')(b5)
-    b3 = conv(64, name='branch3x3dbl_1')(x)
-    b3 = conv(96, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(b3)
-    b3 = conv(96, (3, 3), padding=(1, 1), name='branch3x3dbl_3')(b3)
-    bp = conv(self.pool_features, name='branch_pool')(_avg_pool_3x3_same(x))
+    b1 = self.conv(64, name='branch1x1')(x)
+    b5 = self.chain(x, 'branch5x5', (48,), (64, (5, 5), 1, (2, 2)))
+    same3 = (96, (3, 3), 1, (1, 1))
+    b3 = self.chain(x, 'branch3x3dbl', (64,), same3, same3)
+    bp = self.conv(self.pool_features, name='branch_pool')(_avg_pool_3x3_same(x))
     return jnp.concatenate([b1, b5, b3, bp], axis=-1)
 
 
-class InceptionB(nn.Module):
+class InceptionB(_Mixed):
   """Mixed_6a (grid reduction): 3x3/2 | 1x1-3x3-3x3/2 | maxpool/2."""
-  precision: lax.Precision = lax.Precision.HIGHEST
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(BasicConv2d, precision=self.precision)
-    b3 = conv(384, (3, 3), stride=2, name='branch3x3')(x)
-    bd = conv(64, name='branch3x3dbl_1')(x)
-    bd = conv(96, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(bd)
-    bd = conv(96, (3, 3), stride=2, name='branch3x3dbl_3')(bd)
+    b3 = self.conv(384, (3, 3), stride=2, name='branch3x3')(x)
+    bd = self.chain(x, 'branch3x3dbl', (64,), (96, (3, 3), 1, (1, 1)), (96, (3, 3), 2))
     return jnp.concatenate([b3, bd, _max_pool_3x3(x, 2)], axis=-1)
 
 
-class InceptionC(nn.Module):
+class InceptionC(_Mixed):
   """Mixed_6b-e: factorised 7x7 branches, avgpool(excl. pad)-1x1."""
   channels_7x7: int
-  precision: lax.Precision = lax.Precision.HIGHEST
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(BasicConv2d, precision=self.precision)
     c7 = self.channels_7x7
-    b1 = conv(192, name='branch1x1')(x)
-    b7 = conv(c7, name='branch7x7_1')(x)
-    b7 = conv(c7, (1, 7), padding=(0, 3), name='branch7x7_2')(b7)
-    b7 = conv(192, (7, 1), padding=(3, 0), name='branch7x7_3')(b7)
-    bd = conv(c7, name='branch7x7dbl_1')(x)
-    bd = conv(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_2')(bd)
-    bd = conv(c7, (1, 7), padding=(0, 3), name='branch7x7dbl_3')(bd)
-    bd = conv(c7, (7, 1), padding=(3, 0), name='branch7x7dbl_4')(bd)
-    bd = conv(192, (1, 7), padding=(0, 3), name='branch7x7dbl_5')(bd)
-    bp = conv(192, name='branch_pool')(_avg_pool_3x3_same(x))
+    b1 = self.conv(192, name='branch1x1')(x)
+    row, col = ((1, 7), 1, (0, 3)), ((7, 1), 1, (3, 0))  # 1x7 and 7x1, 'same'.
+    b7 = self.chain(x, 'branch7x7', (c7,), (c7, *row), (192, *col))
+    bd = self.chain(x, 'branch7x7dbl', (c7,), (c7, *col), (c7, *row), (c7, *col), (192, *row))
+    bp = self.conv(192, name='branch_pool')(_avg_pool_3x3_same(x))
     return jnp.concatenate([b1, b7, bd, bp], axis=-1)
 
 
-class InceptionD(nn.Module):
+class InceptionD(_Mixed):
   """Mixed_7a (grid reduction): 1x1-3x3/2 | 1x1-1x7-7x1-3x3/2 | maxpool/2."""
-  precision: lax.Precision = lax.Precision.HIGHEST
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(BasicConv2d, precision=self.precision)
-    b3 = conv(192, name='branch3x3_1')(x)
-    b3 = conv(320, (3, 3), stride=2, name='branch3x3_2')(b3)
-    b7 = conv(192, name='branch7x7x3_1')(x)
-    b7 = conv(192, (1, 7), padding=(0, 3), name='branch7x7x3_2')(b7)
-    b7 = conv(192, (7, 1), padding=(3, 0), name='branch7x7x3_3')(b7)
-    b7 = conv(192, (3, 3), stride=2, name='branch7x7x3_4')(b7)
+    b3 = self.chain(x, 'branch3x3', (192,), (320, (3, 3), 2))
+    b7 = self.chain(x, 'branch7x7x3', (192,), (192, (1, 7), 1, (0, 3)),
+                    (192, (7, 1), 1, (3, 0)), (192, (3, 3), 2))
     return jnp.concatenate([b3, b7, _max_pool_3x3(x, 2)], axis=-1)
 
 
-class InceptionE(nn.Module):
+class InceptionE(_Mixed):
   """Mixed_7b (avg pool, excl. pad) and Mixed_7c (max pool, ``max_pool``)."""
   max_pool: bool
-  precision: lax.Precision = lax.Precision.HIGHEST
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(BasicConv2d, precision=self.precision)
-    b1 = conv(320, name='branch1x1')(x)
-    b3 = conv(384, name='branch3x3_1')(x)
-    b3 = jnp.concatenate([conv(384, (1, 3), padding=(0, 1), name='branch3x3_2a')(b3),
-                          conv(384, (3, 1), padding=(1, 0), name='branch3x3_2b')(b3)], -1)
-    bd = conv(448, name='branch3x3dbl_1')(x)
-    bd = conv(384, (3, 3), padding=(1, 1), name='branch3x3dbl_2')(bd)
-    bd = jnp.concatenate([conv(384, (1, 3), padding=(0, 1), name='branch3x3dbl_3a')(bd),
-                          conv(384, (3, 1), padding=(1, 0), name='branch3x3dbl_3b')(bd)], -1)
+    b1 = self.conv(320, name='branch1x1')(x)
+    split = lambda h, name: jnp.concatenate(  # 1x3 | 3x1 on the same input.
+        [self.conv(384, (1, 3), padding=(0, 1), name=f'{name}a')(h),
+         self.conv(384, (3, 1), padding=(1, 0), name=f'{name}b')(h)], -1)
+    b3 = split(self.conv(384, name='branch3x3_1')(x), 'branch3x3_2')
+    bd = self.chain(x, 'branch3x3dbl', (448,), (384, (3, 3), 1, (1, 1)))
+    bd = split(bd, 'branch3x3dbl_3')
     pooled = _max_pool_3x3(x, 1, pad=1) if self.max_pool else _avg_pool_3x3_same(x)
-    bp = conv(192, name='branch_pool')(pooled)
+    bp = self.conv(192, name='branch_pool')(pooled)
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
 
@@ -262,17 +255,17 @@ class FIDInceptionV3(nn.Module):
     x = conv(80, name='Conv2d_3b_1x1')(x)
     x = conv(192, (3, 3), name='Conv2d_4a_3x3')(x)                 # 71
     x = _max_pool_3x3(x, 2)                                        # 35
-    x = InceptionA(32, p, name='Mixed_5b')(x)
-    x = InceptionA(64, p, name='Mixed_5c')(x)
-    x = InceptionA(64, p, name='Mixed_5d')(x)
+    x = InceptionA(p, pool_features=32, name='Mixed_5b')(x)
+    x = InceptionA(p, pool_features=64, name='Mixed_5c')(x)
+    x = InceptionA(p, pool_features=64, name='Mixed_5d')(x)
     x = InceptionB(p, name='Mixed_6a')(x)                          # 17
-    x = InceptionC(128, p, name='Mixed_6b')(x)
-    x = InceptionC(160, p, name='Mixed_6c')(x)
-    x = InceptionC(160, p, name='Mixed_6d')(x)
-    x = InceptionC(192, p, name='Mixed_6e')(x)
+    x = InceptionC(p, channels_7x7=128, name='Mixed_6b')(x)
+    x = InceptionC(p, channels_7x7=160, name='Mixed_6c')(x)
+    x = InceptionC(p, channels_7x7=160, name='Mixed_6d')(x)
+    x = InceptionC(p, channels_7x7=192, name='Mixed_6e')(x)
     x = InceptionD(p, name='Mixed_7a')(x)                          # 8
-    x = InceptionE(False, p, name='Mixed_7b')(x)
-    x = InceptionE(True, p, name='Mixed_7c')(x)
+    x = InceptionE(p, max_pool=False, name='Mixed_7b')(x)
+    x = InceptionE(p, max_pool=True, name='Mixed_7c')(x)
     pool3 = jnp.mean(x, axis=(1, 2))
     kernel = self.param('fc_kernel', nn.initializers.zeros, (FEATURE_DIM, NUM_CLASSES))
     bias = self.param('fc_bias', nn.initializers.zeros, (NUM_CLASSES,))

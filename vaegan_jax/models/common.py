@@ -1,4 +1,23 @@
-"""Sizes shared by every model: how many 2x stages an image size takes."""
+"""What every model shares: the common fields of the families' networks and
+how many 2x stages an image size takes."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class Net(nn.Module):
+  """The fields every network of the three families has.
+
+  Attributes:
+    dtype: compute dtype (parameters stay float32).
+    conv_impl: the convolution implementation (`layers.Conv`).
+    num_classes: K of a class-conditional model (0: unconditional).
+  """
+  dtype: Any = jnp.float32
+  conv_impl: str = 'auto'
+  num_classes: int = 0
 
 
 def num_stages(size: int) -> int:

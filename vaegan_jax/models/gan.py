@@ -33,7 +33,6 @@ from a Dense(K) on φ.
 
 import dataclasses
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -42,6 +41,7 @@ import jax.numpy as jnp
 from vaegan_jax.errors import UserError
 from vaegan_jax.models import conditioning
 from vaegan_jax.models import layers
+from vaegan_jax.models.common import Net
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +129,7 @@ class Dropout(nn.Module):
     return jnp.where(keep.reshape(x.shape), x / keep_prob, 0.0).astype(x.dtype)
 
 
-class Generator(nn.Module):
+class Generator(Net):
   """z (B, latent_dim) -> images (B, H, W, C) in [-1, 1] (tanh), float32.
 
   BatchNorm uses batch statistics when `train`, running averages otherwise
@@ -138,9 +138,6 @@ class Generator(nn.Module):
   image_shape: tuple = (28, 28, 1)
   width_mult: float = 1.0
   leaky_slope: float = 0.3
-  dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
-  num_classes: int = 0
   label_dim: int = 32
 
   @nn.compact
@@ -172,7 +169,7 @@ class Generator(nn.Module):
     return jnp.tanh(x.astype(jnp.float32))
 
 
-class Discriminator(nn.Module):
+class Discriminator(Net):
   """images (B, H, W, C) in [-1, 1] -> logits (B,), float32.
 
   Dropout is active when `train` (rng 'dropout'). With `spectral_norm`, every
@@ -187,9 +184,6 @@ class Discriminator(nn.Module):
   leaky_slope: float = 0.3
   dropout: float = 0.3
   spectral_norm: bool = False
-  dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
-  num_classes: int = 0
   aux_classifier: bool = False
 
   @nn.compact

@@ -41,30 +41,10 @@ transposed convolution, routed through the same rule so that its derivatives
 are fast too. Forward-mode autodiff (`jax.jvp`, `jax.hessian`) is not defined
 through impl='fast'; use impl='xla' for that.
 
-Timing, ms for forward + grads w.r.t. input and params (median; 2 shared CPU
-cores, XLA:CPU, batch 256, float32; `python experiments/layer_timing.py
---second_order`; [GP] = d/dparams of ||dy/dx||^2):
-
-  layer (dcgan28 G/D, convvae28; K* = vae.py's k4)   xla      fast  speed-up
-  G1 ConvT 256->128 k5 s1 7->7                    1981.2    1712.6     1.2x
-  G2 ConvT 128->64  k5 s2 7->14                  39140.3     756.0    51.8x
-  G3 ConvT 64->1    k5 s2 14->28                    99.9     101.3     1.0x
-  D1 Conv  1->64    k5 s2 28->14                    69.9      59.0     1.2x
-  D2 Conv  64->128  k5 s2 14->7                    697.8     708.8     1.0x
-  V1 Conv  1->32    k3 s2 28->14                    22.7      21.2     1.1x
-  V2 Conv  32->64   k3 s2 14->7                     93.6      75.9     1.2x
-  V3 ConvT 64->64   k3 s2 7->14                   9783.2     227.6    43.0x
-  V4 ConvT 64->32   k3 s2 14->28                 13747.9     556.0    24.7x
-  V5 ConvT 32->1    k3 s1 28->28                   290.7     186.8     1.6x
-  K3 ConvT 64->64   k4 s2 7->14                  14590.8     326.4    44.7x
-  K4 ConvT 64->32   k4 s2 14->28                 18319.7     782.1    23.4x
-  K5 Conv  32->1    k3 s1 28->28                   229.8     128.0     1.8x
-  D2 Conv  64->128  k5 s2 14->7 [GP]             36700.9     693.2    52.9x
-  V2 Conv  32->64   k3 s2 14->7 [GP]               774.1      92.0     8.4x
-
-  (Taken while other jobs kept the load near 18: absolute times are several
-  times an idle machine's; the two impls were timed alternately, so the
-  ratios hold.)
+Timing (forward plus both gradients, batch 256): with 'fast' the strided
+ConvTranspose layers run 23-52x faster than with 'xla', the gradient penalty
+through a strided Conv 8-53x; the per-layer table and its command are in
+docs/speed.md ("Per layer: impl='fast' against 'xla'").
 
 impl='gemm' goes further: the forward pass and both gradients as GEMMs,
 strided slices and XLA's strided convolution, picked per layer shape

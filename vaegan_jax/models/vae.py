@@ -18,26 +18,22 @@ Dense(hidden)) and the decoder concatenates it to z, so q(z|x, y) and
 p(x|z, y). K = 0 (the default) builds exactly the unconditional networks.
 """
 
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from vaegan_jax.models import conditioning
 from vaegan_jax.models import layers
-from vaegan_jax.models.common import base_size, num_stages
+from vaegan_jax.models.common import Net, base_size, num_stages
 
 
-class Encoder(nn.Module):
+class Encoder(Net):
   """x (B, H, W, C) in [0, 1] (and labels (B,) when num_classes > 0)
   -> (mean, logvar), each (B, latent_dim)."""
   latent_dim: int = 32
   width: int = 32
   hidden: int = 256
-  dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
   kernel_size: int = 4
-  num_classes: int = 0
 
   @nn.compact
   def __call__(self, x, labels=None):
@@ -55,7 +51,7 @@ class Encoder(nn.Module):
     return mean, logvar
 
 
-class Decoder(nn.Module):
+class Decoder(Net):
   """z (B, latent_dim) (and labels (B,) when num_classes > 0) -> per-pixel
   parameters (B, H, W, C), float32.
 
@@ -67,10 +63,7 @@ class Decoder(nn.Module):
   width: int = 32
   hidden: int = 256
   learn_scale: bool = False
-  dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
   kernel_size: int = 4
-  num_classes: int = 0
 
   @nn.compact
   def __call__(self, z, labels=None):

@@ -26,17 +26,16 @@ Miyato & Koyama 2018 (`conditioning.ProjectionHead`) on the dropped-out
 features; Dis_l is unchanged. K = 0 builds exactly the network above.
 """
 
-from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from vaegan_jax.models import conditioning
 from vaegan_jax.models import layers
-from vaegan_jax.models.common import num_stages
+from vaegan_jax.models.common import Net, num_stages
 
 
-class Discriminator(nn.Module):
+class Discriminator(Net):
   """images (B, H, W, C) in [-1, 1] -> (logits (B,), Dis_l (B, h, w, c)), float32.
 
   Dropout is active when `train` (rng 'dropout').
@@ -45,9 +44,6 @@ class Discriminator(nn.Module):
   kernel: int = 5
   leaky_slope: float = 0.2
   dropout: float = 0.3
-  dtype: Any = jnp.float32
-  conv_impl: str = 'auto'
-  num_classes: int = 0
 
   @nn.compact
   def __call__(self, x, train: bool = False, labels=None):
