@@ -127,5 +127,7 @@ def test_features_and_fid_on_four_devices_equal_one_device(weights, tmp_path):
     got = json.load(f)
   for key in ('fd_dinov2', 'kd_dinov2', 'precision_dinov2', 'recall_dinov2',
               'density_dinov2', 'coverage_dinov2'):
-    assert got[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
+    # KD is a difference of O(1) kernel means (here ~6e-4): float32 rounding
+    # of the features moves it by ~1e-6 absolute, hence the absolute term.
+    assert got[key] == pytest.approx(one[key], rel=1e-4, abs=1e-5), key
   assert got['protocol'] == one['protocol']
