@@ -65,6 +65,7 @@ BASELINES_EXAMPLES = 'applications_baselines.npz'
 FIGURE_EXAMPLES = 4  # Restored images kept per setting for the report's figure.
 GRID_KEY = 7  # Fixed sample key of the report's grids.
 CONDITIONAL_SUFFIX = '_conditional'  # Row name of a family's class-conditional runs.
+FEATURES = ('own', 'inception', 'dinov2')  # config.features: the final evaluation's backbone.
 
 
 def define_flags():
@@ -194,11 +195,20 @@ def check_study(study):
   if study.eval_num_samples < 10:
     raise UserError(f'config.eval_num_samples={study.eval_num_samples} is too small; use '
                     'at least 10 (FID and KID need many).')
-  if study.get('features', 'own') not in ('own', 'inception'):
-    raise UserError(f"config.features={study.features!r} must be 'own' or 'inception'.")
-  if study.get('features', 'own') == 'inception':  # Fail before hours of training.
+  features = study.get('features', 'own')
+  if features not in FEATURES:
+    raise UserError(f"config.features={features!r} must be 'own', 'inception' or 'dinov2'.")
+  from vaegan_jax.metrics import backbones  # pylint: disable=g-import-not-at-top
+  try:
+    backbones.check_resize(features, study.get('resize', ''))
+  except UserError as e:
+    raise UserError(f'config.resize: {e}') from None
+  if features == 'inception':  # Fail before hours of training.
     from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
     inception.resolve_weights_path(study.get('inception_weights', ''))
+  elif features == 'dinov2':
+    from vaegan_jax.metrics import weights  # pylint: disable=g-import-not-at-top
+    weights.ensure('dinov2', study.get('dinov2_weights', ''))
   if study.get('lr_schedule', 'constant') not in LR_SCHEDULES:
     raise UserError(f'config.lr_schedule={study.lr_schedule!r} must be one of '
                     f'{", ".join(map(repr, LR_SCHEDULES))}.')
@@ -246,13 +256,21 @@ def trained(workdir: str, num_steps: int) -> bool:
   return num_steps in api.available_steps(workdir)
 
 
-def finished(workdir: str, num_steps: int, num_samples: int, features: str = 'own') -> bool:
-  """Final checkpoint present and evaluated with the study's sample count and
-  feature space."""
+def finished(workdir: str, num_steps: int, num_samples: int, features: str = 'own',
+             resize: str = '') -> bool:
+  """Final checkpoint present and evaluated with the study's sample count,
+  feature space and resize convention ('' = the backbone's default)."""
+  from vaegan_jax.metrics import backbones  # pylint: disable=g-import-not-at-top
   result = _read_json(os.path.join(workdir, EVAL_FILE))
-  return (bool(result) and result.get('step') == num_steps
+  if not (bool(result) and result.get('step') == num_steps
           and result.get('num_samples') == num_samples
-          and result.get('features', 'own') == features and trained(workdir, num_steps))
+          and result.get('features', 'own') == features):
+    return False
+  if features != 'own':
+    proto = (result.get('protocol') or {}).get(features) or {}
+    if proto.get('resize') != backbones.check_resize(features, resize):
+      return False
+  return trained(workdir, num_steps)
 
 
 def diverged(workdir: str) -> dict | None:
@@ -355,14 +373,15 @@ def evaluate_family(study, out: str, family: str, echo=print):
   from vaegan_jax import evaluate  # pylint: disable=g-import-not-at-top
   for s in range(study.seeds):
     workdir = run_dir(out, family, s)
-    features = study.get('features', 'own')
-    if (finished(workdir, study.num_steps, study.eval_num_samples, features)
+    features, resize = study.get('features', 'own'), study.get('resize', '')
+    if (finished(workdir, study.num_steps, study.eval_num_samples, features, resize)
         or diverged(workdir)):
       continue
     evaluate.run(workdir, num_samples=study.eval_num_samples, step=study.num_steps,
                  out=os.path.join(workdir, EVAL_FILE), iwae_k=study.iwae_k,
                  data_dir=study.data_dir, echo=echo, features=features,
                  inception_weights=study.get('inception_weights', ''),
+                 dinov2_weights=study.get('dinov2_weights', ''), resize=resize,
                  reference=study.get('inception_reference', 'train'),
                  num_reference=study.get('inception_num_reference', 0))
 

@@ -5,7 +5,8 @@
   python experiments/layer_timing.py --second_order  # + WGAN-GP-style rows
   XLA_FLAGS=--xla_cpu_use_thunk_runtime=false python experiments/layer_timing.py
 
-For every conv layer of the dcgan28 and convvae28 nets, at its real shapes,
+For every conv layer of the dcgan28 and convvae28 nets (and the DCGAN at 32 px,
+rows H and E), at its real shapes,
 times jit(grad of sum(layer(x) * r) w.r.t. params and x) -- the forward pass
 plus both gradients -- and prints the median ms per impl and the speed-up.
 The two impls are timed alternately so that load on a shared machine hits
@@ -40,6 +41,13 @@ LAYERS = [
     ('K3 vae ConvT 64->64 k4 s2 7->14', 'T', 64, 4, 2, (7, 64)),
     ('K4 vae ConvT 64->32 k4 s2 14->28', 'T', 32, 4, 2, (14, 64)),
     ('K5 vae Conv 32->1 k3 s1 28->28', 'C', 1, 3, 1, (28, 32)),
+    # The DCGAN at 32 px (models/gan.py PLANS[32], 3 channels).
+    ('H1 dcgan32 ConvT 256->128 k5 s2 4->8', 'T', 128, 5, 2, (4, 256)),
+    ('H2 dcgan32 ConvT 128->64 k5 s2 8->16', 'T', 64, 5, 2, (8, 128)),
+    ('H3 dcgan32 ConvT 64->3 k5 s2 16->32', 'T', 3, 5, 2, (16, 64)),
+    ('E1 dcgan32 Conv 3->32 k5 s2 32->16', 'C', 32, 5, 2, (32, 3)),
+    ('E2 dcgan32 Conv 32->64 k5 s2 16->8', 'C', 64, 5, 2, (16, 32)),
+    ('E3 dcgan32 Conv 64->128 k5 s2 8->4', 'C', 128, 5, 2, (8, 64)),
 ]
 
 

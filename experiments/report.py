@@ -50,6 +50,15 @@ INCEPTION_QUALITY = [
     ('density_inception', 'density (Inception)', 'max', '.3f', 1.0),
     ('coverage_inception', 'coverage (Inception)', 'max', '.3f', 1.0),
 ]
+# FD-DINOv2 (python -m vaegan_jax.evaluate --features=dinov2; Stein et al. 2023).
+DINOV2_QUALITY = [
+    ('fd_dinov2', 'FD (DINOv2)', 'min', '.2f', 1.0),
+    ('kd_dinov2', 'KD (DINOv2)', 'min', '.4f', 1.0),
+    ('precision_dinov2', 'precision (DINOv2)', 'max', '.3f', 1.0),
+    ('recall_dinov2', 'recall (DINOv2)', 'max', '.3f', 1.0),
+    ('density_dinov2', 'density (DINOv2)', 'max', '.3f', 1.0),
+    ('coverage_dinov2', 'coverage (DINOv2)', 'max', '.3f', 1.0),
+]
 # Rows shown only when a family of the study is class-conditional.
 CONDITIONAL = [
     ('cond_accuracy', 'conditional accuracy', 'max', '.3f', 1.0),
@@ -727,6 +736,21 @@ def _budget_line(results):
              '; each family\'s own learning-rate schedule (`lr_schedule=\'constant\'`).'))
 
 
+def backbone_protocol(run: dict, name: str) -> str:
+  """How a run's numbers in backbone `name` were made: backbone, weights
+  sha256, resize, sample count, reference and its count (the protocol
+  `vaegan_jax.evaluate` records; older results: its Inception keys)."""
+  proto = (run.get('protocol') or {}).get(name) or {}
+  default_resize = {'inception': 'pytorch_fid', 'dinov2': 'dgm_eval'}.get(name, 'none')
+  sha = proto.get('weights_sha256') or run.get('inception_source_sha256', '')
+  num = proto.get('num_samples', run.get('num_samples'))
+  ref = proto.get('reference') or run.get('inception_reference')
+  num_ref = proto.get('num_reference', run.get('num_inception_reference'))
+  return (f'backbone `{name}`, weights sha256 {sha[:8] or "unknown"}, '
+          f'`{proto.get("resize", default_resize)}` resize, {num} samples against '
+          f'{num_ref} {ref} images')
+
+
 def inception_section(results) -> list[str]:
   """The Inception-feature table, when the study was evaluated with them."""
   runs = [r for fam in results['families'].values() for r in fam['runs'].values()]
@@ -734,13 +758,26 @@ def inception_section(results) -> list[str]:
     return []
   r = next(r for r in runs if 'fid_inception' in r)
   return ['## Inception metrics (mean ± std over seeds; best in bold)', '',
-          f'In the feature space of the FID Inception-v3 (pytorch-fid\'s weights, sha256 '
-          f'{r.get("inception_source_sha256", "")[:8]}; `vaegan_jax/metrics/inception.py`), '
-          f'{r.get("num_samples")} samples against {r.get("num_inception_reference")} '
-          f'{r.get("inception_reference")} images: the numbers papers report (FID, KID and '
-          'IS as pytorch-fid/torch-fidelity; IS over 10 splits). Every other table is in the '
-          'project\'s own feature space.', '',
+          'In the feature space of the FID Inception-v3 (pytorch-fid\'s weights; '
+          f'`vaegan_jax/metrics/inception.py`; {backbone_protocol(r, "inception")}): the '
+          'numbers papers report (FID, KID and IS as pytorch-fid/torch-fidelity; IS over 10 '
+          'splits). Every other table is in the project\'s own feature space.', '',
           *table(results, INCEPTION_QUALITY), '']
+
+
+def dinov2_section(results) -> list[str]:
+  """The FD-DINOv2 table, when the study was evaluated with DINOv2."""
+  runs = [r for fam in results['families'].values() for r in fam['runs'].values()]
+  if not any('fd_dinov2' in r for r in runs):
+    return []
+  r = next(r for r in runs if 'fd_dinov2' in r)
+  return ['## DINOv2 metrics (mean ± std over seeds; best in bold)', '',
+          'In the feature space of DINOv2 ViT-L/14 (`vaegan_jax/metrics/dinov2.py`, '
+          f'preprocessing as dgm-eval; {backbone_protocol(r, "dinov2")}): the Fréchet '
+          'distance Stein et al. (2023) recommend over Inception\'s, with KD and '
+          'precision/recall/density/coverage in the same space. Every other table is in '
+          'the project\'s own feature space.', '',
+          *table(results, DINOV2_QUALITY), '']
 
 
 def _code_at(results) -> str:
@@ -819,6 +856,7 @@ def write(results, out, grids=None):
           r[0] in f.get('mean', {}) for f in results['families'].values())]),
       '',
       *inception_section(results),
+      *dinov2_section(results),
       '## Cost',
       '',
       *table(results, COST, header='cost'),

@@ -7,7 +7,9 @@ samples, class-conditional samples, reconstructions) and an
 Evaluator with the shipped mnist5k feature network and the seeded random
 Inception weights, then writes (process 0) OUT.npz: the reference features,
 the features, probabilities and Inception outputs of sampled images, the
-class-conditional features, and the scalar metrics. The device count comes
+class-conditional features, the scalar metrics, and the features of test
+images and samples in the Inception and a small DINOv2 backbone (the path of
+`evaluate --features` and `python -m vaegan_jax.fid`). The device count comes
 from the environment; with the three flags it runs as one process of a
 multi-process job, and every process gets the same arrays.
 """
@@ -20,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_SAMPLES = 20     # Two evaluator batches, the second one partly used.
 BATCH = 16           # Images per sampling call (a multiple of 1, 2 and 4 devices).
 NUM_TEST = 40        # Test images: reference set, reconstructions, likelihood.
+NUM_BACKBONE = 10    # Images through the Inception and DINOv2 backbones (one padded batch).
 
 
 def config_of(data_dir):
@@ -61,6 +64,19 @@ def run(data_dir, mesh=None) -> dict:
                                        kid_subset_size=10)
   metrics.update(ev.reconstruction(state))
   out.update({f'metric_{k}': np.float64(v) for k, v in metrics.items()})
+  # The backbones of `evaluate --features=...` and `python -m vaegan_jax.fid`
+  # (backbones.py: sharding.map_batches), on grey test images and on float
+  # samples: the random Inception above and a small random DINOv2.
+  from vaegan_jax.metrics import backbones, dinov2  # pylint: disable=g-import-not-at-top
+  import backbone_weights  # pylint: disable=g-import-not-at-top
+  import dinov2_random_weights  # pylint: disable=g-import-not-at-top
+  small = dinov2.DinoV2Network(dinov2.convert(dinov2_random_weights.random_state(
+      dinov2.torch_shapes(backbone_weights.SMALL_DINOV2))))
+  for bb in (backbones.inception_backbone(incep), backbones.dinov2_backbone(small)):
+    for what, x in (('test', images[:NUM_BACKBONE]),
+                    ('samples', backbones.draw_samples(config, family, state, NUM_BACKBONE,
+                                                       mesh))):
+      out.update({f'{bb.name}_{what}_{k}': v for k, v in bb.features(x, mesh).items()})
   return out
 
 

@@ -84,3 +84,75 @@ def test_best_metric_falls_back_per_family(capsys):
   config.eval.generative_metrics = False  # Turned off on purpose: no note.
   assert generative.best_metric(config, gan, None)[0] == ''
   assert not capsys.readouterr().out
+
+
+def test_reconstruct_reads_the_folder_with_the_runs_channel_count(tmp_path, monkeypatch):
+  """A grey folder trained with data.channels=3: `sample --mode=reconstruct`
+  feeds the networks 3-channel test images, as training did."""
+  from vaegan_jax import sample  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('VAEGAN_JAX_CACHE', str(tmp_path / 'cache'))
+  sources.scan_folder.cache_clear()
+  sample._test_split.cache_clear()
+  root = _class_sorted_digits(tmp_path / 'digits', classes=2, per_class=12)
+  config = load_config('vae', 'smoke')
+  config.data.name = f'folder:{root}'
+  config.data.channels = 3
+  config.train.batch_size = 8
+  config.train.num_steps = 1
+  config.eval.generative_metrics = False
+  config.eval.train_iwae_k = 0
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(config, str(workdir))
+  result = sample.run(str(workdir), mode='reconstruct', num=4, out=str(tmp_path / 'r.png'),
+                      echo=lambda *a: None)
+  assert np.isfinite(result['psnr'])
+  image = np.asarray(Image.open(tmp_path / 'r.png'))
+  assert image.ndim == 3 and image.shape[-1] == 3
+
+
+class _Extra:
+  def __init__(self, bb):
+    self.bb = bb
+
+
+def _backbone(name):
+  from vaegan_jax.metrics import backbones  # pylint: disable=g-import-not-at-top
+  title, suffix, fd = {'inception': ('Inception', '_inception', 'FID'),
+                       'dinov2': ('DINOv2 ViT-L/14', '_dinov2', 'FD')}[name]
+  return backbones.Backbone(name, title, suffix, 'x', 'sha', None, fd_name=fd)
+
+
+def test_best_metric_maps_to_the_backbone_of_eval_features(capsys):
+  """A folder (no own feature net) with config.eval.features = inception or
+  dinov2: best_metric 'fid' becomes that backbone's FD, said once; other
+  sample metrics map likewise; a metric the run has keeps its name."""
+  from vaegan_jax import families  # pylint: disable=g-import-not-at-top
+  from vaegan_jax.metrics import backbones  # pylint: disable=g-import-not-at-top
+  vae, gan = families.get('vae'), families.get('gan')
+  config = load_config('gan')
+  config.data.name = 'folder:/nowhere'
+  for name, key in (('inception', 'fid_inception'), ('dinov2', 'fd_dinov2')):
+    config.eval.features = name
+    evaluator = backbones.TrainingEvaluator(None, _Extra(_backbone(name)))
+    assert key in generative.available_metrics(gan, evaluator)
+    assert generative.best_metric(config, gan, evaluator) == (key, 'min')
+    out = capsys.readouterr().out
+    assert out.count('note: best checkpoint by') == 1 and f'by {key} (min)' in out
+    assert f"config.eval.features={name!r}" in out
+  config.eval.best_metric, config.eval.best_mode = 'precision', 'max'
+  evaluator = backbones.TrainingEvaluator(None, _Extra(_backbone('dinov2')))
+  assert generative.best_metric(config, gan, evaluator) == ('precision_dinov2', 'max')
+  # A VAE with its own (likelihood) evaluator and a backbone: still the backbone's FD
+  # for 'fid', not the NLL fallback.
+  config = load_config('vae')
+  config.data.name = 'folder:/nowhere'
+  config.eval.features = 'inception'
+  evaluator = backbones.TrainingEvaluator(_Stub(False, 10), _Extra(_backbone('inception')))
+  assert generative.best_metric(config, vae, evaluator) == ('fid_inception', 'min')
+  # Without a backbone the fallback is as before.
+  assert generative.best_metric(config, vae, _Stub(False, 10)) == ('nll_nats', 'min')
+  # Where the own feature net exists, 'fid' stays the own FID.
+  evaluator = backbones.TrainingEvaluator(_Stub(True, 10), _Extra(_backbone('inception')))
+  capsys.readouterr()
+  assert generative.best_metric(config, vae, evaluator) == ('fid', 'min')
+  assert not capsys.readouterr().out

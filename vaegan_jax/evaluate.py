@@ -32,7 +32,8 @@ same --num_samples.
       (--reference, --num_reference), resize per --resize; the reference
       features are cached in $VAEGAN_JAX_CACHE/fid_refs. Without a flag the
       run's config.eval.features decides. Folder datasets have no feature net
-      of the project: only these backbones measure them.
+      of the project: only these backbones measure their samples (their
+      reconstruction and likelihood metrics are reported all the same).
 
   --applications  also the applications benchmark (vaegan_jax/applications/
       benchmark.py; docs/evaluation.md "Applications benchmark"), under
@@ -166,6 +167,12 @@ def run(workdir: str, num_samples: int | None = None, step: str | int | None = N
     raise UserError(f'{name} has no feature net of the project (folder datasets and '
                     'unlabelled sets): use --features=inception or --features=dinov2 '
                     '(weights downloaded once).')
+  elif generative.has_encoder(family) or generative.has_likelihood(family):
+    # No feature net of the project: what needs none is reported all the same
+    # (reconstruction; the VAE's ELBO and IWAE bound).
+    result.update(generative.Evaluator(
+        config, family, test_images, mesh, iwae_k=None if iwae_k < 0 else iwae_k,
+        test_labels=test_labels, sample_metrics=False)(state, num_samples))
   if bb is not None:
     ref = backbones.reference_features(
         bb, name, reference, lambda: input_pipeline.load_split(

@@ -118,9 +118,10 @@ def check_args(mode, num, noise, noise_level, mask, inpaint_method, inpaint_step
 
 
 @functools.lru_cache(maxsize=2)
-def _test_split(name, data_dir, image_size=None):
+def _test_split(name, data_dir, image_size=None, channels=0):
   from vaegan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  return input_pipeline.load_split(name, 'test', data_dir, image_size=image_size)
+  return input_pipeline.load_split(name, 'test', data_dir, image_size=image_size,
+                                   channels=channels)
 
 
 def load_inputs(model, num, seed, images=None, data_dir=None, echo=print):
@@ -141,8 +142,11 @@ def load_inputs_and_labels(model, num, seed, images=None, data_dir=None, echo=pr
     return x, None
   name = model.config.data.name
   try:
+    # The run's size and channel count (data.channels forces a folder's), so
+    # the inputs have the shape the networks were trained on.
     test, labels = _test_split(name, data_dir or model.config.data.data_dir,
-                               model.config.data.get('image_size'))
+                               model.config.data.get('image_size'),
+                               input_pipeline.config_channels(model.config))
   except UserError as e:
     raise UserError(f'{e} (Here: --data_dir=DIR, or give your own --images=PATH.)') from None
   idx = np.sort(np.random.default_rng(seed).choice(len(test), min(num, len(test)),

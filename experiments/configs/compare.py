@@ -10,8 +10,8 @@ plus `overrides.<family>` and the study's `conv_impl`; every
 the convergence rule, experiments/convergence.py, and the quality-vs-compute
 figure read); each final checkpoint is then evaluated with
 `vaegan_jax.evaluate` on `eval_num_samples` samples (`features='inception'`
-adds the Inception metrics; the report names the feature space of every
-number).
+or `'dinov2'` adds that backbone's metrics; the report names the feature
+space, weights and resize of every number).
 
 Expect: the default study (4000 steps of 64, 3 seeds, 3 families) takes
 about 70 min on a 2-core CPU (measured: 68.2 min wall, 120 min of CPU time,
@@ -55,11 +55,17 @@ def get_config(arg=None):
   config.eval_num_samples = 2000
   config.iwae_k = 100          # Importance samples of the VAE's NLL; 0 = skip.
   # 'own': metrics in the project's own classifier's feature space only;
-  # 'inception': also the FID Inception metrics (fid_inception, is_inception...;
-  # needs converted weights, see docs/evaluation.md), against the
-  # `inception_reference` split (all of it, or `inception_num_reference` images).
+  # 'inception': also the FID Inception metrics (fid_inception, is_inception...);
+  # 'dinov2': also FD-DINOv2 (fd_dinov2, kd_dinov2, precision_dinov2...; DINOv2
+  # ViT-L/14). Either against the `inception_reference` split (all of it, or
+  # `inception_num_reference` images), with the `resize` convention
+  # ('' = the backbone's default: pytorch_fid for Inception, dgm_eval for
+  # DINOv2; also clean, tf1; docs/evaluation.md). Weights: the flags below,
+  # else $VAEGAN_JAX_INCEPTION / $VAEGAN_JAX_DINOV2, else downloaded once.
   config.features = 'own'
+  config.resize = ''
   config.inception_weights = ''      # '' = $VAEGAN_JAX_INCEPTION.
+  config.dinov2_weights = ''         # '' = $VAEGAN_JAX_DINOV2.
   config.inception_reference = 'train'
   config.inception_num_reference = 0
 

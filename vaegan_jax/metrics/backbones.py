@@ -130,23 +130,61 @@ def _conventions() -> tuple:
     return ('pytorch_fid',)
 
 
-def _inception(path: str, resize: str, echo) -> Backbone:
+def _map_batches(fn, images, mesh, per_call: int) -> dict:
+  """`fn` (jitted, uint8 (B, H, W, 3) -> {name: (B, ...)}) over `images` in
+  batches split over every device of every process (`sharding.map_batches`:
+  one all-gather at the end); float images in [0, 1] are quantised to uint8
+  first, as saving them to PNG would."""
   from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top
   from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
-  net = inception.load(path or None, echo=echo)
-  if resize != 'pytorch_fid':  # metrics/resize.py's conventions.
-    net.preprocess_with(resize)
+  images = np.asarray(images)
+  prepare = None if images.dtype == np.uint8 else inception.quantize
+  # Few images: a smaller batch (a power of two, so few shapes compile).
+  batch = _batch(mesh, min(per_call, 1 << (len(images) - 1).bit_length()))
+  return sharding.map_batches(fn, images, batch, mesh, prepare)
 
-  def featurize(images, mesh):
-    out = net.compute(images, _batch(mesh, 32), sharding.data_sharding(mesh))
-    return {'features': out['pool3'], 'logits_unbiased': out['logits_unbiased']}
 
-  return Backbone('inception', 'Inception', '_inception', resize,
-                  net.source_sha256 or net.sha256, featurize, net=net)
+def inception_backbone(net) -> Backbone:
+  """The Backbone of a loaded `inception.InceptionNetwork` (its resize)."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
+
+  @jax.jit
+  def fn(params, x):  # The weights an argument, not constants of the program.
+    pool3, _, logits_unbiased = net.module.apply(
+        {'params': params}, inception.preprocess(x, net.resize))
+    return {'features': pool3, 'logits_unbiased': logits_unbiased}
+
+  return Backbone('inception', 'Inception', '_inception', net.resize,
+                  net.source_sha256 or net.sha256,
+                  lambda images, mesh: _map_batches(functools.partial(fn, net.params), images,
+                                                    mesh, 32), net=net)
+
+
+def _inception(path: str, resize: str, echo) -> Backbone:
+  from vaegan_jax.metrics import inception  # pylint: disable=g-import-not-at-top
+  return inception_backbone(inception.load(path or None, echo=echo, resize=resize))
+
+
+def dinov2_backbone(net, weights_sha256: str = '') -> Backbone:
+  """The Backbone of a loaded `dinov2.DinoV2Network` (its resize). The
+  released ViT-L/14 is 'DINOv2 ViT-L/14'; another DINOv2 ViT (smaller
+  random ones in the tests) is named by its shape in the protocol line."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from vaegan_jax.metrics import dinov2  # pylint: disable=g-import-not-at-top
+  c = net.config
+  title = ('DINOv2 ViT-L/14' if c == dinov2.VITL14 else
+           f'DINOv2 ViT/{c.patch_size} (width {c.embed_dim}, depth {c.depth})')
+  fn = jax.jit(lambda params, x: {'features': dinov2.features(params, x, resize=net.resize,
+                                                              config=c)})
+  return Backbone('dinov2', title, '_dinov2', net.resize, weights_sha256 or net.sha256,
+                  lambda images, mesh: _map_batches(functools.partial(fn, net.params), images,
+                                                    mesh, 16), fd_name='FD', net=net)
 
 
 def _dinov2(path: str, resize: str, echo) -> Backbone:
-  from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top
   from vaegan_jax.metrics import weights  # pylint: disable=g-import-not-at-top
   try:
     from vaegan_jax.metrics import dinov2  # pylint: disable=g-import-not-at-top
@@ -159,18 +197,13 @@ def _dinov2(path: str, resize: str, echo) -> Backbone:
       state = {k: data[k] for k in data.files}
     source = str(state.pop('__source_sha256__', ''))
     state.pop('__format_version__', None)
-    params = dinov2.convert(state, dinov2.VITL14)
+    params = dinov2.convert(state)  # The architecture the arrays have (ViT-L/14 released).
   except Exception as e:  # pylint: disable=broad-except  # zip/npy errors, wrong keys
     raise UserError(f'DINOv2 weights file {npz} is not a converted DINOv2 ViT .npz '
                     f'({type(e).__name__}: {e}): pass the official '
                     f'{weights.DINOV2.file} or its .npz with --dinov2_weights.') from None
   net = dinov2.DinoV2Network(params, resize=resize, path=npz, sha256=source)
-
-  def featurize(images, mesh):
-    return {'features': net.compute(images, _batch(mesh, 16), sharding.data_sharding(mesh))}
-
-  return Backbone('dinov2', 'DINOv2 ViT-L/14', '_dinov2', resize,
-                  source or weights.file_sha256(npz), featurize, fd_name='FD', net=net)
+  return dinov2_backbone(net, source or weights.file_sha256(npz))
 
 
 def _own(dataset: str, data_dir: str | None) -> Backbone:

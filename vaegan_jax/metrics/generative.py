@@ -373,7 +373,21 @@ def available_metrics(family, evaluator) -> tuple:
     out += ['recon_mse', 'psnr']
   if has_likelihood(family) and evaluator.iwae_k > 0:
     out += ['nll_nats', 'bits_per_dim']
+  bb = _backbone_of(evaluator)
+  if bb is not None:  # config.eval.features: 'fid_inception', 'fd_dinov2', ...
+    out += [bb.key(k) for k in METRIC_KEYS if k in _BACKBONE_KEYS]
   return tuple(out)
+
+
+# The sample metrics a backbone (config.eval.features) reports too, under its
+# own names (`backbones.Backbone.key`).
+_BACKBONE_KEYS = ('fid', 'kid', 'kid_std', 'precision', 'recall', 'density', 'coverage')
+
+
+def _backbone_of(evaluator):
+  """The backbone of `evaluator`'s config.eval.features metrics, or None."""
+  extra = getattr(evaluator, 'extra', None)
+  return None if extra is None else extra.bb
 
 
 # Where the asked-for best metric does not exist in a run: the first of these
@@ -385,8 +399,10 @@ _OPTIONAL_KEYS = ('recon_mse', 'psnr', 'nll_nats', 'bits_per_dim')  # Need no fe
 
 def best_metric(config, family, evaluator) -> tuple:
   """(metric, mode) to keep the best checkpoint by: `config.eval.best_metric`
-  where the run reports it, else the first of `_BEST_FALLBACKS` that it
-  does (said once), else ('', mode) (said once). With
+  where the run reports it, else the same metric in the backbone
+  config.eval.features picked ('fid' -> 'fid_inception' / 'fd_dinov2'), else
+  the first of `_BEST_FALLBACKS` that it does (each said once), else
+  ('', mode) (said once). With
   `config.eval.generative_metrics` False, none by the metrics it turns off.
 
   The family's own eval metrics (`family.eval_step`'s names) always exist;
@@ -402,6 +418,13 @@ def best_metric(config, family, evaluator) -> tuple:
   if wanted in exists or wanted not in METRIC_KEYS + _OPTIONAL_KEYS:
     return wanted, mode  # Present, or a family metric checked at the first eval.
   why = ('no feature network for it' if wanted in METRIC_KEYS else 'this run does not compute it')
+  bb = _backbone_of(evaluator)
+  if bb is not None and wanted in _BACKBONE_KEYS and bb.key(wanted) in exists:
+    # The same metric in the backbone config.eval.features picked.
+    print(f'note: best checkpoint by {bb.key(wanted)} ({mode}) instead of '
+          f'config.eval.best_metric={wanted!r} ({why} on {config.data.name}; '
+          f'config.eval.features={bb.name!r}).', flush=True)
+    return bb.key(wanted), mode
   for name, fallback_mode in _BEST_FALLBACKS:
     if name in exists:
       print(f'note: best checkpoint by {name} ({fallback_mode}) instead of '

@@ -401,11 +401,6 @@ class InceptionNetwork:
     self._preprocess = jax.jit(functools.partial(preprocess, convention=resize))
     self._network = jax.jit(lambda params, x: self.module.apply({'params': params}, x))
 
-  def preprocess_with(self, convention: str):
-    """Resizes the inputs of later calls by `convention` (metrics/resize.py)
-    instead of the one the weights came with; `resize` keeps naming that one."""
-    self._preprocess = jax.jit(functools.partial(preprocess, convention=convention))
-
   def apply_preprocessed(self, x):
     """The network on ``preprocess``ed ``(N, 299, 299, 3)`` inputs (jitted;
     one compilation per batch size, whatever the image size)."""
