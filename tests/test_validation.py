@@ -429,7 +429,7 @@ def test_ctrl_c_saves_nothing_it_cannot_trust(tmp_path, data_dir, monkeypatch):
   # A non-finite state is not saved on Ctrl-C: the message names the last
   # periodic checkpoint.
   original = input_pipeline.TrainIterator.__next__
-  original_check = train._check_finite  # pylint: disable=protected-access
+  original_check = train.check_finite
 
   interrupted = []
 
@@ -439,13 +439,13 @@ def test_ctrl_c_saves_nothing_it_cannot_trust(tmp_path, data_dir, monkeypatch):
       raise KeyboardInterrupt
     return original(self)
 
-  def nan_at_interrupt(pending, last_step):
+  def nan_at_interrupt(pending, last_step, seeds=None):
     if interrupted:  # The check before the save on Ctrl-C finds a NaN.
       raise train.NonFiniteError('Non-finite loss=nan at step 7', step=7)
-    return original_check(pending, last_step)
+    return original_check(pending, last_step, seeds)
 
   monkeypatch.setattr(input_pipeline.TrainIterator, '__next__', interrupt_at_8)
-  monkeypatch.setattr(train, '_check_finite', nan_at_interrupt)
+  monkeypatch.setattr(train, 'check_finite', nan_at_interrupt)
   workdir = str(tmp_path)
   config = tiny(data_dir)
   with pytest.raises(train.Interrupted,
