@@ -102,3 +102,9 @@ def test_eval_block_is_aligned_and_ordered():
   assert len({l.index(l.split()[1]) + len(l.split()[1]) for l in lines[1:]}) == 1
   assert 'coverage' not in text
   assert console.eval_block(3, {'eval/x': 1.0}, ('fid',)).count('\n') == 0
+  # A backbone's distance (config.eval.features) follows the headline.
+  text = console.eval_block(9, {'eval/nll_nats': 90.0, 'eval/fd_dinov2': 512.25,
+                                'eval/kd_dinov2': 0.5}, ('elbo', 'nll_nats', 'fid'))
+  assert [l.split()[:2] for l in text.splitlines()[1:]] == [
+      ['nll_nats', '90'], ['fd_dinov2', '512.2']]
+  assert 'DINOv2' in text and '(2 of 3 metrics;' in text

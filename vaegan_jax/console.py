@@ -123,8 +123,12 @@ GLOSSES = {
     'psnr': 'reconstruction PSNR on the test split, dB',
     'cond_accuracy': 'samples classified as their class (chance 1/K)',
     'intra_fid': 'per-class FID, averaged (lower is better)',
+    'fid_inception': 'FID in Inception features (lower is better)',
+    'fd_dinov2': 'FD in DINOv2 ViT-L/14 features (lower is better)',
 }
 CONDITIONAL_METRICS = ('cond_accuracy', 'intra_fid')
+# The backbone's distance where config.eval.features picks one.
+BACKBONE_METRICS = ('fid_inception', 'fd_dinov2')
 
 
 def eval_block(step: int, scalars: dict, headline: tuple, prefix: str = 'eval/') -> str:
@@ -134,14 +138,15 @@ def eval_block(step: int, scalars: dict, headline: tuple, prefix: str = 'eval/')
     step: the training step.
     scalars: every eval metric, keys `prefix + name` -> float.
     headline: the family's names to show (its EVAL_CONSOLE_METRICS), in
-      order; the conditional metrics follow when present.
+      order; the conditional and backbone metrics follow when present.
     prefix: the prefix of the keys of `scalars`.
 
   Returns:
     'eval at step N (k of M metrics; all in metrics.jsonl)' and one line per
     metric present: name, value (4 significant digits), gloss.
   """
-  names = [n for n in tuple(headline) + CONDITIONAL_METRICS if prefix + n in scalars]
+  names = [n for n in tuple(headline) + CONDITIONAL_METRICS + BACKBONE_METRICS
+           if prefix + n in scalars]
   values = [f'{scalars[prefix + n]:.4g}' for n in names]
   head = (f'eval at step {step} ({len(names)} of {len(scalars)} metrics; '
           'all in metrics.jsonl and TensorBoard)')
