@@ -40,24 +40,26 @@ QUALITY = [
     ('nll_nats', 'NLL (nats, IWAE bound)', 'min', '.2f', 1.0),
     ('bits_per_dim', 'bits/dim', 'min', '.4f', 1.0),
 ]
+
+
+def _manifold_rows(backbone: str, title: str) -> list:
+  """Precision, recall, density and coverage in a backbone's feature space."""
+  return [(f'{name}_{backbone}', f'{name} ({title})', 'max', '.3f', 1.0)
+          for name in ('precision', 'recall', 'density', 'coverage')]
+
+
 # The literature's metrics (python -m vaegan_jax.evaluate --features=inception).
 INCEPTION_QUALITY = [
     ('fid_inception', 'FID (Inception)', 'min', '.2f', 1.0),
     ('kid_inception', 'KID (Inception)', 'min', '.4f', 1.0),
     ('is_inception', 'Inception Score', 'max', '.3f', 1.0),
-    ('precision_inception', 'precision (Inception)', 'max', '.3f', 1.0),
-    ('recall_inception', 'recall (Inception)', 'max', '.3f', 1.0),
-    ('density_inception', 'density (Inception)', 'max', '.3f', 1.0),
-    ('coverage_inception', 'coverage (Inception)', 'max', '.3f', 1.0),
+    *_manifold_rows('inception', 'Inception'),
 ]
 # FD-DINOv2 (python -m vaegan_jax.evaluate --features=dinov2; Stein et al. 2023).
 DINOV2_QUALITY = [
     ('fd_dinov2', 'FD (DINOv2)', 'min', '.2f', 1.0),
     ('kd_dinov2', 'KD (DINOv2)', 'min', '.4f', 1.0),
-    ('precision_dinov2', 'precision (DINOv2)', 'max', '.3f', 1.0),
-    ('recall_dinov2', 'recall (DINOv2)', 'max', '.3f', 1.0),
-    ('density_dinov2', 'density (DINOv2)', 'max', '.3f', 1.0),
-    ('coverage_dinov2', 'coverage (DINOv2)', 'max', '.3f', 1.0),
+    *_manifold_rows('dinov2', 'DINOv2'),
 ]
 # Rows shown only when a family of the study is class-conditional.
 CONDITIONAL = [
@@ -751,33 +753,37 @@ def backbone_protocol(run: dict, name: str) -> str:
           f'{num_ref} {ref} images')
 
 
+def _backbone_section(results, key: str, backbone: str, title: str, space: str,
+                      rows) -> list[str]:
+  """The table of one backbone's metrics, when the study was evaluated with
+  it (a run has `key`): `title`, then `space` (the feature space and what its
+  numbers are) with the protocol of the backbone, then the table of `rows`."""
+  runs = [r for fam in results['families'].values() for r in fam['runs'].values()]
+  r = next((r for r in runs if key in r), None)
+  if r is None:
+    return []
+  return [f'## {title} (mean ± std over seeds; best in bold)', '',
+          space.format(protocol=backbone_protocol(r, backbone)) + ' Every other table is in '
+          'the project\'s own feature space.', '', *table(results, rows), '']
+
+
 def inception_section(results) -> list[str]:
   """The Inception-feature table, when the study was evaluated with them."""
-  runs = [r for fam in results['families'].values() for r in fam['runs'].values()]
-  if not any('fid_inception' in r for r in runs):
-    return []
-  r = next(r for r in runs if 'fid_inception' in r)
-  return ['## Inception metrics (mean ± std over seeds; best in bold)', '',
-          'In the feature space of the FID Inception-v3 (pytorch-fid\'s weights; '
-          f'`vaegan_jax/metrics/inception.py`; {backbone_protocol(r, "inception")}): the '
-          'numbers papers report (FID, KID and IS as pytorch-fid/torch-fidelity; IS over 10 '
-          'splits). Every other table is in the project\'s own feature space.', '',
-          *table(results, INCEPTION_QUALITY), '']
+  return _backbone_section(
+      results, 'fid_inception', 'inception', 'Inception metrics',
+      'In the feature space of the FID Inception-v3 (pytorch-fid\'s weights; '
+      '`vaegan_jax/metrics/inception.py`; {protocol}): the numbers papers report (FID, '
+      'KID and IS as pytorch-fid/torch-fidelity; IS over 10 splits).', INCEPTION_QUALITY)
 
 
 def dinov2_section(results) -> list[str]:
   """The FD-DINOv2 table, when the study was evaluated with DINOv2."""
-  runs = [r for fam in results['families'].values() for r in fam['runs'].values()]
-  if not any('fd_dinov2' in r for r in runs):
-    return []
-  r = next(r for r in runs if 'fd_dinov2' in r)
-  return ['## DINOv2 metrics (mean ± std over seeds; best in bold)', '',
-          'In the feature space of DINOv2 ViT-L/14 (`vaegan_jax/metrics/dinov2.py`, '
-          f'preprocessing as dgm-eval; {backbone_protocol(r, "dinov2")}): the Fréchet '
-          'distance Stein et al. (2023) recommend over Inception\'s, with KD and '
-          'precision/recall/density/coverage in the same space. Every other table is in '
-          'the project\'s own feature space.', '',
-          *table(results, DINOV2_QUALITY), '']
+  return _backbone_section(
+      results, 'fd_dinov2', 'dinov2', 'DINOv2 metrics',
+      'In the feature space of DINOv2 ViT-L/14 (`vaegan_jax/metrics/dinov2.py`, '
+      'preprocessing as dgm-eval; {protocol}): the Fréchet distance Stein et al. (2023) '
+      'recommend over Inception\'s, with KD and precision/recall/density/coverage in the '
+      'same space.', DINOV2_QUALITY)
 
 
 def _code_at(results) -> str:

@@ -1,4 +1,5 @@
-"""Random examples of a known TFDS dataset, without TensorFlow or files.
+"""Random examples of a known TFDS dataset, without TensorFlow or files; and
+a folder of random digit-like PNGs in class sub-folders (`digit_folder`).
 
 `with mock_tfds(num_examples=N):` makes every TFDS split (`sources.tfds_records`)
 hold N random examples of that dataset's exact stored shapes (celeb_a's raw
@@ -35,3 +36,18 @@ def mock_tfds(num_examples: int, seed: int = 0):
     return fake_records(name, split, num_examples, seed)
   with mock.patch.object(sources, 'tfds_records', records):
     yield
+
+
+def digit_folder(root, classes: int = 4, per_class: int = 40) -> str:
+  """`root`/<class>/<i>.png: 28x28 grey PNGs of random dots, denser for
+  higher classes (so a classifier can tell them apart); the test files in
+  path order start with one class. Returns str(root)."""
+  import os  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for c in range(classes):
+    os.makedirs(f'{root}/{c}', exist_ok=True)
+    for i in range(per_class):
+      image = (rng.random((28, 28)) < 0.1 + 0.2 * c).astype(np.uint8) * 255
+      Image.fromarray(image).save(f'{root}/{c}/{i:03d}.png')
+  return str(root)

@@ -13,10 +13,10 @@ import subprocess
 import sys
 
 import numpy as np
-from PIL import Image
 import pytest
 
 import backbone_weights
+import mock_data
 from conftest import ROOT, load_config
 from vaegan_jax import train
 from vaegan_jax.data import sources
@@ -25,16 +25,6 @@ from vaegan_jax.metrics import weights as weights_lib
 KEYS = ('fd_dinov2', 'kd_dinov2', 'kd_dinov2_std', 'precision_dinov2', 'recall_dinov2',
         'density_dinov2', 'coverage_dinov2')
 TITLE = 'DINOv2 ViT/14 (width 64, depth 1)'
-
-
-def _digits(root, classes=3, per_class=40):
-  rng = np.random.default_rng(0)
-  for c in range(classes):
-    os.makedirs(f'{root}/{c}', exist_ok=True)
-    for i in range(per_class):
-      image = (rng.random((28, 28)) < 0.1 + 0.2 * c).astype(np.uint8) * 255
-      Image.fromarray(image).save(f'{root}/{c}/{i:03d}.png')
-  return str(root)
 
 
 @pytest.fixture(scope='module')
@@ -47,7 +37,7 @@ def run(tmp_path_factory):
   os.environ.update(env)
   sources.scan_folder.cache_clear()
   try:
-    root = _digits(tmp / 'digits')
+    root = mock_data.digit_folder(tmp / 'digits', classes=3)
     config = load_config('vae', 'smoke')
     config.data.name = f'folder:{root}'
     config.train.batch_size = 8

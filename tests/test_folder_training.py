@@ -8,28 +8,18 @@ import os
 import numpy as np
 from PIL import Image
 
+import mock_data
 from conftest import load_config
 from vaegan_jax import train
 from vaegan_jax.data import sources
 from vaegan_jax.metrics import generative
 
 
-def _class_sorted_digits(root, classes=4, per_class=40):
-  """Class sub-folders whose test files in path order start with one class."""
-  rng = np.random.default_rng(0)
-  for c in range(classes):
-    os.makedirs(f'{root}/{c}', exist_ok=True)
-    for i in range(per_class):
-      image = (rng.random((28, 28)) < 0.1 + 0.2 * c).astype(np.uint8) * 255
-      Image.fromarray(image).save(f'{root}/{c}/{i:03d}.png')
-  return str(root)
-
-
 def test_vae_on_a_folder_reports_nll_psnr_and_keeps_a_fallback_best(tmp_path, monkeypatch,
                                                                     capsys):
   monkeypatch.setenv('VAEGAN_JAX_CACHE', str(tmp_path / 'cache'))
   sources.scan_folder.cache_clear()
-  root = _class_sorted_digits(tmp_path / 'digits')
+  root = mock_data.digit_folder(tmp_path / 'digits')
   grids = []
   real_write_grid = train.write_grid
 
@@ -93,7 +83,7 @@ def test_reconstruct_reads_the_folder_with_the_runs_channel_count(tmp_path, monk
   monkeypatch.setenv('VAEGAN_JAX_CACHE', str(tmp_path / 'cache'))
   sources.scan_folder.cache_clear()
   sample._test_split.cache_clear()
-  root = _class_sorted_digits(tmp_path / 'digits', classes=2, per_class=12)
+  root = mock_data.digit_folder(tmp_path / 'digits', classes=2, per_class=12)
   config = load_config('vae', 'smoke')
   config.data.name = f'folder:{root}'
   config.data.channels = 3
