@@ -24,6 +24,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.data.channels = 0         # folder:PATH only: 1 (grey) or 3 (RGB) forces the channel count; 0 = the majority of the files'.
   config.data.data_dir = ''        # '' = ~/.cache/vaegan_jax/tensorflow_datasets for mnist5k, TFDS's default otherwise.
   config.data.cache_mb = 512       # Train splits of at most this many MB of images are decoded once into memory; larger ones (and 0) stream.
+  config.data.worker_count = -1    # Processes decoding a streamed train split: -1 = one per CPU core (at most 16); 0 = threads in the training process. Same batches either way.
 
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 128    # Global batch, split over all devices.
@@ -59,6 +60,7 @@ RULES = {
     'seed': rules.Int(min=0, max=2**32 - 1),
     'data.data_dir': rules.Str(),
     'data.cache_mb': rules.COUNT,                # 0 = always stream the train split.
+    'data.worker_count': rules.Int(min=-1, max=256),  # -1 = one per core; 0 = threads (data/pipeline.py).
     'train.batch_size': rules.POSITIVE,
     'train.num_steps': rules.POSITIVE,
     'train.log_every_steps': rules.POSITIVE,

@@ -4,7 +4,8 @@
                `folder:PATH` (DatasetSpec, DATASETS, get_spec, resolve_data_dir)
   folder.py    `folder:PATH`: indexing (cached, symlink-safe), faithful decoding
   pipeline.py  grain: (seed, step)-keyed batches, per-process slices, global
-               arrays (TrainIterator, eval_batches, load_split, Data)
+               arrays, worker processes (TrainIterator, train_iterator,
+               eval_batches, load_split, Data)
 
 See `vaegan_jax.data.pipeline` for the determinism and resume contract.
 """
@@ -34,6 +35,7 @@ from vaegan_jax.data.pipeline import process_slice
 from vaegan_jax.data.pipeline import read_batch
 from vaegan_jax.data.pipeline import resolve_image_size
 from vaegan_jax.data.pipeline import to_float
+from vaegan_jax.data.pipeline import train_iterator
 
 # pylint: enable=unused-import
 import dataclasses  # pylint: disable=g-import-not-at-top,g-bad-import-order

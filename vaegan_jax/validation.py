@@ -13,7 +13,7 @@ types): each module that owns config keys has a `RULES` table built from its
 own constants, and `CROSS_RULES` functions `(config, flat) -> None` for
 combinations its code relies on. `rule_book()` gathers them, in `OWNERS`:
 
-    config_base.py         seed, data.data_dir/cache_mb, train.*, eval.* (+ best mode)
+    config_base.py         seed, data.data_dir/cache_mb/worker_count, train.*, eval.* (+ best mode)
     input_pipeline.py      data.name (its dataset registry), data.image_size
     families/__init__.py   model.family, train.compute_dtype
     models/layers.py       model.conv_impl (IMPLS)

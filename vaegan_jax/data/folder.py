@@ -367,20 +367,77 @@ def decode(im, size: int, channels: int) -> np.ndarray:
   return out[..., None] if out.ndim == 2 else out
 
 
+_FORMATS = {'.png': ('PNG',), '.jpg': ('JPEG',), '.jpeg': ('JPEG',), '.webp': ('WEBP',)}
+PLAIN_MODES = {1: 'L', 3: 'RGB'}  # The modes `decode` takes as they are, per channel count.
+
+
+def open_image(data: bytes, name: str = ''):
+  """A PIL image of the bytes of a file: the format its extension names is
+  tried first (no probing of every format), then any format PIL knows."""
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  formats = _FORMATS.get(os.path.splitext(name)[1].lower())
+  if formats:
+    try:
+      return Image.open(io.BytesIO(data), formats=formats)
+    except Exception:  # pylint: disable=broad-except  # Misnamed: probe them all.
+      pass
+  return Image.open(io.BytesIO(data))
+
+
+def decode_into(out: np.ndarray, im) -> None:
+  """`out[...] = decode(im, size, channels)` for `out` of shape (size, size,
+  channels), the same bytes: plain L / RGB images (most files) are cropped
+  and resized in PIL and copied once; every other mode goes through `decode`."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  size, channels = out.shape[0], out.shape[2]
+  if im.mode != PLAIN_MODES.get(channels):
+    out[...] = decode(im, size, channels)
+    return
+  w, h = im.size
+  if (h, w) != (size, size):
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    im = im.crop((left, top, left + side, top + side)).resize(
+        (size, size), Image.Resampling.BICUBIC)
+  out.reshape(-1)[:] = np.frombuffer(im.tobytes(), np.uint8)
+
+
 class _Failures:
-  """Files that failed to decode, per folder, shared by every source of it."""
+  """Files that failed to decode, per folder, shared by every source of it.
+
+  In an input worker process (`forward` set by `pipeline._WorkerStepBatch`)
+  nothing is printed: each failed read is also kept as an event that goes
+  back with the batch, and the training process `replay`s them, so a file is
+  named once per run and counted once per read, as with reader threads."""
 
   def __init__(self):
     self.lock = threading.Lock()
     self.bad = {}  # (root, rel) -> failed reads.
+    self.forward = False
+    self.events = []  # (spec_name, root, rel) per failed read, when forwarding.
 
   def record(self, spec_name, root, rel) -> None:
     with self.lock:
       first = (root, rel) not in self.bad
       self.bad[(root, rel)] = self.bad.get((root, rel), 0) + 1
+      if self.forward:
+        self.events.append((spec_name, root, rel))
+        return
     if first:
       print(f'{spec_name}: cannot decode {rel}; using the next image instead '
             '(said once per file; counted after that).', file=sys.stdout, flush=True)
+
+  def take_events(self) -> list:
+    """The failed reads recorded since the last call (forwarding only)."""
+    with self.lock:
+      events, self.events = self.events, []
+    return events
+
+  def replay(self, events) -> None:
+    """Records failed reads a worker process forwarded."""
+    for spec_name, root, rel in events:
+      self.record(spec_name, root, rel)
 
   def is_bad(self, root, rel) -> bool:
     return (root, rel) in self.bad
@@ -420,11 +477,13 @@ class FolderSource:
     """Reads of this folder replaced because a file did not decode."""
     return FAILURES.count(self.index.root)
 
-  def _decode(self, row: int) -> np.ndarray:
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    with Image.open(os.path.join(self.index.root, self.index.paths[row])) as im:
+  def _decode_into(self, out: np.ndarray, row: int) -> None:
+    rel = self.index.paths[row]
+    with open(os.path.join(self.index.root, rel), 'rb') as f:
+      data = f.read()
+    with open_image(data, rel) as im:
       im.load()
-      return decode(im, self.spec.image_shape[0], self.spec.image_shape[2])
+      decode_into(out, im)
 
   def read(self, indices):
     indices = np.asarray(indices).reshape(-1)
@@ -439,7 +498,7 @@ class FolderSource:
           FAILURES.record(self.spec.name, root, rel)
           continue
         try:
-          images[k] = self._decode(row)
+          self._decode_into(images[k], row)
           labels[k] = self.index.labels[row]
           break
         except Exception:  # pylint: disable=broad-except  # Truncated or corrupt.

@@ -11,9 +11,17 @@ global array.
 
 The training stream is a grain `MapDataset` over step numbers whose element
 `s` is this process's part of batch `s`: `read_batch` gathers and decodes its
-rows from the source in grain's reader threads, a few batches ahead (bounded
-memory: `prefetch` batches, whatever the dataset size). An exception raised
-there is re-raised by `TrainIterator.__next__`.
+rows from the source, a few batches ahead (bounded memory: `prefetch`
+batches, whatever the dataset size). A streamed split is decoded in
+`config.data.worker_count` worker processes (grain's `mp_prefetch`; -1, the
+default, = one per CPU core, at most `MAX_AUTO_WORKERS`): decoding with PIL
+holds the GIL for much of each image, so threads of one process do not
+scale. Worker `w` of `n` computes the steps `s` with `(s - start) % n == w`
+and grain hands them back in step order, so the batches are bit-identical to
+the in-process ones, and a resumed run starts its workers at its step. An
+in-memory split (and `worker_count=0`) is read in grain's reader threads in
+the training process. An exception raised while reading is re-raised by
+`TrainIterator.__next__`.
 
 A train split whose decoded images take at most `config.data.cache_mb` MB
 (default 512) is decoded once, when training starts, into an in-memory source
@@ -38,11 +46,14 @@ import jax
 import numpy as np
 
 from vaegan_jax.data import sources
+from vaegan_jax.errors import UsageError
 from vaegan_jax.errors import UserError
 from vaegan_jax.errors import WorkerError
 
 _MAX_STEPS = 2**62  # The endless stream's nominal length.
 DEFAULT_CACHE_MB = 512  # config.data.cache_mb when a config has none.
+AUTO_WORKERS = -1       # config.data.worker_count: one worker process per core.
+MAX_AUTO_WORKERS = 16   # ... but at most this many.
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
@@ -161,8 +172,63 @@ class _StepBatch:
     return batch
 
 
+class _WorkerStepBatch:
+  """grain map in a worker process: step -> (the `_StepBatch` batch, images
+  read, read seconds, the undecodable-file reads since the last batch as
+  (name, root, rel) tuples), so the training process can keep its counters
+  and name each bad file once (`folder.FAILURES.replay`)."""
+
+  def __init__(self, step_batch: _StepBatch):
+    self.step_batch = step_batch
+
+  def __call__(self, step):
+    from vaegan_jax.data import folder  # pylint: disable=g-import-not-at-top
+    folder.FAILURES.forward = True  # This process only reads: the trainer reports.
+    t0 = time.perf_counter()
+    batch = self.step_batch(step)
+    seconds = time.perf_counter() - t0
+    return batch, len(batch['label']), seconds, folder.FAILURES.take_events()
+
+
+def _absl_flags_parsed():
+  """Marks absl's flags parsed (at their defaults) where no absl app parsed
+  them (a script, a notebook, a test): grain's multiprocessing reads them."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
 def default_num_threads() -> int:
   return max(1, min(4, os.cpu_count() or 1))
+
+
+def num_cores() -> int:
+  """CPU cores this process may run on."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not Linux.
+    return os.cpu_count() or 1
+
+
+def resolve_worker_count(worker_count: int, source) -> int:
+  """Worker processes for `source`: 0 for an in-memory split (a copy from
+  memory costs less than moving the batch between processes) and for
+  worker_count 0; `num_cores()` (at most MAX_AUTO_WORKERS) for -1; else
+  worker_count.
+
+  Raises:
+    UsageError: worker_count below -1 or not an integer.
+  """
+  if (not isinstance(worker_count, int) or isinstance(worker_count, bool)
+      or worker_count < AUTO_WORKERS):
+    raise UsageError(f'config.data.worker_count={worker_count!r} is not allowed; allowed: '
+                     '-1 (one worker process per CPU core), 0 (threads in the training '
+                     'process) or a number of worker processes.')
+  if isinstance(source, sources.ArraySource) or worker_count == 0:
+    return 0
+  if worker_count == AUTO_WORKERS:
+    return min(MAX_AUTO_WORKERS, num_cores())
+  return worker_count
 
 
 class TrainIterator:
@@ -173,10 +239,18 @@ class TrainIterator:
   `vaegan_jax.data.sources`. Yields dicts {'image': float32 (B, H, W, C) in
   [0, 1], 'label': int32 (B,)} of global arrays sharded by `sharding`, B the
   global batch size.
+
+  `worker_count` (`resolve_worker_count`): 0 reads in grain's threads in this
+  process; N > 0 (-1: one per core) decodes a streamed source in N worker
+  processes, the same batches in the same order (`train_iterator` passes
+  `config.data.worker_count`). Worker processes are spawned: the source must
+  pickle, and a script that builds the iterator at its top level needs the
+  usual `if __name__ == '__main__':` guard. `close()` stops them.
   """
 
   def __init__(self, images, labels, batch_size: int, seed: int, sharding,
-               start_step: int = 0, prefetch: int = 2, num_threads: int | None = None):
+               start_step: int = 0, prefetch: int = 2, num_threads: int | None = None,
+               worker_count: int = 0):
     self.source = as_source(images, labels)
     if len(self.source) < 1:
       raise UserError('The training split is empty.')
@@ -184,18 +258,32 @@ class TrainIterator:
     self.step = start_step
     self._rows = process_slice(batch_size)
     self.stats = PipelineStats()
-    self._fn = _StepBatch(self.source, batch_size, seed, self._rows, self.stats)
-    threads = default_num_threads() if num_threads is None else num_threads
-    # Each element is a whole batch: the buffer bounds host memory.
-    options = grain.ReadOptions(num_threads=max(1, min(threads, prefetch)),
-                                prefetch_buffer_size=max(1, prefetch))
-    # grain's reader threads call `host_batch` (a subclass or a test may
-    # replace it; an exception there surfaces in `__next__`).
-    dataset = grain.MapDataset.range(start_step, _MAX_STEPS).map(self.host_batch)
-    self._it = iter(dataset.to_iter_dataset(options))
+    self.worker_count = resolve_worker_count(worker_count, self.source)
+    steps = grain.MapDataset.range(start_step, _MAX_STEPS)
+    if self.worker_count:
+      _absl_flags_parsed()  # grain's mp_prefetch reads its absl flags.
+      # Each worker reads one batch at a time and keeps at most `prefetch`
+      # finished ones: host memory stays bounded by the batch size.
+      fn = _WorkerStepBatch(_StepBatch(self.source, batch_size, seed, self._rows))
+      dataset = steps.map(fn).to_iter_dataset(
+          grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)).mp_prefetch(
+              grain.MultiprocessingOptions(num_workers=self.worker_count,
+                                           per_worker_buffer_size=max(1, prefetch)))
+    else:
+      self._fn = _StepBatch(self.source, batch_size, seed, self._rows, self.stats)
+      threads = default_num_threads() if num_threads is None else num_threads
+      # Each element is a whole batch: the buffer bounds host memory.
+      options = grain.ReadOptions(num_threads=max(1, min(threads, prefetch)),
+                                  prefetch_buffer_size=max(1, prefetch))
+      # grain's reader threads call `host_batch` (a subclass or a test may
+      # replace it; an exception there surfaces in `__next__`). Worker
+      # processes call `_WorkerStepBatch` instead.
+      dataset = steps.map(self.host_batch).to_iter_dataset(options)
+    self._it = iter(dataset)
 
   def host_batch(self, step: int) -> dict:
-    """This process's part of the batch of `step`, as numpy arrays."""
+    """This process's part of the batch of `step`, as numpy arrays (read in
+    the training process: worker_count 0 or an in-memory split)."""
     return self._fn(step)
 
   def __iter__(self) -> Iterator[dict]:
@@ -218,8 +306,17 @@ class TrainIterator:
     except UserError:
       raise
     except Exception as e:  # pylint: disable=broad-except
-      raise WorkerError(f'The input pipeline thread failed at step {self.step}: '
+      where = 'worker process' if self.worker_count else 'thread'
+      raise WorkerError(f'The input pipeline {where} failed at step {self.step}: '
                         f'{type(e).__name__}: {e}') from e
+    if self.worker_count:
+      batch, images, seconds, failures = batch
+      # Out of grain's shared memory, which is freed as soon as its array is.
+      batch = {k: np.array(v) for k, v in batch.items()}
+      self.stats.add_read(images, seconds)
+      if failures:
+        from vaegan_jax.data import folder  # pylint: disable=g-import-not-at-top
+        folder.FAILURES.replay(failures)
     self.step += 1
     self.stats.add_wait(time.perf_counter() - t0)
     return make_global_batch(batch, self.sharding)
@@ -424,9 +521,23 @@ class Data:
     """The training batches from `start_step` on, in the data order of
     `seed` (default `config.seed`: a single run's; vmapped seeds take one
     iterator per seed)."""
-    return TrainIterator(self.train_source, None, self.config.train.batch_size,
-                         self.config.seed if seed is None else int(seed), sharding,
-                         start_step)
+    return train_iterator(self.config, self.train_source, sharding, start_step, seed)
+
+
+def config_worker_count(config) -> int:
+  """`config.data.worker_count` (-1, one per core, when a config has none)."""
+  return config.data.get('worker_count', AUTO_WORKERS) if hasattr(config.data, 'get') else (
+      AUTO_WORKERS)
+
+
+def train_iterator(config, source, sharding, start_step: int,
+                   seed: int | None = None) -> TrainIterator:
+  """The training batches of `config` over `source` (`open_train_source`)
+  from `start_step` on, as training reads them: batch size, data order of
+  `seed` (default `config.seed`), `config.data.worker_count`."""
+  return TrainIterator(source, None, config.train.batch_size,
+                       config.seed if seed is None else int(seed), sharding, start_step,
+                       worker_count=config_worker_count(config))
 
 
 def create(config, mesh=None, max_test_examples: int | None = None) -> Data:

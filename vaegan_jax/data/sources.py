@@ -31,6 +31,9 @@ from vaegan_jax.data.folder import FOLDER_PREFIX
 from vaegan_jax.data.folder import FolderIndex  # pylint: disable=unused-import
 from vaegan_jax.data.folder import FolderSource
 from vaegan_jax.data.folder import IMAGE_EXTENSIONS  # pylint: disable=unused-import
+from vaegan_jax.data.folder import PLAIN_MODES
+from vaegan_jax.data.folder import decode_into
+from vaegan_jax.data.folder import open_image
 from vaegan_jax.data.folder import scan_folder
 from vaegan_jax.errors import UserError
 
@@ -206,9 +209,18 @@ class TfdsSource:
     else:
       examples = [self.records[i] for i in indices]
     spec = self.spec
-    images = np.stack([fit_image(np.asarray(e['image'], np.uint8), spec.image_shape)
-                       for e in examples]) if examples else np.zeros(
-                           (0, *spec.image_shape), np.uint8)
+    images = np.empty((len(examples), *spec.image_shape), np.uint8)
+    for k, e in enumerate(examples):
+      if isinstance(e['image'], bytes):  # Encoded (`tfds_records` skips decoding).
+        with open_image(e['image']) as im:
+          im.load()
+          if im.mode == PLAIN_MODES.get(spec.image_shape[2]):
+            decode_into(images[k], im)  # = fit_image(np.asarray(im)) for L / RGB.
+          else:  # As TFDS's own decoding (PIL), then `fit_image`.
+            a = np.asarray(im, np.uint8)
+            images[k] = fit_image(a[..., None] if a.ndim == 2 else a, spec.image_shape)
+      else:
+        images[k] = fit_image(np.asarray(e['image'], np.uint8), spec.image_shape)
     labels = np.asarray([int(e[spec.label_key]) if spec.num_classes else -1
                          for e in examples], np.int32)
     return images, labels
@@ -279,10 +291,17 @@ def _prepare(name: str, data_dir: str | None):
 
 
 def tfds_records(name: str, split: str, data_dir: str | None):
-  """The raw random-access records of a prepared TFDS split (tests mock this)."""
+  """The random-access records of a prepared TFDS split (tests mock this).
+  An encoded `image` (tfds.features.Image) is left encoded: `TfdsSource`
+  decodes it with PIL, as TFDS would without OpenCV, in one copy less."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   _prepare(name, data_dir)
-  return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  features = tfds.builder(name, data_dir=data_dir).info.features
+  image = features['image'] if 'image' in features else None
+  decoders = ({'image': tfds.decode.SkipDecoding()} if isinstance(image, tfds.features.Image)
+              and image.np_dtype == np.uint8 else None)
+  return tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                          decoders=decoders)
 
 
 def open_source(name: str, split: str, data_dir: str | None = None,
