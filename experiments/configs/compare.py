@@ -74,7 +74,7 @@ def get_config(arg=None):
   # reconstruction and perceptual path length on `applications_num_images`
   # test images, beside classical baselines on the same damaged images.
   config.applications = True
-  config.applications_num_images = 256
+  config.applications_num_images = 128
   config.applications_inpaint_steps = 100  # Adam steps of latent optimisation ...
   config.applications_restarts = 2         # ... from this many starts per image.
   config.applications_ppl_samples = 1000
