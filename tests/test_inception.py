@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import sys
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -99,6 +101,47 @@ def test_pool3_and_logits_match_reference(outputs, golden):
     assert _rel_err(got, want) <= 1e-4, name
   # The weights keep activations O(1): a meaningful comparison.
   assert 0.3 < pool3.std() < 3.0 and np.abs(pool3[:8] - pool3[8:]).mean() > 0.05
+
+
+def test_both_conv_impls_match_reference(net, outputs, golden):
+  """The default on this CPU is the oneDNN path (BatchNorm folded, conv + bias
+  + ReLU in one call); flax's XLA convolutions give the same outputs."""
+  assert net.conv_impl == 'onednn'
+  xla = inception.InceptionNetwork(net.params, conv_impl='xla')
+  assert xla.conv_impl == 'xla' and xla.module.conv_impl == 'xla'
+  x = jnp.concatenate([net._preprocess(golden['set_a']), net._preprocess(golden['set_b'])])
+  got = [np.asarray(o) for o in xla.apply_preprocessed(x)]
+  for name, g, o in zip(('pool3', 'logits', 'unbiased'), got, outputs):
+    want = np.concatenate([golden[f'{name}_a'], golden[f'{name}_b']])
+    assert _rel_err(g, want) <= 1e-4, name
+    assert _rel_err(o, g) <= 1e-5, name
+
+
+@pytest.mark.parametrize('shape', [(2, 147, 147, 3), (2, 8, 8, 5), (1, 35, 35, 4)])
+def test_pools_equal_flax(shape):
+  """The pools as separable slices: max pools exactly flax's, the average pool
+  of the oneDNN path (over unpadded pixels) up to float32 rounding."""
+  x = jax.random.normal(jax.random.key(1), shape)
+  for stride, pad in ((2, 0), (1, 1)):
+    want = nn.max_pool(x, (3, 3), (stride, stride), padding=((pad, pad), (pad, pad)))
+    np.testing.assert_array_equal(inception._max_pool_3x3(x, stride, pad), want)
+  want = nn.avg_pool(x, (3, 3), (1, 1), padding=((1, 1), (1, 1)), count_include_pad=False)
+  np.testing.assert_array_equal(inception._avg_pool_3x3_same(x, 'xla'), want)
+  np.testing.assert_allclose(inception._avg_pool_3x3_same(x, 'onednn'), want,
+                             rtol=1e-6, atol=1e-6)
+
+
+def test_conv_impl_falls_back_to_xla_with_one_note(monkeypatch, capsys):
+  monkeypatch.setattr(inception.conv_onednn, 'status', lambda: (False, 'no C++ compiler'))
+  monkeypatch.setattr(inception, '_fallback_noted', False)
+  assert inception.resolve_conv_impl('auto') == 'xla'
+  assert inception.resolve_conv_impl('onednn') == 'xla'
+  assert inception.resolve_conv_impl('xla') == 'xla'
+  lines = capsys.readouterr().out.splitlines()
+  assert lines == ["note: the Inception's convolutions run in XLA: oneDNN's are "
+                   'unavailable (no C++ compiler)']
+  with pytest.raises(ValueError, match='Unknown Inception conv_impl'):
+    inception.resolve_conv_impl('gemm')
 
 
 def test_fid_and_kid_match_reference(outputs, golden):

@@ -225,7 +225,19 @@ def available(cache_dir=None):
   Returns:
     True when the three FFI targets are registered.
   """
-  global _status, _noted
+  global _noted
+  ok, reason = status(cache_dir)
+  if not ok and not _noted:
+    _noted = True
+    print(f"note: conv_impl='onednn' unavailable ({reason}); using 'gemm'",
+          flush=True)
+  return ok
+
+
+def status(cache_dir=None):
+  """`(ok, reason)`: whether the oneDNN convolutions can run, and if not why;
+  builds and loads them on the first call, prints nothing."""
+  global _status
   if _status is None:
     try:
       if jax.default_backend() != 'cpu':
@@ -239,12 +251,7 @@ def available(cache_dir=None):
     except Exception as e:  # pylint: disable=broad-except
       # Whatever else went wrong, the run goes on with 'gemm'.
       _status = (False, f'{type(e).__name__}: {e}')
-  ok, reason = _status
-  if not ok and not _noted:
-    _noted = True
-    print(f"note: conv_impl='onednn' unavailable ({reason}); using 'gemm'",
-          flush=True)
-  return ok
+  return _status
 
 
 # ---------------------------------------------------------------------------

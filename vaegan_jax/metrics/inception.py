@@ -61,6 +61,8 @@ from jax import lax
 from vaegan_jax import progress as progress_lib
 from vaegan_jax import sharding as sharding_lib
 from vaegan_jax.errors import UserError
+from vaegan_jax.kernels import conv_cpu
+from vaegan_jax.kernels import conv_onednn
 from vaegan_jax.metrics import resize as resize_lib
 
 INPUT_SIZE = 299
@@ -113,47 +115,102 @@ def preprocess(images: jax.Array, convention: str = 'pytorch_fid') -> jax.Array:
 
 class BatchNormEval(nn.Module):
   """Inference BatchNorm: ``(x - mean) / sqrt(var + 1e-3) · scale + bias``."""
+  features: int
+
+  def setup(self):
+    c = (self.features,)
+    self.scale = self.param('scale', nn.initializers.ones, c)
+    self.bias = self.param('bias', nn.initializers.zeros, c)
+    self.mean = self.param('mean', nn.initializers.zeros, c)
+    self.var = self.param('var', nn.initializers.ones, c)
+
+  def __call__(self, x):
+    return (x - self.mean) * (self.scale * lax.rsqrt(self.var + BN_EPS)) + self.bias
+
+  def folded(self):
+    """``(s, b)`` with ``BN(v) = v · s + b``: the layer as a per-channel
+    scale and shift, to be folded into the convolution before it."""
+    s = self.scale * lax.rsqrt(self.var + BN_EPS)
+    return s, self.bias - self.mean * s
+
+
+class _Kernel(nn.Module):
+  """The kernel parameter of a bias-free ``nn.Conv`` (same name and shape),
+  for the convolution that `BasicConv2d` runs itself (impl 'onednn')."""
+  shape: tuple[int, ...]
 
   @nn.compact
-  def __call__(self, x):
-    c = x.shape[-1]
-    scale = self.param('scale', nn.initializers.ones, (c,))
-    bias = self.param('bias', nn.initializers.zeros, (c,))
-    mean = self.param('mean', nn.initializers.zeros, (c,))
-    var = self.param('var', nn.initializers.ones, (c,))
-    return (x - mean) * (scale * lax.rsqrt(var + BN_EPS)) + bias
+  def __call__(self):
+    return self.param('kernel', nn.initializers.lecun_normal(), self.shape)
 
 
 class BasicConv2d(nn.Module):
-  """Conv (no bias) -> BatchNorm (eps 1e-3) -> ReLU; torch's ``BasicConv2d``."""
+  """Conv (no bias) -> BatchNorm (eps 1e-3) -> ReLU; torch's ``BasicConv2d``.
+
+  ``impl='xla'``: flax's convolution, then the BatchNorm and the ReLU as
+  written. ``impl='onednn'``: the BatchNorm folded into the kernel and a bias
+  (``W · s``, ``b - mean · s``), and convolution, bias and ReLU in one oneDNN
+  call (`conv_cpu.conv_bias_act`); the same parameters, outputs equal up to
+  float32 rounding (relative 1e-6).
+  """
   features: int
   kernel: tuple[int, int] = (1, 1)
   stride: int = 1
   padding: tuple[int, int] = (0, 0)
   precision: lax.Precision = lax.Precision.HIGHEST
+  impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
     ph, pw = self.padding
-    x = nn.Conv(self.features, self.kernel, strides=self.stride,
-                padding=((ph, ph), (pw, pw)), use_bias=False,
-                precision=self.precision, name='conv')(x)
-    return nn.relu(BatchNormEval(name='bn')(x))
+    pads = ((ph, ph), (pw, pw))
+    bn = BatchNormEval(self.features, name='bn')
+    if self.impl == 'onednn':
+      kernel = _Kernel((*self.kernel, x.shape[-1], self.features), name='conv')()
+      s, b = bn.folded()
+      return conv_cpu.conv_bias_act(x, kernel * s, b, (self.stride,) * 2, pads,
+                                    (1, 1), self.precision, slope=0.0)
+    x = nn.Conv(self.features, self.kernel, strides=self.stride, padding=pads,
+                use_bias=False, precision=self.precision, name='conv')(x)
+    return nn.relu(bn(x))
 
 
-def _avg_pool_3x3_same(x):
-  """3×3 stride-1 average pool over the unpadded pixels (TF's SAME pool)."""
-  return nn.avg_pool(x, (3, 3), (1, 1), padding=((1, 1), (1, 1)),
-                     count_include_pad=False)
+def _window_3(x, axis: int, stride: int, op):
+  """``op`` over windows of 3 along ``axis`` at ``stride`` (no padding), as
+  two elementwise ops on strided slices: XLA fuses them into one loop, which
+  runs 1.5-9x faster on CPU than its ``reduce_window``."""
+  out = (x.shape[axis] - 3) // stride + 1
+  taps = [lax.slice_in_dim(x, d, d + stride * (out - 1) + 1, stride, axis)
+          for d in range(3)]
+  return op(op(taps[0], taps[1]), taps[2])
+
+
+def _avg_pool_3x3_same(x, impl: str = 'xla'):
+  """3×3 stride-1 average pool over the unpadded pixels (TF's SAME pool).
+
+  'xla': flax's ``avg_pool``; otherwise (the oneDNN path) the window sums as
+  separable slices divided by each position's count of unpadded pixels:
+  the same values up to float32 rounding (the sums run in another order).
+  """
+  if impl == 'xla':
+    return nn.avg_pool(x, (3, 3), (1, 1), padding=((1, 1), (1, 1)),
+                       count_include_pad=False)
+  h, w = x.shape[1:3]
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  sums = _window_3(_window_3(padded, 1, 1, jnp.add), 2, 1, jnp.add)
+  count = lambda n: np.minimum(np.arange(n) + 1, n - 1) - np.maximum(np.arange(n) - 1, 0) + 1
+  return sums / np.outer(count(h), count(w)).astype(np.float32)[None, :, :, None]
 
 
 class _Mixed(nn.Module):
-  """A Mixed_* block: branches of `BasicConv2d` at `precision`."""
+  """A Mixed_* block: branches of `BasicConv2d` at `precision` and `impl`."""
   precision: lax.Precision
+  impl: str  # BasicConv2d's: 'xla' or 'onednn'.
 
   def conv(self, *layer, name, **fields):
     """`BasicConv2d(*layer, **fields)`: features[, kernel, stride, padding]."""
-    return BasicConv2d(*layer, precision=self.precision, name=name, **fields)
+    return BasicConv2d(*layer, precision=self.precision, impl=self.impl, name=name,
+                       **fields)
 
   def chain(self, x, name, *layers):
     """Convolutions `name`_1, `name`_2, ... applied in turn (torch's
@@ -164,7 +221,11 @@ class _Mixed(nn.Module):
 
 
 def _max_pool_3x3(x, stride: int, pad: int = 0):
-  return nn.max_pool(x, (3, 3), (stride, stride), padding=((pad, pad), (pad, pad)))
+  """3×3 max pool at ``stride`` over ``x`` padded by ``pad`` (-inf): flax's
+  ``max_pool`` exactly (a max has no rounding), as separable slices."""
+  if pad:
+    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
+  return _window_3(_window_3(x, 1, stride, jnp.maximum), 2, stride, jnp.maximum)
 
 
 class InceptionA(_Mixed):
@@ -177,7 +238,7 @@ class InceptionA(_Mixed):
     b5 = self.chain(x, 'branch5x5', (48,), (64, (5, 5), 1, (2, 2)))
     same3 = (96, (3, 3), 1, (1, 1))
     b3 = self.chain(x, 'branch3x3dbl', (64,), same3, same3)
-    bp = self.conv(self.pool_features, name='branch_pool')(_avg_pool_3x3_same(x))
+    bp = self.conv(self.pool_features, name='branch_pool')(_avg_pool_3x3_same(x, self.impl))
     return jnp.concatenate([b1, b5, b3, bp], axis=-1)
 
 
@@ -202,7 +263,7 @@ class InceptionC(_Mixed):
     row, col = ((1, 7), 1, (0, 3)), ((7, 1), 1, (3, 0))  # 1x7 and 7x1, 'same'.
     b7 = self.chain(x, 'branch7x7', (c7,), (c7, *row), (192, *col))
     bd = self.chain(x, 'branch7x7dbl', (c7,), (c7, *col), (c7, *row), (c7, *col), (192, *row))
-    bp = self.conv(192, name='branch_pool')(_avg_pool_3x3_same(x))
+    bp = self.conv(192, name='branch_pool')(_avg_pool_3x3_same(x, self.impl))
     return jnp.concatenate([b1, b7, bd, bp], axis=-1)
 
 
@@ -230,7 +291,7 @@ class InceptionE(_Mixed):
     b3 = split(self.conv(384, name='branch3x3_1')(x), 'branch3x3_2')
     bd = self.chain(x, 'branch3x3dbl', (448,), (384, (3, 3), 1, (1, 1)))
     bd = split(bd, 'branch3x3dbl_3')
-    pooled = _max_pool_3x3(x, 1, pad=1) if self.max_pool else _avg_pool_3x3_same(x)
+    pooled = _max_pool_3x3(x, 1, pad=1) if self.max_pool else _avg_pool_3x3_same(x, self.impl)
     bp = self.conv(192, name='branch_pool')(pooled)
     return jnp.concatenate([b1, b3, bd, bp], axis=-1)
 
@@ -240,14 +301,17 @@ class FIDInceptionV3(nn.Module):
 
   ``precision``: conv/matmul precision; HIGHEST (no TF32/bf16 passes on
   accelerators) so numbers match the float32 reference on every backend.
+  ``conv_impl``: 'xla' (flax's convolutions) or 'onednn' (each conv, its
+  folded BatchNorm and its ReLU in one oneDNN call; `BasicConv2d`).
   """
   precision: lax.Precision = lax.Precision.HIGHEST
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x):
     """Returns ``(pool3 (N, 2048), logits (N, 1008), logits_unbiased (N, 1008))``."""
-    p = self.precision
-    conv = functools.partial(BasicConv2d, precision=p)
+    p, impl = self.precision, self.conv_impl
+    conv = functools.partial(BasicConv2d, precision=p, impl=impl)
     x = conv(32, (3, 3), stride=2, name='Conv2d_1a_3x3')(x)        # 149
     x = conv(32, (3, 3), name='Conv2d_2a_3x3')(x)                  # 147
     x = conv(64, (3, 3), padding=(1, 1), name='Conv2d_2b_3x3')(x)  # 147
@@ -255,17 +319,17 @@ class FIDInceptionV3(nn.Module):
     x = conv(80, name='Conv2d_3b_1x1')(x)
     x = conv(192, (3, 3), name='Conv2d_4a_3x3')(x)                 # 71
     x = _max_pool_3x3(x, 2)                                        # 35
-    x = InceptionA(p, pool_features=32, name='Mixed_5b')(x)
-    x = InceptionA(p, pool_features=64, name='Mixed_5c')(x)
-    x = InceptionA(p, pool_features=64, name='Mixed_5d')(x)
-    x = InceptionB(p, name='Mixed_6a')(x)                          # 17
-    x = InceptionC(p, channels_7x7=128, name='Mixed_6b')(x)
-    x = InceptionC(p, channels_7x7=160, name='Mixed_6c')(x)
-    x = InceptionC(p, channels_7x7=160, name='Mixed_6d')(x)
-    x = InceptionC(p, channels_7x7=192, name='Mixed_6e')(x)
-    x = InceptionD(p, name='Mixed_7a')(x)                          # 8
-    x = InceptionE(p, max_pool=False, name='Mixed_7b')(x)
-    x = InceptionE(p, max_pool=True, name='Mixed_7c')(x)
+    x = InceptionA(p, impl=impl, pool_features=32, name='Mixed_5b')(x)
+    x = InceptionA(p, impl=impl, pool_features=64, name='Mixed_5c')(x)
+    x = InceptionA(p, impl=impl, pool_features=64, name='Mixed_5d')(x)
+    x = InceptionB(p, impl=impl, name='Mixed_6a')(x)                          # 17
+    x = InceptionC(p, impl=impl, channels_7x7=128, name='Mixed_6b')(x)
+    x = InceptionC(p, impl=impl, channels_7x7=160, name='Mixed_6c')(x)
+    x = InceptionC(p, impl=impl, channels_7x7=160, name='Mixed_6d')(x)
+    x = InceptionC(p, impl=impl, channels_7x7=192, name='Mixed_6e')(x)
+    x = InceptionD(p, impl=impl, name='Mixed_7a')(x)                          # 8
+    x = InceptionE(p, impl=impl, max_pool=False, name='Mixed_7b')(x)
+    x = InceptionE(p, impl=impl, max_pool=True, name='Mixed_7c')(x)
     pool3 = jnp.mean(x, axis=(1, 2))
     kernel = self.param('fc_kernel', nn.initializers.zeros, (FEATURE_DIM, NUM_CLASSES))
     bias = self.param('fc_bias', nn.initializers.zeros, (NUM_CLASSES,))
@@ -381,6 +445,31 @@ def resolve_weights_path(path: str | None = None, echo: Callable = print) -> str
   return weights.ensure('inception', path or '', echo=echo)
 
 
+CONV_IMPLS = ('auto', 'xla', 'onednn')
+_fallback_noted = False
+
+
+def resolve_conv_impl(impl: str = 'auto') -> str:
+  """The Inception's convolutions: 'auto' -> 'onednn' on the CPU backend
+  where oneDNN's convolutions build and load (kernels/conv_onednn.py; about
+  3x XLA:CPU's there, docs/speed.md "Feature extraction"), else 'xla' (GPU,
+  TPU, or a CPU without them: one note per process). 'onednn' falls back
+  the same way; 'xla' is flax's convolution everywhere."""
+  global _fallback_noted
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'Unknown Inception conv_impl {impl!r}; use one of {CONV_IMPLS}.')
+  if impl == 'xla' or (impl == 'auto' and jax.default_backend() != 'cpu'):
+    return 'xla'
+  ok, reason = conv_onednn.status()
+  if ok:
+    return 'onednn'
+  if not _fallback_noted:
+    _fallback_noted = True
+    print(f"note: the Inception's convolutions run in XLA: oneDNN's are unavailable "
+          f'({reason})', flush=True)
+  return 'xla'
+
+
 class InceptionNetwork:
   """Loaded FID Inception: ``net(images) -> (pool3, logits, logits_unbiased)``.
 
@@ -390,14 +479,17 @@ class InceptionNetwork:
     sha256: that file's sha256 (keys the cached reference statistics).
     source_sha256: sha256 of the ``.pth`` it was converted from.
     resize: the resize convention of its input (metrics/resize.py).
+    conv_impl: how its convolutions run, 'xla' or 'onednn'
+      (:func:`resolve_conv_impl` of the constructor's ``conv_impl``).
   """
 
   def __init__(self, params, path: str = '', sha256: str = '', source_sha256: str = '',
-               resize: str = 'pytorch_fid'):
+               resize: str = 'pytorch_fid', conv_impl: str = 'auto'):
     self.params, self.path, self.sha256 = params, path, sha256
     self.source_sha256 = source_sha256
     self.resize = resize_lib.check_convention(resize)
-    self.module = FIDInceptionV3()
+    self.conv_impl = resolve_conv_impl(conv_impl)
+    self.module = FIDInceptionV3(conv_impl=self.conv_impl)
     self._preprocess = jax.jit(functools.partial(preprocess, convention=resize))
     self._network = jax.jit(lambda params, x: self.module.apply({'params': params}, x))
 
@@ -482,10 +574,11 @@ def rechunk(batches, size: int):
 
 
 def load(path: str | None = None, echo: Callable = print,
-         resize: str = 'pytorch_fid') -> InceptionNetwork:
+         resize: str = 'pytorch_fid', conv_impl: str = 'auto') -> InceptionNetwork:
   """Loads converted weights from ``path``, ``$VAEGAN_JAX_INCEPTION`` or the
   cache, downloading them on first use (:func:`resolve_weights_path`);
-  ``resize``: the input's resize convention (metrics/resize.py).
+  ``resize``: the input's resize convention (metrics/resize.py);
+  ``conv_impl``: :func:`resolve_conv_impl`'s.
 
   Raises:
     UserError: no path, a missing file, a file that is not a converter
@@ -509,7 +602,8 @@ def load(path: str | None = None, echo: Callable = print,
   except ValueError as e:
     raise UserError(f'Inception weights file {path} does not hold the FID Inception ({e}): '
                     f'{HOW_TO_GET_WEIGHTS}.') from None
-  return InceptionNetwork(params, path, file_sha256(path), source, resize=resize)
+  return InceptionNetwork(params, path, file_sha256(path), source, resize=resize,
+                          conv_impl=conv_impl)
 
 
 # ---------------------------------------------------------------------------
