@@ -665,12 +665,14 @@ def _git_commit() -> str:
   return commit + ('+dirty' if dirty else '')
 
 
-def environment() -> dict:
+def environment(commit: str | None = None) -> dict:
+  """Versions and machine; `commit`: the checkout the study started from
+  (default: now)."""
   import jax  # pylint: disable=g-import-not-at-top
   return {'jax': jax.__version__, 'backend': jax.default_backend(),
           'devices': jax.device_count(), 'cpu_count': os.cpu_count(),
           'python': platform.python_version(), 'machine': platform.machine(),
-          'git_commit': _git_commit()}
+          'git_commit': _git_commit() if commit is None else commit}
 
 
 # ---------------------------------------------------------------------------
@@ -822,6 +824,9 @@ def run_study(study, out: str, report_only: bool = False, echo=print) -> dict:
   t0, cpu0 = time.time(), time.process_time()
   timer = _StageTimer()
   load_start = _load_average()
+  # The checkout as this process loaded it: commits made while the study runs
+  # are not the code it ran.
+  commit = _git_commit()
   results_path = os.path.join(out, RESULTS)
   have_runs = os.path.isdir(os.path.join(out, 'runs'))
   if report_only and not have_runs:
@@ -836,7 +841,7 @@ def run_study(study, out: str, report_only: bool = False, echo=print) -> dict:
     return {'seconds': time.time() - t0, 'load_average_start': load_start,
             'load_average_end': _load_average(), 'report_only': report_only,
             'stage_seconds': timer.seconds, 'cpu_seconds': time.process_time() - cpu0,
-            'git_commit': _git_commit(), **extra}
+            'git_commit': commit, **extra}
 
   with compilation_cache(os.path.join(out, 'runs', 'jax_cache')):
     try:
@@ -855,7 +860,7 @@ def run_study(study, out: str, report_only: bool = False, echo=print) -> dict:
     grids = timer.run('grids', 'all', write_grids, study, out, echo)
   previous = _read_json(results_path, {})
   results['study'] = json.loads(study.to_json_best_effort())
-  results['environment'] = environment()
+  results['environment'] = environment(commit)
   results['sessions'] = previous.get('sessions', []) + [session()]
   report.write(results, out, grids)
   _write_json(results_path, results)

@@ -129,7 +129,11 @@ def test_a_stopped_session_still_counts_in_the_study_time(tmp_path, monkeypatch)
   study = _study_config('smoke')
   out = str(tmp_path)
 
+  head = ['aaaaaaa']
+  monkeypatch.setattr(compare, '_git_commit', lambda: head[0])
+
   def interrupted(*args, **kwargs):
+    head[0] = 'bbbbbbb'  # A commit lands while the study runs.
     time.sleep(0.05)
     raise KeyboardInterrupt
 
@@ -139,6 +143,7 @@ def test_a_stopped_session_still_counts_in_the_study_time(tmp_path, monkeypatch)
   results = compare._read_json(os.path.join(out, compare.RESULTS))
   [session] = results['sessions']
   assert session['stopped'] == 'KeyboardInterrupt: ' and session['seconds'] >= 0.05
+  assert session['git_commit'] == 'aaaaaaa'  # The code this process loaded.
   assert session['stage_seconds']['train/vae'] >= 0.05
   assert report._stopped_sessions([session, {'seconds': 1.0}]) == (
       '; 1 of the 2 sessions stopped early, their time included (KeyboardInterrupt: )')
