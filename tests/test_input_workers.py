@@ -201,6 +201,38 @@ def test_fast_folder_decoding_gives_the_bytes_of_decode(tmp_path):
         np.testing.assert_array_equal(out, expected, err_msg=f'{path} {size} {channels}')
 
 
+def test_plain_pngs_decode_as_pillow_decodes_them_and_others_fall_back(tmp_path):
+  rng = np.random.default_rng(1)
+  for mode, shape in (('RGB', (7, 9, 3)), ('L', (12, 5)), ('RGB', (300, 200, 3))):
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(buf, 'PNG')
+    data = buf.getvalue()
+    fast = folder_lib._decode_png(data)  # pylint: disable=protected-access
+    with Image.open(io.BytesIO(data)) as im:
+      im.load()
+      assert fast.mode == im.mode and fast.size == im.size and fast.tobytes() == im.tobytes()
+    for cut in range(0, len(data), max(1, len(data) // 50)):  # Truncated files fail
+      try:                                                    # where Pillow's load fails.
+        im = Image.open(io.BytesIO(data[:cut]))
+        im.load()
+        pillow_fails = False
+      except Exception:  # pylint: disable=broad-except
+        pillow_fails = True
+      try:
+        fast_fails = folder_lib._decode_png(data[:cut]) is None and pillow_fails  # pylint: disable=protected-access
+      except OSError:
+        fast_fails = True
+      assert fast_fails == pillow_fails, (shape, cut)
+  for mode, array in (('RGBA', rng.integers(0, 256, (5, 5, 4), dtype=np.uint8)),
+                      ('P', rng.integers(0, 256, (5, 5), dtype=np.uint8)),
+                      (None, rng.integers(0, 65535, (5, 5), dtype=np.uint16))):  # 16-bit.
+    buf = io.BytesIO()
+    (Image.fromarray(array, mode) if mode else Image.fromarray(array)).save(buf, 'PNG')
+    assert folder_lib._decode_png(buf.getvalue()) is None  # pylint: disable=protected-access
+    with folder_lib.open_image(buf.getvalue(), 'x.png') as im:
+      assert im.mode == Image.open(io.BytesIO(buf.getvalue())).mode
+
+
 def test_encoded_tfds_images_decode_as_tfds_decodes_them(tmp_path):
   """A TFDS split with an encoded `image` is read undecoded and decoded by
   the project: the same pixels as TFDS's own decoding + `fit_image`."""
