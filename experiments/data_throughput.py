@@ -27,6 +27,11 @@ Pipelines, each producing float32 batches of `--batch` images in [0, 1]:
                       default `config.data.worker_count`
   vaegan_jax[threads] the same with `config.data.worker_count=0` (grain's
                       reader threads in the training process)
+  vaegan_jax[cached]  the same with the default `config.data.cache_mb` (512):
+                      each of these splits fits, so it is decoded once into
+                      memory when the iterator is made (`cache_fill_s`, not
+                      in images_per_s) and batches are gathered from memory:
+                      what a training run with default settings does here
   tf_data             folders: file list, shuffled; `map(read + decode_png /
                       decode_jpeg + crop + resize(bicubic, antialias) + round
                       to uint8, num_parallel_calls=AUTOTUNE)`, batch, /255,
@@ -83,7 +88,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DATASETS = ('png32', 'jpeg178', 'array_record')
-PIPELINES = ('vaegan_jax', 'vaegan_jax[threads]', 'tf_data', 'torch')
+PIPELINES = ('vaegan_jax', 'vaegan_jax[threads]', 'vaegan_jax[cached]', 'tf_data', 'torch')
 REFERENCE = ('tf_data', 'torch')
 NUM_PNG, NUM_JPEG = 50_000, 20_000
 JPEG_W, JPEG_H, JPEG_OUT = 178, 218, 64
@@ -318,12 +323,14 @@ def timed(batches, warmup, num_batches, batch):
           'images_per_cpu_s': round(num_batches * batch / cpu, 1) if cpu > 0 else None}
 
 
-def project_config(dataset, data_dir, batch, worker_count=None):
-  """The config a training run on the dataset would have (streamed)."""
+def project_config(dataset, data_dir, batch, worker_count=None, cached=False):
+  """The config a training run on the dataset would have (streamed, or
+  with the default cache when `cached`)."""
   from vaegan_jax import config_base  # pylint: disable=g-import-not-at-top
   config = config_base.get_base_config()
   config.train.batch_size = batch
-  config.data.cache_mb = 0  # Streamed, as every split larger than the cache.
+  if not cached:
+    config.data.cache_mb = 0  # Streamed, as every split larger than the cache.
   if dataset == 'png32':
     config.data.name = f'folder:{png_root(data_dir)}'
   elif dataset == 'jpeg178':
@@ -344,20 +351,24 @@ def register_tfds(data_dir):
   sources.DATASETS[TFDS_NAME] = sources.DatasetSpec(TFDS_NAME, (32, 32, 3), 10)
 
 
-def measure_project(args, worker_count):
+def measure_project(args, worker_count, cached=False):
   import jax  # pylint: disable=g-import-not-at-top
   from vaegan_jax import sharding  # pylint: disable=g-import-not-at-top
   from vaegan_jax import validation  # pylint: disable=g-import-not-at-top
   from vaegan_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   register_tfds(args.data_dir)
-  config = project_config(args.dataset, args.data_dir, args.batch, worker_count)
+  config = project_config(args.dataset, args.data_dir, args.batch, worker_count, cached)
   validation.check_value('data.worker_count', config.data.worker_count)
+  t = time.perf_counter()
   source = pipeline.open_train_source(config)
+  fill_s = time.perf_counter() - t
   it = pipeline.train_iterator(config, source, sharding.data_sharding(sharding.make_mesh()), 0)
   try:
     out = timed(lambda: jax.block_until_ready(next(it)), args.warmup, args.num_batches,
                 args.batch)
     out['worker_count'] = it.worker_count
+    if cached:
+      out['cache_fill_s'] = round(fill_s, 2)
     out['output'] = f'{jax.tree.map(lambda x: (x.dtype.name, x.shape), next(it))}'
   finally:
     it.close()
@@ -476,6 +487,8 @@ def measure(args):
     out = measure_project(args, None)
   elif args.measure == 'vaegan_jax[threads]':
     out = measure_project(args, 0)
+  elif args.measure == 'vaegan_jax[cached]':
+    out = measure_project(args, None, cached=True)
   elif args.measure == 'tf_data':
     out = measure_tf_data(args)
   else:
@@ -539,17 +552,22 @@ def summarise(rows):
           'peak_pss_mb': max(r['peak_pss_mb'] for r in cell),
           'images_per_measurement': cell[0]['images'],
           'workers': cell[0].get('worker_count', cell[0].get('num_workers')),
+          **({'cache_fill_s': [r['cache_fill_s'] for r in cell]}
+             if 'cache_fill_s' in cell[0] else {}),
           'output': cell[0]['output']})
   return out
 
 
 def table(summary):
   lines = ['| dataset | pipeline | images/s (median) | rounds | images per CPU-s | '
-           'peak RSS MiB (PSS) |', '|---|---|---|---|---|---|']
+           'peak RSS MiB (PSS) | workers |', '|---|---|---|---|---|---|---|']
   for s in summary:
+    fill = (f'; decoded into memory first in {statistics.median(s["cache_fill_s"]):.1f} s'
+            if 'cache_fill_s' in s else '')
     lines.append(f'| {s["dataset"]} | {s["pipeline"]} | {s["images_per_s"]:.0f} | '
                  f'{", ".join(f"{r:.0f}" for r in s["rounds"])} | '
-                 f'{s["images_per_cpu_s"] or 0:.0f} | {s["peak_rss_mb"]} ({s["peak_pss_mb"]}) |')
+                 f'{s["images_per_cpu_s"] or 0:.0f} | {s["peak_rss_mb"]} ({s["peak_pss_mb"]}) | '
+                 f'{s["workers"]}{fill} |')
   return '\n'.join(lines)
 
 
