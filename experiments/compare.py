@@ -836,6 +836,13 @@ def run_study(study, out: str, report_only: bool = False, echo=print) -> dict:
     report.write(results, out)
     echo(f'Wrote {os.path.join(out, report.REPORT)} from {results_path}.')
     return results
+  if not have_runs and os.path.exists(results_path):
+    # A new study where an earlier one's results lie (e.g. the committed
+    # report, rerun from a fresh checkout): that study's sessions are not this
+    # one's time.
+    old = _read_json(results_path, {})
+    if old.get('sessions'):
+      _write_json(results_path, {**old, 'sessions': []})
 
   def session(**extra):
     return {'seconds': time.time() - t0, 'load_average_start': load_start,

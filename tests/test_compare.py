@@ -131,6 +131,10 @@ def test_a_stopped_session_still_counts_in_the_study_time(tmp_path, monkeypatch)
 
   head = ['aaaaaaa']
   monkeypatch.setattr(compare, '_git_commit', lambda: head[0])
+  # An earlier study's results lie in `out` without its runs (a committed
+  # report in a fresh checkout): its session is not this study's time.
+  with open(os.path.join(out, compare.RESULTS), 'w') as f:
+    json.dump({'sessions': [{'seconds': 5000.0}]}, f)
 
   def interrupted(*args, **kwargs):
     head[0] = 'bbbbbbb'  # A commit lands while the study runs.
