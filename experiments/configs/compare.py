@@ -13,13 +13,13 @@ figure read); each final checkpoint is then evaluated with
 or `'dinov2'` adds that backbone's metrics; the report names the feature
 space, weights and resize of every number).
 
-Expect: the default study (4000 steps of 64, 3 seeds, 3 families) takes
-about 70 min on a 2-core CPU (measured: 68.2 min wall, 120 min of CPU time,
-load average 1.3; the committed report experiments/results/mnist5k/report.md:
-VAE 205 s, GAN 787 s, VAE-GAN 320 s of training per run); `:smoke` (tiny
-networks, 2 seeds, a few steps) under 2 minutes (measured: 107 s). The applications
-benchmark of every final checkpoint (`applications`) adds an estimated 15 min to the
-default study (docs/study.md "Applications"; not yet measured in a full run).
+Expect: the default study (4000 steps of 64, 3 seeds, 3 families, the
+applications benchmark on 128 test images per run) takes about 70 min on a
+2-core CPU (the committed report experiments/results/mnist5k/report.md: 70.5
+min wall, 95.6 min of CPU time, with other low-priority work on the machine;
+VAE 204 s, GAN 837 s, VAE-GAN 261 s of training per run; the applications
+4.5 min of it); `:smoke` (tiny networks, 2 seeds, a few steps) under 2
+minutes (measured: 107 s).
 """
 
 import ml_collections
