@@ -352,6 +352,36 @@ def test_committed_full_study_report():
     assert (f'**{name}** wins' in summary) == (provisional or name in converged), name
 
 
+def test_committed_study_carries_the_applications():
+  """The committed report answers which family restores noisy and holed
+  digits best, and by how much over the median filter and biharmonic
+  inpainting: its tables have every family and baseline as rows, n/a where a
+  family cannot do a task, and the figure is there."""
+  out = os.path.join(ROOT, 'experiments', 'results', 'mnist5k')
+  with open(os.path.join(out, 'results.json')) as f:
+    results = json.load(f)
+  assert results['study']['applications']
+  assert sorted(results['applications']['baselines']) == [
+      'biharmonic', 'damaged', 'gaussian', 'median', 'nl_means']
+  with open(os.path.join(out, 'report.md')) as f:
+    text = f.read()
+  section = text[text.index('## Applications'):text.index('## Training curves')]
+  assert os.path.exists(os.path.join(out, 'applications.png'))
+  assert '![applications](applications.png)' in section
+  for family in results['families']:
+    assert f'\n| {family} |' in section
+    mean = results['families'][family]['mean']
+    assert f"{mean['app/ppl/own']:.1f}" in section, family
+    hole = mean['app/inpaint/center_0.25/psnr_hole']
+    assert f'{hole:.2f}' in section, family
+  assert '| gan | n/a |' in section  # No encoder: no denoising.
+  for row in ('median filter 3x3', 'non-local means', 'biharmonic inpainting',
+              'damaged input (unrestored)'):
+    assert f'\n| {row} |' in section, row
+  assert 'below the median filter' in section or 'above the median filter' in section
+  assert 'above the biharmonic inpainting' in section or 'below the biharmonic' in section
+
+
 def test_inception_features_in_study_and_report(tmp_path, monkeypatch):
   import compare  # pylint: disable=g-import-not-at-top
   import report  # pylint: disable=g-import-not-at-top
