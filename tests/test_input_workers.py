@@ -74,6 +74,34 @@ def test_worker_batches_equal_in_process_batches_and_resume_mid_epoch(tmp_path):
   assert threads[0]['image'].dtype == np.float32 and threads[0]['image'].shape == (8, 16, 16, 3)
 
 
+def test_ctrl_c_reaching_the_workers_leaves_them_reading(tmp_path):
+  """Ctrl-C in a terminal signals the whole process group: the workers ignore
+  it (the training process saves, then closes the iterator), so the batches
+  go on, the same as without the signal, and closing stops the workers."""
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  root = _pictures(tmp_path / 'pics', n=24)
+  source = sources.open_source(f'folder:{root}', 'train', image_size=16)
+  want = _batches(source, 0, 6, 0)
+  before = {p.pid for p in multiprocessing.active_children()}
+  it = input_pipeline.TrainIterator(source, None, 8, 3, _shard(), worker_count=2)
+  try:
+    got = [jax.tree.map(np.asarray, next(it))]
+    workers = [p for p in multiprocessing.active_children()
+               if p.pid not in before and 'resource_tracker' not in p.name]
+    assert len(workers) >= 2
+    for p in workers:
+      os.kill(p.pid, signal.SIGINT)
+    got += [jax.tree.map(np.asarray, next(it)) for _ in range(5)]
+    assert all(p.is_alive() for p in workers)
+  finally:
+    it.close()
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  for p in workers:
+    p.join(timeout=30)
+    assert not p.is_alive()
+
+
 def test_streamed_tfds_split_in_workers_equals_the_cached_one(data_dir):
   """The TFDS source (tfds.data_source over array_record) goes to the worker
   processes and gives the batches of the in-memory split."""

@@ -37,6 +37,7 @@ int32 (B,), -1 where the dataset has none.
 import functools
 import math
 import os
+import signal
 import threading
 import time
 from typing import Iterator
@@ -248,6 +249,15 @@ def resolve_worker_count(worker_count: int, source) -> int:
   return worker_count
 
 
+def _ignore_interrupts(worker_index: int, worker_count: int):
+  """A worker process's start: Ctrl-C in a terminal reaches every process of
+  its group, workers included; the training process alone acts on it (saves,
+  then closes this iterator, which stops the workers). A worker killed by it
+  would leave its queues to Python's resource tracker, which warns."""
+  del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class TrainIterator:
   """Endless training batches, resumable at any step, read ahead by grain.
 
@@ -285,7 +295,8 @@ class TrainIterator:
       dataset = steps.map(fn).to_iter_dataset(
           grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)).mp_prefetch(
               grain.MultiprocessingOptions(num_workers=self.worker_count,
-                                           per_worker_buffer_size=max(1, prefetch)))
+                                           per_worker_buffer_size=max(1, prefetch)),
+              worker_init_fn=_ignore_interrupts)
     else:
       self._fn = _StepBatch(self.source, batch_size, seed, self._rows, self.stats)
       threads = default_num_threads() if num_threads is None else num_threads
