@@ -168,11 +168,14 @@ def main():
 
 
 def flops_of(fn, shape) -> float:
-  """XLA's FLOP count of one call of `fn` on an input of `shape`."""
+  """XLA's FLOP count of one call of `fn` on an input of `shape`
+  (`throughput.step_flops`)."""
   import jax  # pylint: disable=import-outside-toplevel
-  cost = jax.jit(fn).lower(shape).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost['flops'])
+  import throughput  # pylint: disable=import-outside-toplevel
+  flops = throughput.step_flops(jax.jit(fn).lower(shape).compile())
+  if flops is None:
+    raise RuntimeError("XLA's cost analysis gave no FLOP count for the Inception.")
+  return flops
 
 
 def vit_flops(config, size: int) -> float:

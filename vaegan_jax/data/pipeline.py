@@ -163,9 +163,13 @@ class _StepBatch:
     self.source, self.batch_size, self.seed, self.rows = source, batch_size, seed, rows
     self.stats = stats
 
+  def indices(self, step):
+    """The rows of the source this process reads for `step`."""
+    return global_batch_indices(len(self.source), self.batch_size, self.seed,
+                                int(step))[self.rows]
+
   def __call__(self, step):
-    idx = global_batch_indices(len(self.source), self.batch_size, self.seed,
-                               int(step))[self.rows]
+    idx = self.indices(step)
     t0 = time.perf_counter()
     batch = read_batch(self.source, idx)
     if self.stats is not None:
@@ -173,7 +177,7 @@ class _StepBatch:
     return batch
 
 
-class _WorkerStepBatch:
+class _WorkerStepBatch(_StepBatch):
   """grain map in a worker process: step -> ({'image': uint8, 'label':
   int32} of this process's rows of the step's batch, images read, read
   seconds, the undecodable-file reads since the last batch as (name, root,
@@ -182,14 +186,10 @@ class _WorkerStepBatch:
   processes), keeps its counters and names each bad file once
   (`folder.FAILURES.replay`)."""
 
-  def __init__(self, source, batch_size, seed, rows):
-    self.source, self.batch_size, self.seed, self.rows = source, batch_size, seed, rows
-
   def __call__(self, step):
     from vaegan_jax.data import folder  # pylint: disable=g-import-not-at-top
     folder.FAILURES.forward = True  # This process only reads: the trainer reports.
-    idx = global_batch_indices(len(self.source), self.batch_size, self.seed,
-                               int(step))[self.rows]
+    idx = self.indices(step)
     t0 = time.perf_counter()
     images, labels = self.source.read(idx)
     seconds = time.perf_counter() - t0
@@ -546,12 +546,6 @@ class Data:
     return train_iterator(self.config, self.train_source, sharding, start_step, seed)
 
 
-def config_worker_count(config) -> int:
-  """`config.data.worker_count` (-1, one per core, when a config has none)."""
-  return config.data.get('worker_count', AUTO_WORKERS) if hasattr(config.data, 'get') else (
-      AUTO_WORKERS)
-
-
 def train_iterator(config, source, sharding, start_step: int,
                    seed: int | None = None) -> TrainIterator:
   """The training batches of `config` over `source` (`open_train_source`)
@@ -559,7 +553,7 @@ def train_iterator(config, source, sharding, start_step: int,
   `seed` (default `config.seed`), `config.data.worker_count`."""
   return TrainIterator(source, None, config.train.batch_size,
                        config.seed if seed is None else int(seed), sharding, start_step,
-                       worker_count=config_worker_count(config))
+                       worker_count=config.data.get('worker_count', AUTO_WORKERS))
 
 
 def create(config, mesh=None, max_test_examples: int | None = None) -> Data:

@@ -208,7 +208,8 @@ def _avg_pool_3x3_same(x, impl: str = 'xla'):
   h, w = x.shape[1:3]
   padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   sums = _window_3(_window_3(padded, 1, 1, jnp.add), 2, 1, jnp.add)
-  count = lambda n: np.minimum(np.arange(n) + 1, n - 1) - np.maximum(np.arange(n) - 1, 0) + 1
+  # Unpadded pixels of each window along one axis: 3, one fewer at each edge.
+  count = lambda n: 3 - (np.arange(n) == 0) - (np.arange(n) == n - 1)
   return sums / np.outer(count(h), count(w)).astype(np.float32)[None, :, :, None]
 
 
