@@ -385,6 +385,36 @@ def test_ctrl_c_saves_the_step_reached_and_resumes_exactly(tmp_path, data_dir, m
                jax.device_get(resumed.opt_state))
 
 
+def test_ctrl_c_that_kills_a_starting_worker_saves(tmp_path, data_dir, monkeypatch):
+  """Ctrl-C reaches the whole process group: an input worker still starting
+  (before it ignores the signal) dies of it, and the next batch fails. The
+  run saves the step reached and stops as for Ctrl-C, not with the worker's
+  error."""
+  original = input_pipeline.TrainIterator.__next__
+
+  def interrupt_and_fail_at_8(self):
+    if self.step == 7:
+      os.kill(os.getpid(), signal.SIGINT)
+      raise WorkerError('The input pipeline worker process failed at step 7: '
+                        'RuntimeError: Worker process was terminated unexpectedly')
+    return original(self)
+
+  monkeypatch.setattr(input_pipeline.TrainIterator, '__next__', interrupt_and_fail_at_8)
+  workdir = str(tmp_path)
+  with pytest.raises(train.Interrupted,
+                     match=r'Interrupted \(Ctrl-C\) at step 7; saved it; the last good '
+                           r'checkpoint is step 7 in '):
+    train.train_and_evaluate(tiny(data_dir), workdir)
+  assert checkpoint.finalized_steps(checkpoint.checkpoint_dir(workdir)) == [3, 6, 7]
+  # Without a stop request, the same failure is the run's error.
+  def fail(self):
+    raise WorkerError(f'The input pipeline worker process failed at step {self.step}')
+
+  monkeypatch.setattr(input_pipeline.TrainIterator, '__next__', fail)
+  with pytest.raises(WorkerError, match='failed at step 7'):
+    train.train_and_evaluate(tiny(data_dir), workdir)
+
+
 def test_sigterm_saves_the_step_reached_like_ctrl_c(tmp_path, data_dir, monkeypatch):
   """SIGTERM (a scheduler's preemption) during training saves the step
   reached and stops with exit code 143; the handler is the previous one

@@ -40,6 +40,7 @@ from vaegan_jax.metrics import generative
 from vaegan_jax.errors import ForcedStop
 from vaegan_jax.errors import SigTerm
 from vaegan_jax.errors import UserError
+from vaegan_jax.errors import WorkerError
 
 GRID_SIZE = 36          # Images per panel of a sample grid.
 GRID_KEY = 0x5A3F1E     # Fixed purpose: the same latents in every grid.
@@ -141,6 +142,14 @@ class StopRequest:
     elif step is None or step % self.every == 0:
       self.agreed = sharding.max_over_processes(self.local)
     return self.agreed != _NONE
+
+  def requested_here(self) -> bool:
+    """Whether this process alone got a stop request (Ctrl-C or SIGTERM) and
+    can act on it without the others (a single process)."""
+    if self.multi or self.local == _NONE:
+      return False
+    self.agreed = self.local
+    return True
 
   def note_interrupt(self, exc: BaseException):
     """A KeyboardInterrupt raised outside the handler (a library's own, or a
@@ -637,7 +646,15 @@ def train_runs(runs: Runs):
             break
         owed = tuple(w for w in ('sample grid', 'evaluation') if w in owe_any)
       while step < num_steps and not stopped:
-        batch = next(it)
+        try:
+          batch = next(it)
+        except WorkerError:
+          if not stop.requested_here():
+            raise
+          # The Ctrl-C that asked for the stop reached the input workers too,
+          # one of them before it could ignore it (while it was starting).
+          stopped = True
+          break
         if stop.requested(step):
           stopped = True
           break
