@@ -280,12 +280,18 @@ class TinyAutoencoder(nn.Module):
                                 impl=self.impl)(x)
 
 
-@needs_library
-def test_train_steps_match_xla():
-  """Four Adam steps of a small conv autoencoder with impl='onednn' follow
-  impl='xla''s losses and parameters. (The families' own steps with 'xla'
-  take half a minute even at toy widths: XLA:CPU's ConvTranspose kernel
-  gradient, layers.py.)"""
+@pytest.mark.parametrize('built', [pytest.param(True, marks=needs_library), False],
+                         ids=['onednn_builds', 'onednn_unavailable'])
+def test_train_steps_of_auto_match_xla(built, monkeypatch):
+  """Four Adam steps of a small conv autoencoder with impl='auto' follow
+  impl='xla''s losses and parameters, whichever implementation 'auto' picks:
+  'onednn' where it builds, 'gemm' where it cannot (simulated). (The
+  families' own steps with 'xla' take half a minute even at toy widths:
+  XLA:CPU's ConvTranspose kernel gradient, layers.py.)"""
+  if not built:
+    monkeypatch.setattr(conv_onednn, 'status', lambda cache_dir=None: (False, 'simulated'))
+  picked = 'onednn' if built else 'gemm'
+  assert layers.resolve_impl('auto') == picked
   x = jax.random.uniform(jax.random.PRNGKey(1), (4, 13, 13, 1))
   optimizer = optax.adam(1e-2)
 
@@ -309,10 +315,37 @@ def test_train_steps_match_xla():
       losses.append(float(value))
     return np.array(losses), params
 
-  (want_losses, want_params), (losses, params) = run('xla'), run('onednn')
+  x_probe = jnp.zeros((1, 13, 13, 1))
+  probe = TinyAutoencoder('auto')
+  probe_params = jax.eval_shape(probe.init, jax.random.PRNGKey(0), x_probe)
+  calls = custom_calls(lambda p: probe.apply(p, x_probe), probe_params)
+  assert bool(calls) == built, calls  # The oneDNN calls run exactly when picked.
+  (want_losses, want_params), (losses, params) = run('xla'), run('auto')
   assert want_losses[-1] < want_losses[0]
   np.testing.assert_allclose(losses, want_losses, rtol=1e-4)
   jax.tree.map(functools.partial(assert_close, tol=1e-4), want_params, params)
+
+
+def test_auto_is_onednn_on_one_cpu_device_else_gemm(monkeypatch):
+  """The chooser: 'onednn' where its calls build and the process has one
+  device; 'gemm' (the next fastest, layers.auto_impl) where they cannot, or
+  under several devices (the calls carry no sharding rule); each with why."""
+  monkeypatch.setattr(conv_onednn, 'status', lambda cache_dir=None: (True, ''))
+  assert layers.auto_impl() == ('onednn', "oneDNN's CPU convolutions")
+  assert layers.resolve_for_run('auto') == ('onednn', "oneDNN's CPU convolutions")
+  assert layers.resolve_for_run('onednn') == ('onednn', 'as configured')
+  with monkeypatch.context() as m:
+    m.setattr(jax, 'device_count', lambda: 4)
+    impl, why = layers.auto_impl()
+    assert impl == 'gemm' and why.startswith('4 devices: ') and 'sharding' in why
+  reason = 'no C++ compiler found: set CXX'
+  monkeypatch.setattr(conv_onednn, 'status', lambda cache_dir=None: (False, reason))
+  assert layers.auto_impl() == ('gemm', f'oneDNN unavailable: {reason}')
+  assert layers.resolve_impl('auto') == 'gemm'
+  assert layers.resolve_for_run('onednn') == ('gemm', f"conv_impl='onednn' unavailable: {reason}")
+  assert layers.resolve_for_run('fast') == ('fast', 'as configured')
+  with pytest.raises(ValueError, match='Unknown conv impl'):
+    layers.resolve_for_run('eigen')
 
 
 @pytest.mark.parametrize('cause', ['no compiler', 'not x86_64'])

@@ -327,32 +327,3 @@ def test_smoke_run_on_mock_data(tmp_path, name, size, spectral_norm):
   assert ('discriminator' in restored.batch_stats) == spectral_norm
   assert _equal(restored.batch_stats, state.batch_stats)
   assert _equal(restored.opt_state, state.opt_state)
-
-
-def test_conv_impl_auto_is_gemm_for_the_32px_plan_on_cpu(monkeypatch):
-  """'auto' on the CPU backend: the 32-px DCGAN's layers run 'gemm' (XLA's
-  own strided convolutions, kept by 'fast', are slow for its shapes), the
-  28-px tutorial networks 'auto' -> 'fast' as recorded; a conv_impl given
-  explicitly is used everywhere."""
-  from vaegan_jax.models import gan as gan_models  # pylint: disable=g-import-not-at-top
-  from vaegan_jax.models import layers  # pylint: disable=g-import-not-at-top
-  assert jax.default_backend() == 'cpu'
-  seen = []
-  real = layers._apply_conv  # pylint: disable=protected-access
-
-  def spy(module, inputs, transpose):
-    seen.append(module.impl)
-    return real(module, inputs, transpose)
-
-  monkeypatch.setattr(layers, '_apply_conv', spy)
-  for shape, impl, want in (((28, 28, 1), 'auto', 'auto'), ((32, 32, 3), 'auto', 'gemm'),
-                            ((32, 32, 3), 'fast', 'fast'), ((64, 64, 3), 'auto', 'auto')):
-    seen.clear()
-    g = gan_models.Generator(image_shape=shape, width_mult=1 / 16, conv_impl=impl)
-    d = gan_models.Discriminator(image_shape=shape, width_mult=1 / 16, conv_impl=impl)
-    z = jnp.zeros((2, 8))
-    g_vars = g.init(jax.random.PRNGKey(0), z)
-    d.init(jax.random.PRNGKey(1), jnp.zeros((2, *shape)))
-    assert seen and set(seen) == {want}, (shape, impl, seen)
-    assert gan_models.plan_impl(impl, shape) == want
-    assert g.apply(g_vars, z).shape == (2, *shape)

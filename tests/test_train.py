@@ -124,3 +124,35 @@ def test_cli_rejects_an_unknown_dataset_with_one_line(tmp_path):
   errors = [l for l in result.stderr.splitlines() if l.startswith('error:')]
   assert len(errors) == 1 and 'mnist5k' in errors[0]
   assert 'Traceback' not in result.stderr
+
+
+def test_run_says_and_stores_its_convolutions_and_falls_back_with_one_note(tmp_path):
+  """conv_impl 'auto' is resolved once per run: one line says which and why,
+  the run's config.json stores it. Without a compiler (simulated: an empty
+  build cache, CXX naming nothing) the run trains on 'gemm' with that one
+  line as its only note; a restart where oneDNN builds runs 'onednn' and
+  says that the steps so far ran 'gemm'."""
+  from vaegan_jax.kernels import conv_onednn  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'run'
+  home = tmp_path / 'home'  # A fresh ~/.cache: no cached oneDNN build.
+  home.mkdir()
+  env = dict(os.environ, JAX_PLATFORMS='cpu', HOME=str(home), CXX='/nonexistent/c++')
+  result = subprocess.run([sys.executable, '-m', 'vaegan_jax.main', '--config=configs/vae.py:smoke',
+                           f'--workdir={workdir}', '--config.train.num_steps=10'],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  output = result.stdout + result.stderr
+  notes = [l for l in output.splitlines() if 'onednn' in l.lower()]
+  assert notes == ["Convolutions: conv_impl='gemm' (oneDNN unavailable: C++ compiler "
+                   "CXX='/nonexistent/c++' not found)."], notes
+  assert run_config.load(str(workdir)).model.conv_impl == 'gemm'
+  if not conv_onednn.available():
+    return  # This machine cannot build it either: the rest does not apply.
+  result = run_main('--config=configs/vae.py:smoke', f'--workdir={workdir}',
+                    '--config.train.num_steps=20')
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = result.stdout.splitlines()
+  assert "Convolutions: conv_impl='onednn' (oneDNN's CPU convolutions)." in lines
+  assert any(l.startswith("note: the steps so far ran with conv_impl='gemm'") for l in lines)
+  assert 'Resuming from checkpoint at step 10.' in lines
+  assert run_config.load(str(workdir)).model.conv_impl == 'onednn'

@@ -2,8 +2,12 @@
 
 `WORKDIR/config.json` is written on the first start. A restart compares the
 new config with it: keys that define the model or the data (everything under
-`model` and `data` except `data.data_dir`, and `seed`) must not change;
-training length, logging and evaluation keys may.
+`model` and `data` except `data.data_dir` and `model.conv_impl`, and `seed`)
+must not change; training length, logging and evaluation keys may.
+`model.conv_impl` is stored as resolved for the machine (the trainer turns
+'auto' into the implementation that ran); it says how the convolutions are
+computed, not what the model is, so a restart on another machine may run
+another one (the trainer says so).
 """
 
 import json
@@ -18,7 +22,7 @@ from vaegan_jax.errors import UserError
 
 CONFIG_FILE = 'config.json'
 _FROZEN_SECTIONS = ('model', 'data')
-_FREE_KEYS = ('data.data_dir',)
+_FREE_KEYS = ('data.data_dir', 'model.conv_impl')
 
 
 def check_workdir(workdir: str):
@@ -88,6 +92,16 @@ def check_and_save(config, workdir: str):
     with open(path + '.tmp', 'w') as f:
       json.dump(new, f, indent=2, sort_keys=True)
     os.replace(path + '.tmp', path)
+
+
+def stored_value(workdir: str, key: str):
+  """The value of the dotted `key` in `workdir`'s stored config; None when
+  there is no stored config or it lacks the key."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return _flatten(json.load(f)).get(key)
 
 
 def load(workdir: str) -> ml_collections.ConfigDict:

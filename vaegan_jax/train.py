@@ -37,6 +37,7 @@ from vaegan_jax import viz
 from vaegan_jax import vmap_seeds
 from vaegan_jax.families import conditional
 from vaegan_jax.metrics import generative
+from vaegan_jax.models import layers
 from vaegan_jax.errors import ForcedStop
 from vaegan_jax.errors import SigTerm
 from vaegan_jax.errors import UserError
@@ -410,7 +411,12 @@ class Runs:
     self.config = config = configs[0]
     self.seeds = [int(c.seed) for c in configs]
     self.family = family = families.get(config.model.family)
+    # The convolutions: 'auto' becomes what runs on this machine, stored so
+    # that the run's config says which (layers.auto_impl).
+    impl, why = layers.resolve_for_run(config.model.conv_impl)
+    before = {run_config.stored_value(w, 'model.conv_impl') for w in workdirs} - {None, impl}
     for c, w in zip(configs, workdirs):
+      c.model.conv_impl = impl
       run_config.check_workdir(w)
       run_config.check_and_save(c, w)
     what = (f'the {config.model.family} model on {config.data.name} for '
@@ -420,6 +426,11 @@ class Runs:
            f'{", ".join(workdirs)}')
     else:
       echo(f'Training {what}; workdir {workdirs[0]}')
+    echo(f'Convolutions: conv_impl={impl!r} ({why}).')
+    if before:
+      echo(f'note: the steps so far ran with conv_impl={sorted(before)[0]!r}: the same '
+           'model, its sums in another order, so the rest of the run is not '
+           'bit-identical to a run that never moved.')
     self.mesh = mesh = sharding.make_mesh()
     self.data = data = input_pipeline.Data(config)
 

@@ -37,7 +37,9 @@ Fallback. When the build cannot happen (not Linux x86_64, a backend other
 than CPU, the package, headers or compiler missing, the compile failing, the
 cache directory not writable), `available()` is False, one line starting
 `note: conv_impl='onednn' unavailable (...)` is printed once per process,
-and layers use conv_impl='gemm' instead. Nothing else changes.
+and layers use conv_impl='gemm' instead ('xla' on other backends). Nothing
+else changes. conv_impl='auto' asks `status()` (silent) and takes 'gemm'
+there; the trainer's one line says why (`layers.auto_impl`).
 
 Threads: oneDNN's OpenMP threads spin-wait by default, which stalls small
 convolutions on a loaded machine; OMP_WAIT_POLICY=passive is set before the
@@ -229,7 +231,8 @@ def available(cache_dir=None):
   ok, reason = status(cache_dir)
   if not ok and not _noted:
     _noted = True
-    print(f"note: conv_impl='onednn' unavailable ({reason}); using 'gemm'",
+    instead = 'gemm' if jax.default_backend() == 'cpu' else 'xla'
+    print(f"note: conv_impl='onednn' unavailable ({reason}); using {instead!r}",
           flush=True)
   return ok
 

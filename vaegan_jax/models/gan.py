@@ -16,10 +16,10 @@ quarter of Radford's 32-px widths'; measured 3.4x faster than those on the
 2-core CPU, docs/datasets.md); at 64 px Radford's (G 1024-512-256-128, D
 64-128-256-512). The `:cifar10` / `:svhn_cropped` configs use width
 multipliers 2, i.e. Radford's 32-px widths (G 512-256-128, D 64-128-256).
-`PLANS` holds the three, scaled by the width multipliers. On a CPU,
-conv_impl 'auto' runs the 32-px plan's layers as 'gemm' (`plan_impl`):
-XLA's own strided convolutions are slow for its shapes, and with 'gemm' its
-step takes 0.6x the 28-px step where it took 1.9x (docs/datasets.md). Keras defaults are kept where the tutorial relies on them:
+`PLANS` holds the three, scaled by the width multipliers. conv_impl 'auto'
+is 'onednn' (or 'gemm') on a CPU at every size (`layers.auto_impl`); XLA's
+own strided convolutions ('fast') were the slow path for the 32-px shapes
+(docs/datasets.md). Keras defaults are kept where the tutorial relies on them:
 LeakyReLU slope 0.3, BatchNorm momentum 0.99 and epsilon 1e-3.
 
 Class conditioning (`num_classes` K > 0; K = 0 builds exactly the networks
@@ -65,26 +65,6 @@ PLANS = {
     32: Plan(4, (256, 128, 64), (2, 2, 2), (32, 64, 128)),  # x2: Radford's 32-px DCGAN.
     64: Plan(4, (1024, 512, 256, 128), (2, 2, 2, 2), (64, 128, 256, 512)),
 }
-
-
-# Image sizes whose plans take conv_impl 'gemm' for 'auto' on the CPU backend:
-# XLA:CPU's own strided convolutions and their gradients (which 'fast' keeps)
-# run the 32-px shapes (4x4 -> 32x32 in G, 32x32 -> 4x4 in D) several times
-# slower per FLOP than the 28-px tutorial's: the default GAN step at 32x32x3
-# took 2.4x the 28-px step with 'fast' and 0.7x with 'gemm', one interleaved
-# run (docs/datasets.md). The 28-px networks keep 'fast' (the recorded
-# numbers); 64 px is not measured yet and keeps it too.
-GEMM_SIZES = (32,)
-
-
-def plan_impl(conv_impl: str, image_shape) -> str:
-  """The conv impl the DCGAN layers of `image_shape` use for `conv_impl`:
-  'auto' becomes 'gemm' at the `GEMM_SIZES` on the CPU backend (there 'auto'
-  would mean 'fast'); every other value is used as given."""
-  if (conv_impl == 'auto' and image_shape[0] in GEMM_SIZES
-      and layers.resolve_impl('auto') == 'fast'):
-    return 'gemm'
-  return conv_impl
 
 
 def plan(image_shape) -> Plan:
@@ -143,7 +123,7 @@ class Generator(Net):
   @nn.compact
   def __call__(self, z, train: bool = False, labels=None):
     p = plan(self.image_shape)
-    impl = plan_impl(self.conv_impl, self.image_shape)
+    impl = self.conv_impl
     if self.num_classes:
       z = jnp.concatenate([z.astype(self.dtype), conditioning.LabelEmbedding(
           self.num_classes, self.label_dim, dtype=self.dtype, name='label_embed')(labels)], -1)
@@ -190,7 +170,7 @@ class Discriminator(Net):
   def __call__(self, x, train: bool = False, update_stats: bool = False, labels=None):
     """logits (B,); with `aux_classifier`, (logits, class logits (B, K))."""
     p = plan(self.image_shape)
-    impl = plan_impl(self.conv_impl, self.image_shape)
+    impl = self.conv_impl
 
     def apply(layer, h):
       if self.spectral_norm:

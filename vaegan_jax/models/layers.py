@@ -16,8 +16,11 @@ checkpoints move freely between these layers and flax's, CPU and TPU.
                built on first use; 'gemm' where it cannot be, with a note);
                a layer given an `activation` has conv, bias and activation
                in one oneDNN call (`conv_cpu.conv_bias_act`).
-  impl='auto'  'fast' on the CPU backend, 'xla' elsewhere (GPU/TPU keep
-               their own convolution kernels).
+  impl='auto'  the fastest that runs here (`auto_impl`): on the CPU backend
+               'onednn' where it builds and the process has one device,
+               else 'gemm'; 'xla' elsewhere (GPU/TPU keep their own
+               convolution kernels). The trainer resolves it once per run,
+               prints the choice and stores it in the run's config.
 
 Why: XLA:CPU runs the kernel gradient of an input-dilated convolution (every
 strided ConvTranspose) as a convolution with window reversal, which it cannot
@@ -51,10 +54,10 @@ strided slices and XLA's strided convolution, picked per layer shape
 (`conv_cpu.choose`), so that the ConvTranspose forward and the strided-Conv
 input gradient (input-dilated convolutions, which XLA:CPU runs far below its
 matmul speed) become col2im GEMMs too; every gradient of a gradient runs
-through the same maps. It is opt-in (`model.conv_impl='gemm'`): its outputs
-differ from 'xla' / 'fast' in the last bits (the sums run in another order),
-so a default run with it does not reproduce the numbers docs/speed.md records
-for the defaults. Per-primitive and whole-step timings: docs/speed.md,
+through the same maps. Its outputs differ from 'xla' / 'fast' in the last
+bits (the sums run in another order); 'onednn' runs the same maps in
+oneDNN's kernels. 'auto' takes 'onednn', or 'gemm' where oneDNN cannot run,
+on CPU. Per-primitive and whole-step timings: docs/speed.md,
 `experiments/conv_primitives.py`, `experiments/throughput.py`.
 """
 
@@ -79,17 +82,59 @@ RULES = {'model.conv_impl': rules.OneOf(IMPLS)}
 _TAP_STACK_CHANNELS = 32
 
 
+def auto_impl() -> tuple[str, str]:
+  """What impl='auto' runs in this process, and why (a short phrase).
+
+  On the CPU backend the fastest that runs (one interleaved run of
+  experiments/throughput.py, docs/speed.md): 'onednn' where oneDNN's calls
+  build, else 'gemm' (1.05-1.3x 'fast' on the 28-px bench workloads, 3.4x
+  on the 32-px DCGAN). With several devices also 'gemm': the oneDNN custom
+  calls carry no sharding rule, so XLA would gather each batch onto every
+  device and every device would convolve all of it. Other backends: 'xla'.
+  Prints nothing (`conv_onednn.status`).
+  """
+  backend = jax.default_backend()
+  if backend != 'cpu':
+    return 'xla', f"the {backend} backend's own convolutions"
+  ok, reason = conv_onednn.status()
+  if not ok:
+    return 'gemm', f'oneDNN unavailable: {reason}'
+  if jax.device_count() > 1:
+    return 'gemm', (f'{jax.device_count()} devices: oneDNN\'s calls have no sharding '
+                    'rule, every device would convolve the whole batch')
+  return 'onednn', "oneDNN's CPU convolutions"
+
+
+def fallback_impl() -> str:
+  """What impl='onednn' runs where oneDNN cannot: 'gemm' on the CPU backend,
+  'xla' on the others."""
+  return 'gemm' if jax.default_backend() == 'cpu' else 'xla'
+
+
 def resolve_impl(impl: str) -> str:
-  """'auto' -> 'fast' on the CPU backend, else 'xla'; 'onednn' -> 'gemm'
-  where oneDNN's convolutions cannot be built (one note printed); checks the
-  name."""
+  """'auto' -> `auto_impl`'s choice; 'onednn' -> `fallback_impl()` where
+  oneDNN's convolutions cannot run (one note printed); checks the name."""
   if impl not in IMPLS:
     raise ValueError(f'Unknown conv impl {impl!r}; use one of {IMPLS}.')
   if impl == 'auto':
-    return 'fast' if jax.default_backend() == 'cpu' else 'xla'
+    return auto_impl()[0]
   if impl == 'onednn' and not conv_onednn.available():
-    return 'gemm'
+    return fallback_impl()
   return impl
+
+
+def resolve_for_run(impl: str) -> tuple[str, str]:
+  """`resolve_impl(impl)` and why, for the run's one line: the choice of
+  'auto', the configured name, or the fallback of an unavailable 'onednn'."""
+  if impl == 'auto':
+    return auto_impl()
+  if impl not in IMPLS:
+    raise ValueError(f'Unknown conv impl {impl!r}; use one of {IMPLS}.')
+  if impl == 'onednn':
+    ok, reason = conv_onednn.status()  # Silent: the run's line is the note.
+    if not ok:
+      return fallback_impl(), f"conv_impl='onednn' unavailable: {reason}"
+  return impl, 'as configured'
 
 
 # ---------------------------------------------------------------------------
