@@ -2,13 +2,14 @@
 
   python -m vaegan_jax.main --config=configs/gan.py --workdir=/tmp/gan
 
-What to expect (quiet 2-core CPU, measured): about 3.9 steps/s, so the 3000
-steps take 13 min 20 s including compilation and the six evaluations. Digits
-are recognisable from about step 2000 (9 min); FID in the project's feature
-space (1000 samples, lower is better; untrained G: 100.5) went 21.8 (step 500),
-19.1 (1000), 10.3 (1500), 4.2 (2000), 4.0 (2500), 7.0 (3000), with 6-10 of 10
-classes covered; the best checkpoint (step 2500) scores FID 3.6 with 10000
-samples. GAN training oscillates, so the run keeps its best checkpoint by FID
+What to expect (quiet 2-core CPU, measured; conv_impl 'auto' = 'onednn';
+experiments/default_runs.sh): about 6.9 steps/s, so the 3000 steps take 7 min
+31 s including compilation and the six evaluations, at a peak RSS of 1.0 GiB.
+Digits are recognisable from about step 2000 (5 min); FID in the project's
+feature space (1000 samples, lower is better; untrained G: 100.5) went 24.2
+(step 500), 10.4 (1000), 10.5 (1500), 6.4 (2000), 3.9 (2500), 2.7 (3000),
+with 6-10 of 10 classes covered; the best checkpoint (step 3000) scores FID
+2.7 with 10000 samples. GAN training oscillates, so the run keeps its best checkpoint by FID
 in WORKDIR/checkpoints_best (`--step=best` in sample / evaluate).
 
 Variants: `configs/gan.py:smoke` (tiny networks, under a minute), `:cifar10`,
@@ -30,14 +31,15 @@ difference):
 `configs/gan.py:conditional`: class-conditional DCGAN (label embedding at G's
 input, projection discriminator; `--config.gan.aux_weight=1.0` adds the ACGAN
 loss). What to expect (the default 3000 steps of 64, measured on a quiet
-2-core CPU): 10 min 52 s including compilation and the six evaluations (1000
-samples each); at steps 500 / 1000 / 1500 / 2000 / 2500 / 3000 FID 24.3 / 5.8
-/ 5.9 / 6.6 / 9.6 / 4.8 in the project's feature space ('l2' map),
-cond_accuracy 0.51 / 0.79 / 0.83 / 0.82 / 0.79 / 0.97 (chance 0.10),
-intra_fid 36.8 / 14.3 / 14.0 / 14.1 / 17.9 / 11.2 (re-measured on
-2026-12-06 at the current code: the same trajectory, cond_accuracy equal at
-every step to the first record's). GAN training oscillates; the best
-checkpoint by FID is kept in WORKDIR/checkpoints_best.
+2-core CPU, conv_impl 'auto' = 'onednn'): 8 min 24 s including compilation
+and the six evaluations (1000 samples each); at steps 500 / 1000 / 1500 /
+2000 / 2500 / 3000 FID 15.6 / 6.6 / 7.5 / 7.5 / 16.7 / 12.9 in the project's
+feature space ('l2' map), cond_accuracy 0.61 / 0.81 / 0.79 / 0.65 / 0.57 /
+0.98 (chance 0.10), intra_fid 25.5 / 14.2 / 15.1 / 17.7 / 31.6 / 24.0; recall
+falls from 0.08 to 0 by step 3000 (each class drawn from few modes). GAN
+training oscillates (the earlier record, with conv_impl 'fast', ended at FID
+4.8 on another path through the same swings); the best checkpoint by FID
+(here step 1000) is kept in WORKDIR/checkpoints_best.
 """
 
 import ml_collections

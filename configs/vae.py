@@ -3,13 +3,14 @@
   python -m vaegan_jax.main --config=configs/vae.py --workdir=/tmp/vae
 
 What to expect: 1500 steps of batch 128 (~43 epochs of 4500 digits). Measured
-on a quiet 2-core CPU: about 6 steps/s (770 images/s), so the run takes about
-4.5 min including compilation and the three evaluations; recognisable digits
-in the grid from step 500. Test ELBO -111.6 nats at step 1000 and -109.3 at
-step 1500 (Bernoulli likelihood), FID 4.1 in the project's feature space
-(1000 samples; untrained: 102). `--config.train.num_steps=3000` takes 9 min and
-reaches FID 2.7 (2.6 with 10000 samples) with 10 of 10 classes covered (the
-ELBO stays at about -109).
+on a quiet 2-core CPU (conv_impl 'auto' = 'onednn'; experiments/default_runs.sh):
+about 16 steps/s (2040 images/s), so the run takes 1 min 50 s including
+compilation and the three evaluations, at a peak RSS of 0.9 GiB; recognisable
+digits in the grid from step 500. Test ELBO -111.9 nats at step 1000 and
+-109.4 at step 1500 (Bernoulli likelihood), FID 4.0 in the project's feature
+space (1000 samples; untrained: 102). `--config.train.num_steps=3000` takes
+about 3.5 min and reaches FID 2.9 (2.8 with 10000 samples) with 10 of 10
+classes covered (the ELBO stays at about -109).
 
 Variants: `configs/vae.py:smoke` (a few seconds), `:cifar10`, `:celeb_a`
 (real TFDS datasets, need network or a prepared data_dir).
@@ -18,10 +19,10 @@ the sources and every difference; docs/reproducing.md).
 
 `configs/vae.py:conditional`: the CVAE (label into encoder and decoder).
 What to expect (the default 1500 steps of 128, measured on a quiet 2-core CPU):
-3 min 52 s including compilation and the three evaluations (1000 samples
-each); at steps 500 / 1000 / 1500 test ELBO -117.8 / -110.5 / -108.0 (a bound
-on log p(x|y)), FID 8.4 / 4.7 / 4.2, cond_accuracy 0.22 / 0.33 / 0.44
-(chance 0.10), intra_fid 35.7 / 26.1 / 20.4. With 32 latent dimensions the
+1 min 48 s including compilation and the three evaluations (1000 samples
+each); at steps 500 / 1000 / 1500 test ELBO -117.7 / -110.2 / -107.7 (a bound
+on log p(x|y)), FID 9.3 / 4.9 / 4.2, cond_accuracy 0.22 / 0.33 / 0.44
+(chance 0.10), intra_fid 37.3 / 26.7 / 20.7. With 32 latent dimensions the
 decoder uses the label only partly (the class is also in z); a 2-D latent
 reaches 0.82 in 300 steps (tests/test_conditional.py).
 """

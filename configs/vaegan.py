@@ -2,16 +2,17 @@
 
   python -m vaegan_jax.main --config=configs/vaegan.py --workdir=/tmp/vaegan
 
-What to expect (quiet 2-core CPU, measured): about 7.7 steps/s, so the 5000
-steps took 10 min 57 s including compilation and the ten evaluations.
-Reconstructions are sharp from the first grid (step 500, test PSNR 16.2 dB);
+What to expect (quiet 2-core CPU, measured; conv_impl 'auto' = 'onednn';
+experiments/default_runs.sh): about 15.7 steps/s, so the 5000 steps took 5 min
+40 s including compilation and the ten evaluations, at a peak RSS of 1.0 GiB.
+Reconstructions are sharp from the first grid (step 500, test PSNR 15.5 dB);
 prior samples are mostly recognisable digits by step 2500. Training-time FID
 in the project's feature space (1000 samples; untrained models: about 100) went
-21.2, 6.6, 4.4, 3.9, 3.7 at steps 1000..5000, with 8-9 of 10 classes covered
-from step 1500 and test PSNR 18.5 dB at step 5000; with 10000 samples the
-final checkpoint scores FID 3.8, KID 0.12, precision 0.58, recall 0.93. A
-3000-step run (7 min) scores FID 4.7, precision 0.53, recall 0.91, PSNR 18.0 dB
-with 10000 samples.
+10.7, 8.0, 4.3, 4.3, 4.1 at steps 1000..5000, with 7-10 of 10 classes covered
+from step 1500 and test PSNR 18.3 dB at step 5000; with 10000 samples the
+final checkpoint scores FID 4.2, KID 0.14, precision 0.57, recall 0.91. A
+3000-step run (about 3.5 min) scores FID 4.5, precision 0.55, recall 0.91,
+PSNR 18.2 dB with 10000 samples.
 
 Variants: `configs/vaegan.py:smoke` (a few seconds), `:cifar10`,
 `:svhn_cropped`, `:celeb_a` (real TFDS datasets, need network or a prepared
@@ -20,13 +21,12 @@ project's networks allow it (its header lists the sources and every difference).
 
 `configs/vaegan.py:conditional`: CVAE encoder, label-embedding decoder and
 projection discriminator. What to expect (the default 5000 steps of 64,
-measured on a quiet 2-core CPU): 7 min 57 s including compilation and the ten
-evaluations (1000 samples each); at steps 1000 / 2000 / 3000 / 4000 / 5000 FID
-3.3 / 1.6 / 1.0 / 0.8 / 0.8 in the project's feature space ('l2' map),
-cond_accuracy 0.73 / 0.91 / 0.91 / 0.95 / 0.94 (chance 0.10), intra_fid
-10.8 / 4.0 / 3.4 / 2.5 / 2.8, test PSNR 14.8 / 16.4 / 17.1 / 17.5 / 17.6 dB
-(FID and intra_fid re-measured on 2026-12-06 at the current code: the same
-trajectory, cond_accuracy and PSNR equal to the first record's).
+measured on a quiet 2-core CPU, conv_impl 'auto' = 'onednn'): 6 min 16 s
+including compilation and the ten evaluations (1000 samples each); at steps
+1000 / 2000 / 3000 / 4000 / 5000 FID 5.7 / 2.2 / 1.5 / 0.9 / 0.6 in the
+project's feature space ('l2' map), cond_accuracy 0.73 / 0.85 / 0.92 / 0.93
+/ 0.92 (chance 0.10), intra_fid 14.1 / 5.6 / 4.3 / 2.8 / 2.9, test PSNR 14.6
+/ 16.3 / 16.8 / 17.7 / 17.7 dB.
 """
 
 import ml_collections
@@ -76,7 +76,7 @@ def get_config(arg=None):
   config.optim.dis = _adam(3e-4)
 
   config.train.batch_size = 64
-  config.train.num_steps = 5000  # ~11 min on 2 CPU cores; FID 4.4 at 3000, 3.7 at 5000.
+  config.train.num_steps = 5000  # ~6 min on 2 CPU cores; FID 4.3 at 3000, 4.1 at 5000.
 
   if arg == 'smoke':
     common.smoke(config)

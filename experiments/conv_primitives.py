@@ -40,6 +40,7 @@ from jax import lax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from vaegan_jax import kernels  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax.kernels import conv_cpu, conv_onednn  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vaegan_jax.models import layers  # pylint: disable=g-import-not-at-top,wrong-import-position
 

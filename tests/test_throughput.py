@@ -121,3 +121,17 @@ def test_torch_reference_runs_where_torch_is_installed_else_says_so(data_dir):
     assert 'torch is not importable: no PyTorch reference.' in lines
   for r in results:
     _check_line(r)
+
+
+def test_conv_primitives_times_a_layer_and_the_ceiling():
+  """experiments/conv_primitives.py runs (without TensorFlow: no TF column):
+  the matmul ceiling, and one layer's rows."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  script = os.path.join(ROOT, 'experiments', 'conv_primitives.py')
+  proc = subprocess.run([sys.executable, script, '--only=V5', '--batch=4', '--repeats=1'],
+                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.splitlines()
+  assert lines[0].startswith('matmul ceiling (float32, 2048^3, jax.jit): ')
+  assert any(l.lstrip().startswith('V5') for l in lines), lines
+  assert lines[-1].startswith('ceiling again: ')

@@ -16,7 +16,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.family = 'vae'      # 'vae' | 'gan' | 'vaegan'.
-  config.model.conv_impl = 'auto'  # 'auto' (fast on CPU) | 'xla' | 'fast' | 'gemm'.
+  config.model.conv_impl = 'auto'  # 'auto' (onednn, else gemm, on CPU) | 'xla' | 'fast' | 'gemm' | 'onednn'.
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'mnist5k'     # mnist5k (embedded) | mnist | fashion_mnist | cifar10 | svhn_cropped | celeb_a | folder:PATH (PNG/JPEG/WebP, recursive).
