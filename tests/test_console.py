@@ -22,7 +22,8 @@ def test_first_run_prints_only_the_projects_lines(smoke_run):
   _, output = smoke_run
   lines = output.splitlines()
   assert lines[0].startswith('Training the vae model on mnist5k for 10 steps'), lines[:3]
-  assert lines[1].startswith('Building the embedded dataset mnist5k into '), lines[:3]
+  assert lines[1].startswith('Convolutions: conv_impl='), lines[:3]
+  assert lines[2].startswith('Building the embedded dataset mnist5k into '), lines[:3]
   for marker in CHATTER:
     assert marker not in output, (marker, output[:3000])
   assert not [l for l in lines if ABSL_LINE.match(l)], output[:3000]

@@ -25,6 +25,7 @@ import pytest
 import re
 
 from conftest import ROOT, restore_latest
+from vaegan_jax import run_config
 from vaegan_jax import train
 import train_families
 
@@ -88,6 +89,10 @@ def single(tmp_path_factory, data_dir):
   grids = {}
   for name in NAMES:
     config = train_families.tiny_config(name, data_dir)
+    # What 'auto' runs under several devices (layers.auto_impl; the runs
+    # compared with this one store it, `_assert_same_training` checks): the
+    # comparison is of device layouts, not of convolution implementations.
+    config.model.conv_impl = 'gemm'
     state = train.train_and_evaluate(config, str(root / train_families.workdir_name(name)))
     grids[name] = train_families.grid(config, state)
   return root, grids
@@ -147,6 +152,8 @@ def _assert_same_training(single, other_root, name, data_dir):
   root, grids = single
   sub = train_families.workdir_name(name)
   config = train_families.tiny_config(name, data_dir)
+  assert run_config.stored_value(str(other_root / sub), 'model.conv_impl') == 'gemm'
+  config.model.conv_impl = 'gemm'
   ref = restore_latest(str(root / sub), config)
   got = restore_latest(str(other_root / sub), config)  # Restores onto 1 device.
   assert int(ref.step) == int(got.step) == train_families.NUM_STEPS
