@@ -5,6 +5,7 @@ bytes the plain ones give."""
 
 import io
 import os
+import time
 
 import jax
 import numpy as np
@@ -74,6 +75,18 @@ def test_worker_batches_equal_in_process_batches_and_resume_mid_epoch(tmp_path):
   assert threads[0]['image'].dtype == np.float32 and threads[0]['image'].shape == (8, 16, 16, 3)
 
 
+def _ignores_sigint(pid) -> bool:
+  """Whether process `pid` ignores SIGINT (Linux: /proc/PID/status SigIgn;
+  elsewhere assumed once it has handed out a batch)."""
+  import signal  # pylint: disable=g-import-not-at-top
+  try:
+    with open(f'/proc/{pid}/status') as f:
+      mask = next(l for l in f if l.startswith('SigIgn:')).split()[1]
+  except OSError:
+    return True
+  return bool(int(mask, 16) & (1 << (signal.SIGINT - 1)))
+
+
 def test_ctrl_c_reaching_the_workers_leaves_them_reading(tmp_path):
   """Ctrl-C in a terminal signals the whole process group: the workers ignore
   it (the training process saves, then closes the iterator), so the batches
@@ -93,6 +106,10 @@ def test_ctrl_c_reaching_the_workers_leaves_them_reading(tmp_path):
     workers = [p for p in multiprocessing.active_children()
                if p.pid not in before and 'resource_tracker' not in p.name]
     assert len(workers) >= 2
+    deadline = time.time() + 60
+    while not all(_ignores_sigint(p.pid) for p in workers):  # Their handler is set.
+      assert time.time() < deadline, 'the workers never set SIGINT to ignored'
+      time.sleep(0.05)
     for p in workers:
       os.kill(p.pid, signal.SIGINT)
     got += [jax.tree.map(np.asarray, next(it)) for _ in range(4)]
