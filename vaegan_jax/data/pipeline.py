@@ -35,6 +35,7 @@ int32 (B,), -1 where the dataset has none.
 """
 
 import functools
+import gc
 import math
 import os
 import signal
@@ -347,6 +348,12 @@ class TrainIterator:
     close = getattr(self._it, 'close', None)
     if close is not None:
       close()
+    if self.worker_count:
+      # Drop the workers' queues now: their semaphores are unlinked when
+      # collected, not only at interpreter exit, which an error exit
+      # (os._exit) skips, leaving Python's resource tracker to warn.
+      self._it = iter(())
+      gc.collect()
 
 
 def eval_batches(images, labels, batch_size: int, sharding):
