@@ -50,10 +50,9 @@ def main(out):
     if name.startswith('eval_'):
       with open(os.path.join(out, name + '.json')) as f:
         result = json.load(f)
-      flat = result.get('metrics', result)
-      shown = {k: flat[k] for k in flat if k.split('/')[-1] in EVAL_KEYS + (
-          'recon_mse', 'coverage', 'density', 'bits_per_dim', 'step')}
-      print('  ', json.dumps({'step': result.get('step'), **shown}))
+      shown = {k: result[k] for k in ('step', *EVAL_KEYS, 'recon_mse', 'coverage',
+                                      'density', 'bits_per_dim') if k in result}
+      print('  ', json.dumps(shown))
       continue
     with open(os.path.join(workdir, 'config.json')) as f:
       print('  conv_impl', json.load(f)['model']['conv_impl'])

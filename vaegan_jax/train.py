@@ -145,8 +145,9 @@ class StopRequest:
     return self.agreed != _NONE
 
   def requested_here(self) -> bool:
-    """Whether this process alone got a stop request (Ctrl-C or SIGTERM) and
-    can act on it without the others (a single process)."""
+    """Whether this process got a stop request (Ctrl-C or SIGTERM) that it
+    can act on alone (a single process); if so, acts on it as `requested`
+    does (the request becomes the agreed one)."""
     if self.multi or self.local == _NONE:
       return False
     self.agreed = self.local

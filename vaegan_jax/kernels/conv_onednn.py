@@ -231,10 +231,15 @@ def available(cache_dir=None):
   ok, reason = status(cache_dir)
   if not ok and not _noted:
     _noted = True
-    instead = 'gemm' if jax.default_backend() == 'cpu' else 'xla'
-    print(f"note: conv_impl='onednn' unavailable ({reason}); using {instead!r}",
+    print(f"note: conv_impl='onednn' unavailable ({reason}); using {fallback()!r}",
           flush=True)
   return ok
+
+
+def fallback():
+  """The conv_impl that runs where these convolutions cannot: 'gemm' on the
+  CPU backend, 'xla' on the others."""
+  return 'gemm' if jax.default_backend() == 'cpu' else 'xla'
 
 
 def status(cache_dir=None):

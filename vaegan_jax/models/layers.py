@@ -105,36 +105,29 @@ def auto_impl() -> tuple[str, str]:
   return 'onednn', "oneDNN's CPU convolutions"
 
 
-def fallback_impl() -> str:
-  """What impl='onednn' runs where oneDNN cannot: 'gemm' on the CPU backend,
-  'xla' on the others."""
-  return 'gemm' if jax.default_backend() == 'cpu' else 'xla'
+def resolve_for_run(impl: str) -> tuple[str, str]:
+  """The conv impl that `impl` runs as here, and why (the run's one line):
+  'auto' -> `auto_impl`'s choice; 'onednn' -> `conv_onednn.fallback()` where
+  oneDNN's convolutions cannot run; any other name as given. Prints nothing;
+  checks the name."""
+  if impl not in IMPLS:
+    raise ValueError(f'Unknown conv impl {impl!r}; use one of {IMPLS}.')
+  if impl == 'auto':
+    return auto_impl()
+  if impl == 'onednn':
+    ok, reason = conv_onednn.status()
+    if not ok:
+      return conv_onednn.fallback(), f"conv_impl='onednn' unavailable: {reason}"
+  return impl, 'as configured'
 
 
 def resolve_impl(impl: str) -> str:
-  """'auto' -> `auto_impl`'s choice; 'onednn' -> `fallback_impl()` where
-  oneDNN's convolutions cannot run (one note printed); checks the name."""
-  if impl not in IMPLS:
-    raise ValueError(f'Unknown conv impl {impl!r}; use one of {IMPLS}.')
-  if impl == 'auto':
-    return auto_impl()[0]
-  if impl == 'onednn' and not conv_onednn.available():
-    return fallback_impl()
-  return impl
-
-
-def resolve_for_run(impl: str) -> tuple[str, str]:
-  """`resolve_impl(impl)` and why, for the run's one line: the choice of
-  'auto', the configured name, or the fallback of an unavailable 'onednn'."""
-  if impl == 'auto':
-    return auto_impl()
-  if impl not in IMPLS:
-    raise ValueError(f'Unknown conv impl {impl!r}; use one of {IMPLS}.')
-  if impl == 'onednn':
-    ok, reason = conv_onednn.status()  # Silent: the run's line is the note.
-    if not ok:
-      return fallback_impl(), f"conv_impl='onednn' unavailable: {reason}"
-  return impl, 'as configured'
+  """`resolve_for_run(impl)`'s impl; an unavailable 'onednn' prints one note
+  per process (`conv_onednn.available`)."""
+  resolved, _ = resolve_for_run(impl)
+  if impl == 'onednn' and resolved != impl:
+    conv_onednn.available()
+  return resolved
 
 
 # ---------------------------------------------------------------------------
